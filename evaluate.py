@@ -1,0 +1,15 @@
+"""Attack an existing checkpoint, write metrics.json: `python evaluate.py ckpt_path=... [attack=...]`."""
+
+import hydra
+from omegaconf import DictConfig
+
+import robustlab.evaluate
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    robustlab.evaluate.run(cfg)
+
+
+if __name__ == "__main__":
+    main()

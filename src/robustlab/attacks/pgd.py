@@ -1,0 +1,71 @@
+"""Projected gradient descent (Madry et al. 2018) under L∞ or L2; FGSM is its one-step, no-start case."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from robustlab.attacks.gradient import input_gradient, loss_and_correct
+from robustlab.attacks.norms import ball, project_image
+from robustlab.errors import require
+
+
+class PGD:
+    """Maximise cross-entropy inside the ε-ball; with restarts, keep each example's worst case.
+
+    `step_size=None` uses 2.5·ε/steps, enough to cross the ball from any start.
+    """
+
+    def __init__(
+        self,
+        eps: float,
+        norm: str = "linf",
+        steps: int = 20,
+        step_size: float | None = None,
+        random_start: bool = True,
+        restarts: int = 1,
+    ) -> None:
+        self.threat = ball(norm, eps)
+        require(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer ≥ 1")
+        require(isinstance(restarts, int) and restarts >= 1, "restarts", restarts, "an integer ≥ 1")
+        if step_size is None:
+            step_size = 2.5 * eps / steps
+        require(isinstance(step_size, (int, float)) and step_size >= 0, "step_size", step_size,
+                "a number ≥ 0, or null for 2.5·eps/steps")
+        self.eps = float(eps)
+        self.norm = norm
+        self.steps = steps
+        self.step_size = float(step_size)
+        self.random_start = random_start
+        self.restarts = restarts
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = x.detach()
+        if self.eps == 0 or self.step_size == 0:
+            return x.clone()
+        best = self._run(model, x, y)
+        if self.restarts == 1:
+            return best
+        best_loss, best_correct = loss_and_correct(model, best, y)
+        for _ in range(self.restarts - 1):
+            candidate = self._run(model, x, y)
+            loss, correct = loss_and_correct(model, candidate, y)
+            # A misclassified point beats a correct one; between equals, the higher loss wins.
+            better = (best_correct & ~correct) | ((best_correct == correct) & (loss > best_loss))
+            best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), candidate, best)
+            best_loss = torch.where(better, loss, best_loss)
+            best_correct = best_correct & correct
+        return best
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x_adv = x.clone()
+        if self.random_start:
+            x_adv = project_image(x, x + self.threat.random(x, self.eps), self.threat, self.eps)
+        for _ in range(self.steps):
+            grad = input_gradient(model, x_adv, y)
+            x_adv = project_image(x, x_adv + self.step_size * self.threat.ascent_direction(grad), self.threat, self.eps)
+        return x_adv.detach()
+
+    def __repr__(self) -> str:
+        return (f"PGD(norm={self.norm}, eps={self.eps:g}, steps={self.steps}, step_size={self.step_size:g}, "
+                f"random_start={self.random_start}, restarts={self.restarts})")

@@ -1,0 +1,58 @@
+"""Reading robustlab checkpoints back: the classifier, or just the deployed predictor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from robustlab.classifier import RobustClassifier
+from robustlab.configuration import instantiate
+from robustlab.errors import CheckpointError
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint's dict, or a `CheckpointError` saying why it cannot be used."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read (truncated or not a PyTorch file): "
+                              f"{type(error).__name__}: {error}") from error
+    if not isinstance(checkpoint, dict) or not checkpoint.get("robustlab") or "state_dict" not in checkpoint:
+        raise CheckpointError(f"checkpoint {str(path)!r} was not written by robustlab (no 'robustlab' entry)")
+    return checkpoint
+
+
+def classifier_from_checkpoint(checkpoint: dict, **evaluation) -> RobustClassifier:
+    """The trained model and defense, weights loaded, in eval mode; `evaluation` sets attacks, n_eval, ...
+
+    No optimizer is restored: the classifier is for evaluation and deployment.
+    """
+    stored = checkpoint["robustlab"]
+    classifier = RobustClassifier(
+        model=instantiate(OmegaConf.create(stored["model"])),
+        defense=instantiate(OmegaConf.create(stored["defense"])),
+        optimizer=torch.optim.SGD,
+        build_config=stored,
+        **evaluation,
+    )
+    state = {key: value for key, value in checkpoint["state_dict"].items() if not key.startswith("test_accuracy.")}
+    try:
+        classifier.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint does not match the model it describes: {error}") from error
+    return classifier.eval()
+
+
+def load_classifier(path: str | Path) -> RobustClassifier:
+    return classifier_from_checkpoint(read_checkpoint(path))
+
+
+def load_predictor(path: str | Path) -> nn.Module:
+    """The deployed model (defense applied) from a checkpoint: an `nn.Module` in eval mode taking [0, 1] images."""
+    return load_classifier(path).predictor().eval()

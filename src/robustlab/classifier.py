@@ -1,0 +1,150 @@
+"""The one LightningModule: trains any model under any defense and evaluates it against every attack."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from robustlab.defenses.base import Defense
+from robustlab.evaluation.images import adversarial_grid
+
+CLEAN = "clean"
+
+
+class RobustClassifier(pl.LightningModule):
+    """`training_step` asks the defense for its loss; `test_step` attacks the deployed predictor.
+
+    Test pass 0 is clean accuracy on the whole test split; pass k ≥ 1 runs the k-th attack of `attacks`
+    on the first `n_eval` test images (see `test_loaders`). Attacks always see `defense.wrap(model)`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        defense: Defense,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        attacks: Mapping[str, Callable] | None = None,
+        val_attack: Callable | None = None,
+        n_eval: int = 1000,
+        image_grid: int = 8,
+        build_config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.defense = defense
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.attacks = dict(attacks or {})
+        self.val_attack = val_attack
+        self.n_eval = n_eval
+        self.image_grid = image_grid
+        self.build_config = build_config
+        self.test_accuracy = nn.ModuleDict({name: MeanMetric().set_dtype(torch.float64)
+                                            for name in [CLEAN, *self.attacks]})
+        self.attack_seconds: dict[str, float] = {}
+        self.results: dict[str, Any] | None = None
+
+    # -- deployment -------------------------------------------------------------------------------
+    def predictor(self) -> nn.Module:
+        """What is deployed and attacked: the model behind the defense's wrapper."""
+        return self.defense.wrap(self.model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictor()(x)
+
+    # -- training ---------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss, logits = self.defense.training_loss(self.model, x, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True,
+                 prog_bar=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        predictor = self.predictor()
+        logits = predictor(x)
+        self.log("val/loss", nn.functional.cross_entropy(logits, y), batch_size=len(y))
+        self.log("val/acc", (logits.argmax(1) == y).float().mean(), prog_bar=True, batch_size=len(y))
+        if batch_idx == 0 and self.val_attack is not None:
+            # The same fixed batch every epoch: a cheap early warning of catastrophic overfitting.
+            with torch.enable_grad():
+                x_adv = self.val_attack(predictor, x, y)
+            correct = (predictor(x_adv).argmax(1) == y).float().mean()
+            self.log("val/robust_acc", correct, prog_bar=True, batch_size=len(y))
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
+                                                          "interval": "epoch"}}
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def test_pass_name(self, dataloader_idx: int) -> str:
+        return CLEAN if dataloader_idx == 0 else list(self.attacks)[dataloader_idx - 1]
+
+    def test_loaders(self, datamodule) -> list:
+        """Loaders in pass order: the whole test split, then the first `n_eval` images once per attack."""
+        limit = None if self.n_eval == -1 else self.n_eval
+        return [datamodule.test_dataloader()] + [datamodule.test_dataloader(limit) for _ in self.attacks]
+
+    def on_test_epoch_start(self) -> None:
+        self.attack_seconds = {name: 0.0 for name in self.attacks}
+        self.results = None
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("attacks need gradients: build the Trainer with inference_mode=False "
+                               "(trainer.inference_mode=false)")
+        x, y = batch
+        name = self.test_pass_name(dataloader_idx)
+        predictor = self.predictor()
+        x_eval = x
+        if name != CLEAN:
+            started = time.perf_counter()
+            with torch.enable_grad():
+                x_eval = self.attacks[name](predictor, x, y)
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+            self.attack_seconds[name] += time.perf_counter() - started
+        correct = (predictor(x_eval).argmax(1) == y).float()
+        self.test_accuracy[name].update(correct)
+        if batch_idx == 0 and name != CLEAN and self.image_grid > 0:
+            self._log_images(name, x, x_eval)
+
+    def on_test_epoch_end(self) -> None:
+        accuracy = {name: float(metric.compute()) for name, metric in self.test_accuracy.items()}
+        counts = {name: int(metric.weight.item()) for name, metric in self.test_accuracy.items()}
+        for metric in self.test_accuracy.values():
+            metric.reset()
+        self.results = {
+            "clean_acc": accuracy[CLEAN],
+            "n_clean": counts[CLEAN],
+            "robust_acc": {name: accuracy[name] for name in self.attacks},
+            "n_eval": {name: counts[name] for name in self.attacks},
+            "attack_ms_per_image": {name: 1000.0 * self.attack_seconds[name] / max(counts[name], 1)
+                                    for name in self.attacks},
+        }
+        self.log("test/clean_acc", accuracy[CLEAN])
+        for name in self.attacks:
+            self.log(f"robust_acc/{name}", accuracy[name])
+            self.log(f"attack_ms_per_image/{name}", self.results["attack_ms_per_image"][name])
+
+    def _log_images(self, name: str, x: torch.Tensor, x_adv: torch.Tensor) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_image"):
+            experiment.add_image(f"adversarial_examples/{name}", adversarial_grid(x, x_adv, self.image_grid),
+                                 self.global_step)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["robustlab"] = self.build_config

@@ -1,0 +1,48 @@
+"""Hydra instantiation with error messages that name the full config key."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import hydra.utils
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+
+from robustlab.errors import InvalidValue
+
+_FULL_KEY = re.compile(r"^full_key: (\S+)$", re.MULTILINE)
+
+
+def instantiate(node: DictConfig, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate`, re-raising a constructor's `InvalidValue` under its full config key.
+
+    Hydra wraps constructor errors in an `InstantiationException` whose message ends with the key of the
+    node being built (e.g. `defense.attack`); the user gets `defense.attack.eps=-0.1 is not allowed: ...`.
+    """
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = _invalid_value_in_chain(error)
+        if cause is None:
+            raise
+        match = _FULL_KEY.search(str(error))
+        prefix = match.group(1) if match else _node_key(node)
+        raise cause.under(prefix) from None
+
+
+def _invalid_value_in_chain(error: BaseException) -> InvalidValue | None:
+    while error is not None:
+        if isinstance(error, InvalidValue):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _node_key(node: DictConfig) -> str:
+    return node._get_full_key(None) if OmegaConf.is_config(node) else ""
+
+
+def to_plain(node: Any) -> Any:
+    """A resolved, plain-Python copy of a config node (for metrics.json and checkpoints)."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

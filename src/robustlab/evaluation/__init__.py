@@ -1,0 +1,1 @@
+"""Evaluation helpers: metrics files, TensorBoard images, progress bars."""

@@ -1,0 +1,54 @@
+"""Evaluate a trained classifier on the test split and write the run's metrics.json and HParams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from robustlab.classifier import RobustClassifier
+from robustlab.evaluation.metrics_file import write_metrics
+from robustlab.experiment import attack_descriptions
+
+
+def evaluate(trainer: pl.Trainer, classifier: RobustClassifier, datamodule, checkpoint: str | None) -> dict:
+    """Clean accuracy on the whole test split and robust accuracy per attack on the first n_eval images."""
+    trainer.test(classifier, dataloaders=classifier.test_loaders(datamodule), ckpt_path=checkpoint, verbose=False)
+    return classifier.results
+
+
+def record_run(cfg: DictConfig, trainer: pl.Trainer, results: dict, checkpoint: str | None,
+               train_seconds: float | None, chosen: dict[str, str]) -> Path:
+    """Write metrics.json into the run directory, log the HParams summary, print where the file is.
+
+    `chosen` is the option of each config group that produced the evaluated model and attack.
+    """
+    dataset = cfg.dataset
+    record = {
+        "dataset": chosen.get("dataset"),
+        "model": chosen.get("model"),
+        "defense": chosen.get("defense"),
+        "attack": chosen.get("attack"),
+        "seed": cfg.get("seed"),
+        "eps": {"linf": float(dataset.eps.linf), "l2": float(dataset.eps.l2)},
+        "n_eval": max(results["n_eval"].values(), default=0),
+        "n_clean": results["n_clean"],
+        "clean_acc": results["clean_acc"],
+        "robust_acc": results["robust_acc"],
+        "attack_ms_per_image": results["attack_ms_per_image"],
+        "attacks": attack_descriptions(cfg),
+        "train_seconds": train_seconds,
+        "epochs": trainer.current_epoch,
+        "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
+    }
+    path = write_metrics(cfg.paths.output_dir, record)
+    hparams = {key: record[key] for key in ("dataset", "model", "defense", "attack", "seed", "epochs")}
+    hparams.update(eps_linf=record["eps"]["linf"], eps_l2=record["eps"]["l2"], n_eval=record["n_eval"])
+    final = {"hparams/clean_acc": record["clean_acc"]}
+    final.update({f"hparams/robust_acc/{name}": value for name, value in record["robust_acc"].items()})
+    for logger in trainer.loggers:
+        logger.log_hyperparams({k: v if v is not None else "none" for k, v in hparams.items()}, metrics=final)
+        logger.save()
+    print(f"metrics: {path}", flush=True)
+    return path

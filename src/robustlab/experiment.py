@@ -1,0 +1,93 @@
+"""Build an experiment's parts from a composed config. Shared by training, evaluation and loading."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from robustlab.classifier import RobustClassifier
+from robustlab.configuration import instantiate, to_plain
+from robustlab.errors import InvalidValue, require
+
+
+@contextmanager
+def config_key(node: DictConfig):
+    """Re-raise an `InvalidValue` from code driven by `node` under `node`'s full config key."""
+    try:
+        yield
+    except InvalidValue as error:
+        raise error.under(node._get_full_key(None)) from None
+
+
+def choices() -> dict[str, str]:
+    """Which option of each config group this run uses (empty outside a Hydra app)."""
+    if not HydraConfig.initialized():
+        return {}
+    return {group: str(option) for group, option in HydraConfig.get().runtime.choices.items()
+            if not group.startswith("hydra/") and option is not None}
+
+
+def build_datamodule(dataset_cfg: DictConfig) -> pl.LightningDataModule:
+    """Instantiate and load the dataset now, so a missing dataset fails before any training."""
+    node = dataset_cfg.datamodule
+    datamodule = instantiate(node)
+    with config_key(node):
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    return datamodule
+
+
+def evaluation_attacks(cfg: DictConfig) -> dict[str, Any]:
+    """The suite `eval.attacks`, with the top-level `attack` under its option name (it wins a clash)."""
+    attacks = {name: instantiate(node) for name, node in cfg.eval.attacks.items()}
+    attacks[choices().get("attack", "attack")] = instantiate(cfg.attack)
+    return attacks
+
+
+def attack_descriptions(cfg: DictConfig) -> dict[str, dict]:
+    described = {name: to_plain(node) for name, node in cfg.eval.attacks.items()}
+    described[choices().get("attack", "attack")] = to_plain(cfg.attack)
+    return described
+
+
+def build_config(cfg: DictConfig) -> dict:
+    """What a checkpoint must carry to rebuild its predictor without the original config files."""
+    return {"model": to_plain(cfg.model), "defense": to_plain(cfg.defense), "dataset": to_plain(cfg.dataset),
+            "choices": choices()}
+
+
+def build_classifier(cfg: DictConfig) -> RobustClassifier:
+    n_eval = cfg.eval.n_samples
+    require(isinstance(n_eval, int) and (n_eval >= 1 or n_eval == -1), "eval.n_samples", n_eval,
+            "an integer ≥ 1, or -1 for the whole test split")
+    return RobustClassifier(
+        model=instantiate(cfg.model),
+        defense=instantiate(cfg.defense),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        attacks=evaluation_attacks(cfg),
+        val_attack=instantiate(cfg.eval.val_attack) if cfg.eval.get("val_attack") else None,
+        n_eval=n_eval,
+        image_grid=cfg.eval.image_grid,
+        build_config=build_config(cfg),
+    )
+
+
+def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def plain_config(cfg: DictConfig) -> dict:
+    """The run's resolved config without Hydra's own node."""
+    return {key: to_plain(value) for key, value in cfg.items() if key != "hydra"}
+
+
+def open_struct(cfg: DictConfig) -> DictConfig:
+    OmegaConf.set_struct(cfg, False)
+    return cfg

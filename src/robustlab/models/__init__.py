@@ -1,0 +1,6 @@
+"""Classifiers. Each takes [0, 1] images; normalization is its first layer."""
+
+from robustlab.models.basic_net import BasicNet
+from robustlab.models.normalization import Normalize
+
+__all__ = ["BasicNet", "Normalize"]

@@ -1,0 +1,15 @@
+"""Train a classifier under a defense, attack it, write metrics.json: `python train.py [overrides]`."""
+
+import hydra
+from omegaconf import DictConfig
+
+import robustlab.train
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    robustlab.train.run(cfg)
+
+
+if __name__ == "__main__":
+    main()
