@@ -68,6 +68,9 @@ class RobustClassifier(pl.LightningModule):
                  prog_bar=True, batch_size=len(y))
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         predictor = self.predictor()

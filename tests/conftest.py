@@ -1,0 +1,57 @@
+"""Shared fixtures: compose the real configs (as `python train.py ...` would) on tiny data, on CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+DATA_DIR = ROOT / "data"  # the real datasets' cache, shared with `python train.py`
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train"):
+    """The config `python <config_name>.py <overrides>` would run, writing into `output_dir`.
+
+    HydraConfig is set as in a real run, so `${hydra:...}` interpolations and the run's choices work.
+    """
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.runtime.cwd = str(ROOT)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def compose_train(tmp_path):
+    def _compose(*overrides: str):
+        return compose_config(list(overrides), tmp_path)
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def run_script(script: str, *overrides: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python <script> <overrides>` as a user would, capturing its output."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# Small, fast runs on the synthetic dataset.
+TINY = ["dataset=synthetic", "trainer.max_epochs=2", "eval.n_samples=64", "logger=tensorboard"]

@@ -1,0 +1,164 @@
+"""Attack contract and strength: every attack config, both norms, on a trained model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from conftest import CONF, compose_config
+from robustlab.attacks import PGD, NoAttack
+from robustlab.attacks.norms import L2Ball, LinfBall
+from robustlab.configuration import instantiate as instantiate_checked
+from robustlab.data import SyntheticDataModule
+from robustlab.errors import InvalidValue
+from robustlab.models import BasicNet
+
+ATTACK_OPTIONS = sorted(path.stem for path in (CONF / "attack").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def data():
+    datamodule = SyntheticDataModule(num_train=1024, num_test=256, val_size=64, batch_size=64,
+                                     eval_batch_size=256)
+    datamodule.setup()
+    return datamodule
+
+
+@pytest.fixture(scope="module")
+def trained_model(data):
+    """BasicNet trained to high clean accuracy on the synthetic data (a few seconds on CPU)."""
+    torch.manual_seed(0)
+    model = BasicNet(in_channels=1, image_size=28, num_classes=10, mean=[0.5], std=[0.25])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(5):
+        for x, y in data.train_dataloader():
+            optimizer.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def batch(data):
+    x, y = data.test_set.tensors
+    return x[:128], y[:128]
+
+
+def accuracy(model, x, y) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def attack_from_config(option: str, tmp_path, *overrides: str):
+    cfg = compose_config(["dataset=synthetic", f"attack={option}", *overrides], tmp_path)
+    return instantiate(cfg.attack)
+
+
+def test_trained_model_is_accurate(trained_model, batch):
+    assert accuracy(trained_model, *batch) > 0.9
+
+
+@pytest.mark.parametrize("option", ATTACK_OPTIONS)
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_attack_contract(option, mode, trained_model, batch, tmp_path):
+    attack = attack_from_config(option, tmp_path)
+    x, y = batch
+    x_before = x.clone()
+    model = copy.deepcopy(trained_model).train(mode == "train")
+    params_before = [p.clone() for p in model.parameters()]
+
+    x_adv = attack(model, x, y)
+
+    assert torch.equal(x, x_before), "the attack modified its input"
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.device == x.device
+    assert not x_adv.requires_grad
+    assert torch.isfinite(x_adv).all()
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    delta = x_adv - x
+    if attack.norm == "linf":
+        assert delta.abs().max().item() <= attack.eps + 1e-6
+    else:
+        assert delta.flatten(1).norm(dim=1).max().item() <= attack.eps + 1e-5
+    assert model.training == (mode == "train"), "the attack changed the model's mode"
+    assert all(p.grad is None for p in model.parameters()), "the attack left parameter gradients"
+    assert all(torch.equal(a, b) for a, b in zip(params_before, model.parameters()))
+
+
+@pytest.mark.parametrize("option", [o for o in ATTACK_OPTIONS if o != "none"])
+def test_zero_budget_returns_input(option, trained_model, batch, tmp_path):
+    attack = attack_from_config(option, tmp_path, "attack.eps=0.0")
+    x, y = batch
+    assert torch.equal(attack(trained_model, x, y), x)
+
+
+@pytest.mark.parametrize("option", ["fgsm", "pgd_linf", "pgd_l2"])
+def test_attack_beats_random_noise_of_same_budget(option, trained_model, batch, tmp_path):
+    attack = attack_from_config(option, tmp_path)
+    x, y = batch
+    torch.manual_seed(0)
+    threat = LinfBall if attack.norm == "linf" else L2Ball
+    if attack.norm == "linf":
+        noise = attack.eps * torch.randint(0, 2, x.shape).float().mul(2).sub(1)  # a corner of the ball
+    else:
+        noise = threat.project(torch.randn_like(x) * 10, attack.eps)  # on the sphere
+    noisy = (x + noise).clamp(0, 1)
+    attacked = attack(trained_model, x, y)
+    assert accuracy(trained_model, attacked, y) < accuracy(trained_model, noisy, y) - 0.2
+
+
+def test_pgd_is_stronger_than_fgsm(trained_model, batch):
+    x, y = batch
+    torch.manual_seed(0)
+    fgsm = PGD(eps=0.1, steps=1, step_size=0.1, random_start=False)
+    pgd = PGD(eps=0.1, steps=20)
+    assert accuracy(trained_model, pgd(trained_model, x, y), y) <= accuracy(trained_model, fgsm(trained_model, x, y), y)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.05), ("l2", 0.5)])
+def test_restarts_keep_each_examples_worst_case(norm, eps, trained_model, batch):
+    x, y = batch
+    torch.manual_seed(0)
+    once = PGD(eps=eps, norm=norm, steps=5, restarts=1)(trained_model, x, y)
+    torch.manual_seed(0)  # the first restart replays the single run exactly
+    thrice = PGD(eps=eps, norm=norm, steps=5, restarts=3)(trained_model, x, y)
+    with torch.no_grad():
+        fooled_once = trained_model(once).argmax(1) != y
+        fooled_thrice = trained_model(thrice).argmax(1) != y
+    assert (fooled_thrice | ~fooled_once).all(), "a restart lost an example the first run had fooled"
+    assert fooled_thrice.sum() >= fooled_once.sum()
+
+
+def test_default_step_size_is_two_and_a_half_eps_over_steps():
+    assert PGD(eps=0.1, steps=20).step_size == pytest.approx(0.0125)
+
+
+def test_identity_attack_returns_a_copy(trained_model, batch):
+    x, y = batch
+    x_adv = NoAttack()(trained_model, x, y)
+    assert torch.equal(x_adv, x) and x_adv.data_ptr() != x.data_ptr()
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"eps": -0.1}, "eps"),
+    ({"eps": 1.5, "norm": "linf"}, "eps"),
+    ({"eps": 0.1, "steps": 0}, "steps"),
+    ({"eps": 0.1, "norm": "l1"}, "norm"),
+    ({"eps": 0.1, "restarts": 0}, "restarts"),
+    ({"eps": 0.1, "step_size": -0.01}, "step_size"),
+])
+def test_invalid_parameters_are_rejected(kwargs, field):
+    with pytest.raises(InvalidValue) as error:
+        PGD(**kwargs)
+    assert error.value.field == field
+
+
+def test_invalid_value_names_the_full_config_key(tmp_path):
+    cfg = compose_config(["dataset=synthetic", "defense=adv_train", "defense.attack.steps=0"], tmp_path)
+    with pytest.raises(InvalidValue) as error:
+        instantiate_checked(cfg.defense)
+    assert error.value.key == "defense.attack.steps"
+    assert "defense.attack.steps=0" in str(error.value) and "integer ≥ 1" in str(error.value)

@@ -1,0 +1,59 @@
+"""Every option of every config group composes and instantiates."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+
+from conftest import CONF, compose_config
+from robustlab.experiment import build_classifier, build_trainer
+
+GROUPS = {group.name: sorted(path.stem for path in group.glob("*.yaml"))
+          for group in sorted(CONF.iterdir()) if group.is_dir() and group.name not in {"hydra", "paths"}}
+
+
+def test_groups_named_by_the_design_exist():
+    for group in ["dataset", "model", "attack", "defense", "trainer", "logger", "callbacks", "eval", "experiment"]:
+        assert GROUPS.get(group), f"conf/{group}/ has no options"
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, options in GROUPS.items() for o in options])
+def test_option_instantiates(group, option, tmp_path):
+    if group == "experiment":
+        overrides = [f"experiment={option}", "dataset=synthetic"]
+    elif group == "dataset":
+        overrides = [f"dataset={option}"]
+    else:
+        overrides = ["dataset=synthetic", f"{group}={option}"]
+    cfg = compose_config(overrides, tmp_path)
+
+    datamodule = instantiate(cfg.dataset.datamodule)  # real datasets are not loaded here, only built
+    assert isinstance(datamodule, pl.LightningDataModule)
+    classifier = build_classifier(cfg)
+    x = torch.rand(2, cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
+    assert classifier.predictor()(x).shape == (2, cfg.dataset.num_classes)
+    assert classifier.configure_optimizers() is not None
+    trainer = build_trainer(cfg)
+    assert isinstance(trainer, pl.Trainer) and not trainer.predicting
+
+
+def test_experiment_switches_the_training_attack(tmp_path):
+    cfg = compose_config(["experiment=adv_train_fgsm", "dataset=synthetic"], tmp_path)
+    defense = instantiate(cfg.defense)
+    assert defense.attack.steps == 1 and defense.attack.step_size == pytest.approx(0.1)
+    assert instantiate(cfg.attack).steps == 20  # the evaluation threat is untouched
+
+
+def test_training_attack_is_overridable_from_the_command_line(tmp_path):
+    cfg = compose_config(["dataset=synthetic", "defense=adv_train", "attack@defense.attack=pgd_l2"], tmp_path)
+    assert instantiate(cfg.defense).attack.norm == "l2"
+
+
+def test_dataset_budgets_match_the_design(tmp_path):
+    expected = {"fashion_mnist": (0.1, 1.5), "mnist": (0.3, 2.0), "cifar10": (8 / 255, 0.5)}
+    for dataset, (linf, l2) in expected.items():
+        cfg = compose_config([f"dataset={dataset}"], tmp_path)
+        assert cfg.dataset.eps.linf == pytest.approx(linf) and cfg.dataset.eps.l2 == pytest.approx(l2)
+        assert instantiate(cfg.attack).eps == pytest.approx(linf)

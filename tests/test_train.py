@@ -1,0 +1,109 @@
+"""End to end: `python train.py` on synthetic data and on real Fashion-MNIST, outputs, load_predictor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import robustlab
+import robustlab.evaluate
+import robustlab.train
+from conftest import DATA_DIR, TINY, compose_config, run_script
+from robustlab.checkpoints import load_classifier
+
+METRICS_KEYS = {"dataset", "model", "defense", "attack", "eps", "n_eval", "clean_acc", "robust_acc",
+                "train_seconds", "attack_ms_per_image", "checkpoint"}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One tiny adversarial-training run on synthetic data, shared by the output checks."""
+    output_dir = tmp_path_factory.mktemp("run")
+    cfg = compose_config([*TINY, "defense=adv_train", "attack=pgd_l2"], output_dir)
+    results = robustlab.train.run(cfg)
+    return output_dir, results
+
+
+def test_metrics_json_has_the_promised_keys(trained_run):
+    output_dir, results = trained_run
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert METRICS_KEYS <= metrics.keys()
+    assert (metrics["dataset"], metrics["model"], metrics["defense"], metrics["attack"]) == \
+        ("synthetic", "basic_net", "adv_train", "pgd_l2")
+    assert set(metrics["robust_acc"]) == {"fgsm", "pgd_linf", "pgd_l2"} == set(metrics["attack_ms_per_image"])
+    assert metrics["n_eval"] == 64 and metrics["n_clean"] == 256
+    assert all(0.0 <= value <= 1.0 for value in [metrics["clean_acc"], *metrics["robust_acc"].values()])
+    assert metrics["robust_acc"]["pgd_linf"] <= metrics["robust_acc"]["fgsm"] + 0.1
+    assert metrics["eps"] == {"linf": 0.1, "l2": 1.5}
+    assert metrics["train_seconds"] > 0 and all(ms > 0 for ms in metrics["attack_ms_per_image"].values())
+    assert Path(metrics["checkpoint"]).is_file()
+    assert results["robust_acc"] == metrics["robust_acc"]
+
+
+def test_best_and_last_checkpoints_are_written(trained_run):
+    output_dir, _ = trained_run
+    names = {path.name for path in (output_dir / "checkpoints").glob("*.ckpt")}
+    assert "last.ckpt" in names and any(name.startswith("epoch_") for name in names)
+
+
+def test_tensorboard_has_curves_images_and_hparams(trained_run):
+    output_dir, _ = trained_run
+    events = EventAccumulator(str(output_dir / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ["train/loss_epoch", "train/acc", "train/lr", "val/loss", "val/acc", "val/robust_acc", "test/clean_acc",
+                "robust_acc/fgsm", "robust_acc/pgd_linf", "robust_acc/pgd_l2", "hparams/clean_acc"]:
+        assert tag in tags["scalars"], tag
+    assert {"adversarial_examples/fgsm", "adversarial_examples/pgd_l2"} <= set(tags["images"])
+    assert len(events.Scalars("val/acc")) == 2  # once per epoch
+    plugin_tags = {tag for tag in tags["tensors"]} | set(events.summary_metadata)
+    assert "_hparams_/experiment" in plugin_tags and "_hparams_/session_start_info" in plugin_tags
+
+
+def test_load_predictor_round_trips(trained_run):
+    output_dir, _ = trained_run
+    checkpoint = json.loads((output_dir / "metrics.json").read_text())["checkpoint"]
+    predictor = robustlab.load_predictor(checkpoint)
+    assert not predictor.training
+    classifier = load_classifier(checkpoint)
+    reference = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.equal(reference[f"model.{k}"], v) for k, v in predictor.state_dict().items())
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(predictor(x), classifier(x))
+
+
+def test_evaluate_reproduces_the_training_run_numbers(trained_run, tmp_path):
+    output_dir, results = trained_run
+    checkpoint = json.loads((output_dir / "metrics.json").read_text())["checkpoint"]
+    cfg = compose_config([f"ckpt_path={checkpoint}", "attack=pgd_l2", "eval.n_samples=64"], tmp_path,
+                         config_name="evaluate")
+    evaluated = robustlab.evaluate.run(cfg)
+    assert evaluated["clean_acc"] == results["clean_acc"]
+    assert evaluated["robust_acc"]["fgsm"] == results["robust_acc"]["fgsm"]  # deterministic attack
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["defense"] == "adv_train" and metrics["dataset"] == "synthetic" and metrics["train_seconds"] is None
+
+
+def test_standard_training_learns_the_synthetic_task(tmp_path):
+    cfg = compose_config([*TINY, "trainer.max_epochs=3", "logger=none"], tmp_path)
+    results = robustlab.train.run(cfg)
+    assert results["clean_acc"] > 0.9
+    assert results["robust_acc"]["pgd_linf"] < results["clean_acc"]
+
+
+def test_train_script_on_a_real_fashion_mnist_subset(tmp_path):
+    result = run_script("train.py", f"hydra.run.dir={tmp_path}", f"paths.data_dir={DATA_DIR}",
+                        "trainer.max_epochs=1", "trainer.limit_train_batches=40", "trainer.limit_val_batches=1",
+                        "eval.n_samples=200")
+    assert result.returncode == 0, result.stderr[-3000:]
+    last_line = result.stdout.strip().splitlines()[-1]
+    assert last_line == f"metrics: {tmp_path / 'metrics.json'}"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["dataset"] == "fashion_mnist" and metrics["n_clean"] == 10000 and metrics["n_eval"] == 200
+    assert metrics["clean_acc"] > 0.5  # 40 batches of real data already learn most of the task
+    assert "Evaluating pgd_linf" in result.stdout + result.stderr  # the per-attack progress bar
