@@ -4,11 +4,13 @@ import hydra
 from omegaconf import DictConfig
 
 import robustlab.evaluate
+from robustlab.errors import exit_on_config_error
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    robustlab.evaluate.run(cfg)
+    with exit_on_config_error():
+        robustlab.evaluate.run(cfg)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -36,3 +38,13 @@ def require(condition: bool, field: str, value: Any, allowed: str) -> None:
     """Raise `InvalidValue` unless `condition` holds."""
     if not condition:
         raise InvalidValue(field, value, allowed)
+
+
+@contextmanager
+def exit_on_config_error():
+    """For the command-line shims: a `ConfigError` becomes one clear message and exit status 2."""
+    try:
+        yield
+    except ConfigError as error:
+        print(f"robustlab: invalid configuration: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
