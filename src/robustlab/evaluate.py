@@ -21,5 +21,5 @@ def run(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg)
     results = evaluate(trainer, classifier, datamodule, checkpoint=None)
     trained_with = checkpoint["robustlab"].get("choices", {})
-    record_run(cfg, trainer, results, cfg.ckpt_path, train_seconds=None, chosen={**trained_with, **choices()})
+    record_run(cfg, trainer, results, cfg.ckpt_path, chosen={**trained_with, **choices()})
     return results

@@ -21,5 +21,5 @@ def run(cfg: DictConfig) -> dict:
     train_seconds = time.perf_counter() - started
     checkpoint = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path or None
     results = evaluate(trainer, classifier, datamodule, checkpoint)
-    record_run(cfg, trainer, results, checkpoint, train_seconds, choices())
+    record_run(cfg, trainer, results, checkpoint, choices(), train_seconds, trainer.current_epoch)
     return results

@@ -19,10 +19,11 @@ def evaluate(trainer: pl.Trainer, classifier: RobustClassifier, datamodule, chec
 
 
 def record_run(cfg: DictConfig, trainer: pl.Trainer, results: dict, checkpoint: str | None,
-               train_seconds: float | None, chosen: dict[str, str]) -> Path:
+               chosen: dict[str, str], train_seconds: float | None = None, epochs: int | None = None) -> Path:
     """Write metrics.json into the run directory, log the HParams summary, print where the file is.
 
-    `chosen` is the option of each config group that produced the evaluated model and attack.
+    `chosen` is the option of each config group that produced the evaluated model and attack;
+    `train_seconds` and `epochs` are None when the run only evaluated a checkpoint.
     """
     dataset = cfg.dataset
     record = {
@@ -39,7 +40,7 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: dict, checkpoint: 
         "attack_ms_per_image": results["attack_ms_per_image"],
         "attacks": attack_descriptions(cfg),
         "train_seconds": train_seconds,
-        "epochs": trainer.current_epoch,
+        "epochs": epochs,
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
     }
     path = write_metrics(cfg.paths.output_dir, record)
