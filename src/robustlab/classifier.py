@@ -35,8 +35,15 @@ class RobustClassifier(pl.LightningModule):
         n_eval: int = 1000,
         image_grid: int = 8,
         build_config: dict | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
+        if channels_last:  # NHWC convolutions: faster on CPUs (oneDNN) and on GPUs' tensor cores
+            model = model.to(memory_format=torch.channels_last)
+            defense = defense.to(memory_format=torch.channels_last)
+        if compile:  # in place, so state_dict keys (and checkpoints) are unchanged
+            model.compile()
         self.model = model
         self.defense = defense
         self.optimizer_factory = optimizer

@@ -17,7 +17,7 @@ def run(cfg: DictConfig) -> dict:
     cfg.dataset = OmegaConf.create(checkpoint["robustlab"]["dataset"])  # attack budgets interpolate from it
     datamodule = build_datamodule(cfg.dataset)
     classifier = classifier_from_checkpoint(checkpoint, attacks=evaluation_attacks(cfg), n_eval=cfg.eval.n_samples,
-                                            image_grid=cfg.eval.image_grid)
+                                            image_grid=cfg.eval.image_grid, **cfg.performance)
     trainer = build_trainer(cfg)
     results = evaluate(trainer, classifier, datamodule, checkpoint=None)
     trained_with = checkpoint["robustlab"].get("choices", {})

@@ -74,6 +74,8 @@ def build_classifier(cfg: DictConfig) -> RobustClassifier:
         n_eval=n_eval,
         image_grid=cfg.eval.image_grid,
         build_config=build_config(cfg),
+        channels_last=cfg.performance.channels_last,
+        compile=cfg.performance.compile,
     )
 
 

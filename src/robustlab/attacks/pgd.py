@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from robustlab.attacks.batching import in_chunks
 from robustlab.attacks.gradient import input_gradient, loss_and_correct
 from robustlab.attacks.norms import ball, project_image
 from robustlab.errors import require
@@ -13,7 +14,8 @@ from robustlab.errors import require
 class PGD:
     """Maximise cross-entropy inside the ε-ball; with restarts, keep each example's worst case.
 
-    `step_size=None` uses 2.5·ε/steps, enough to cross the ball from any start.
+    `step_size=None` uses 2.5·ε/steps, enough to cross the ball from any start. `chunk_size`: see
+    `robustlab.attacks.batching` (eval-mode CPU batches are attacked in chunks of this many images).
     """
 
     def __init__(
@@ -24,10 +26,13 @@ class PGD:
         step_size: float | None = None,
         random_start: bool = True,
         restarts: int = 1,
+        chunk_size: int | None = 256,
     ) -> None:
         self.threat = ball(norm, eps)
         require(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer ≥ 1")
         require(isinstance(restarts, int) and restarts >= 1, "restarts", restarts, "an integer ≥ 1")
+        require(chunk_size is None or (isinstance(chunk_size, int) and chunk_size >= 1), "chunk_size", chunk_size,
+                "an integer ≥ 1, or null for whole batches")
         if step_size is None:
             step_size = 2.5 * eps / steps
         require(isinstance(step_size, (int, float)) and step_size >= 0, "step_size", step_size,
@@ -38,11 +43,15 @@ class PGD:
         self.step_size = float(step_size)
         self.random_start = random_start
         self.restarts = restarts
+        self.chunk_size = chunk_size
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = x.detach()
         if self.eps == 0 or self.step_size == 0:
             return x.clone()
+        return in_chunks(self._worst_of_restarts, model, x, y, self.chunk_size)
+
+    def _worst_of_restarts(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         best = self._run(model, x, y)
         if self.restarts == 1:
             return best

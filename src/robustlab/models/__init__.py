@@ -2,5 +2,6 @@
 
 from robustlab.models.basic_net import BasicNet
 from robustlab.models.normalization import Normalize
+from robustlab.models.wide_resnet import WideResNet
 
-__all__ = ["BasicNet", "Normalize"]
+__all__ = ["BasicNet", "Normalize", "WideResNet"]
