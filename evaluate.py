@@ -4,12 +4,12 @@ import hydra
 from omegaconf import DictConfig
 
 import robustlab.evaluate
-from robustlab.errors import exit_on_config_error
+from robustlab.errors import exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    with exit_on_config_error():
+    with exit_on_user_error():
         robustlab.evaluate.run(cfg)
 
 

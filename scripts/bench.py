@@ -188,7 +188,18 @@ def measure_evaluation_memory(count: int, dataset: list[str], output_dir: str) -
     classifier = build_classifier(cfg)
     evaluate(build_trainer(cfg), classifier, datamodule, checkpoint=None)
     assert list(classifier.results["n_eval"].values()) == [count]
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    return peak_rss_mib()
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. Linux's VmHWM belongs to the current program only; getrusage's
+    maxrss would also count the forked parent's pages from before `exec`."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
 def evaluation_memory(sizes: Sizes, repeats: int) -> list[Figure]:

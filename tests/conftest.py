@@ -28,6 +28,7 @@ def compose_config(overrides: list[str], output_dir: Path, config_name: str = "t
     HydraConfig is set as in a real run, so `${hydra:...}` interpolations and the run's choices work.
     """
     GlobalHydra.instance().clear()
+    overrides = [f"paths.output_root={output_dir}/outputs", *overrides]  # checkpoints stay inside the test
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
@@ -46,11 +47,14 @@ def compose_train(tmp_path):
     GlobalHydra.instance().clear()
 
 
-def run_script(script: str, *overrides: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `python <script> <overrides>` as a user would, capturing its output."""
+def run_script(script: str, *overrides: str, output_root: Path, cwd: Path = ROOT,
+               timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `python <script> <overrides>` as a user would, its outputs and checkpoints under `output_root`."""
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    flags = [argument for argument in overrides if argument.startswith("-")]  # e.g. -m, before any override
+    overrides = [argument for argument in overrides if not argument.startswith("-")]
+    return subprocess.run([sys.executable, str(ROOT / script), *flags, f"paths.output_root={output_root}", *overrides],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 # Small, fast runs on the synthetic dataset.

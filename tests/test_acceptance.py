@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def train(tmp_path, *overrides: str) -> tuple[dict, float]:
     started = time.perf_counter()
     result = run_script("train.py", f"hydra.run.dir={tmp_path}", f"paths.data_dir={DATA_DIR}", *overrides,
-                        timeout=900)
+                        timeout=900, output_root=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((tmp_path / "metrics.json").read_text()), time.perf_counter() - started
 

@@ -6,6 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from omegaconf import open_dict, read_write
 
 from conftest import CONF, compose_config
 from robustlab.experiment import build_classifier, build_trainer
@@ -27,6 +28,8 @@ def test_option_instantiates(group, option, tmp_path):
         overrides = [f"dataset={option}"]
     else:
         overrides = ["dataset=synthetic", f"{group}={option}"]
+    if group == "trainer" and option in {"gpu", "ddp"} and not torch.cuda.is_available():
+        overrides += ["trainer.accelerator=cpu", "trainer.devices=1"]  # everything but the device is still built and checked
     cfg = compose_config(overrides, tmp_path)
 
     datamodule = instantiate(cfg.dataset.datamodule)  # real datasets are not loaded here, only built
@@ -57,3 +60,19 @@ def test_dataset_budgets_match_the_design(tmp_path):
         cfg = compose_config([f"dataset={dataset}"], tmp_path)
         assert cfg.dataset.eps.linf == pytest.approx(linf) and cfg.dataset.eps.l2 == pytest.approx(l2)
         assert instantiate(cfg.attack).eps == pytest.approx(linf)
+
+
+@pytest.mark.parametrize("launcher,target", [("local_gpus", "hydra_plugins.hydra_joblib_launcher"),
+                                             ("slurm", "hydra_plugins.hydra_submitit_launcher")])
+def test_launcher_configs_compose(launcher, target, tmp_path):
+    cfg = compose_config(["dataset=synthetic", f"hydra/launcher={launcher}"], tmp_path)
+    assert cfg.hydra.launcher._target_.startswith(target)
+
+
+def test_gpu_trainer_gives_each_job_of_a_sweep_its_own_device(tmp_path):
+    cfg = compose_config(["dataset=synthetic", "trainer=gpu"], tmp_path)
+    assert cfg.trainer.precision == "bf16-mixed"
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.job.num = 5
+    count = max(torch.cuda.device_count(), 1)
+    assert cfg.trainer.devices == [5 % count]

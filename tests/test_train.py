@@ -47,7 +47,9 @@ def test_metrics_json_has_the_promised_keys(trained_run):
 
 def test_best_and_last_checkpoints_are_written(trained_run):
     output_dir, _ = trained_run
-    names = {path.name for path in (output_dir / "checkpoints").glob("*.ckpt")}
+    checkpoint_dir = Path(json.loads((output_dir / "metrics.json").read_text())["checkpoint"]).parent
+    assert checkpoint_dir.is_relative_to(output_dir / "outputs" / "checkpoints")
+    names = {path.name for path in checkpoint_dir.glob("*.ckpt")}
     assert "last.ckpt" in names and any(name.startswith("epoch_") for name in names)
 
 
@@ -101,7 +103,7 @@ def test_standard_training_learns_the_synthetic_task(tmp_path):
 def test_train_script_on_a_real_fashion_mnist_subset(tmp_path):
     result = run_script("train.py", f"hydra.run.dir={tmp_path}", f"paths.data_dir={DATA_DIR}",
                         "trainer.max_epochs=1", "trainer.limit_train_batches=40", "trainer.limit_val_batches=1",
-                        "eval.n_samples=200")
+                        "eval.n_samples=200", output_root=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     last_line = result.stdout.strip().splitlines()[-1]
     assert last_line == f"metrics: {tmp_path / 'metrics.json'}"

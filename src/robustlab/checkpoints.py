@@ -28,6 +28,27 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def check_checkpoint_matches(stored: dict, cfg) -> None:
+    """Refuse to evaluate a checkpoint on another dataset or as another model than it was trained as.
+
+    `cfg.dataset` / `cfg.model`, when the user chose them, must describe what the checkpoint holds.
+    """
+    for group, identity in (("dataset", ("name", "channels", "image_size", "num_classes")),
+                            ("model", None)):
+        chosen = cfg.get(group)
+        if chosen is None:
+            continue
+        expected = OmegaConf.to_container(chosen, resolve=True)
+        trained = stored[group]
+        keys = identity or [key for key in expected if key not in ("mean", "std")]
+        differences = [f"{group}.{key}={expected.get(key)!r} but the checkpoint has {trained.get(key)!r}"
+                       for key in keys if expected.get(key) != trained.get(key)]
+        if differences:
+            trained_as = stored.get("choices", {}).get(group, trained.get("name", trained.get("_target_")))
+            raise CheckpointError(f"the checkpoint was trained with {group} {trained_as}, not the one chosen: "
+                                  + "; ".join(differences))
+
+
 def classifier_from_checkpoint(checkpoint: dict, **evaluation) -> RobustClassifier:
     """The trained model and defense, weights loaded, in eval mode; `evaluation` sets attacks, n_eval, ...
 

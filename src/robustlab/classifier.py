@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
 from robustlab.defenses.base import Defense
+from robustlab.errors import TrainingDiverged
 from robustlab.evaluation.images import adversarial_grid
 
 CLEAN = "clean"
+
+
+def random_states() -> dict:
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    # Plain types and tensors only, so checkpoints load with torch.load(weights_only=True).
+    states = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position,
+                                                     has_gauss, cached), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_random_states(states: dict) -> None:
+    random.setstate(states["python"])
+    name, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class RobustClassifier(pl.LightningModule):
@@ -70,6 +92,11 @@ class RobustClassifier(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss, logits = self.defense.training_loss(self.model, x, y)
+        if not torch.isfinite(loss):
+            lr = self.optimizers().param_groups[0]["lr"]
+            raise TrainingDiverged(f"train/loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}: "
+                                   f"training diverged (optimizer learning rate {lr:g}; try a lower optimizer.lr). "
+                                   "No metrics were written.")
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True,
                  prog_bar=True, batch_size=len(y))
@@ -158,3 +185,10 @@ class RobustClassifier(pl.LightningModule):
     # -- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["robustlab"] = self.build_config
+        checkpoint["rng_states"] = random_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Resuming a fit continues the random stream where it stopped (shuffling, random starts), so a killed
+        # and resumed run ends exactly like an uninterrupted one. Evaluation does not restore it.
+        if self._trainer is not None and self.trainer.state.fn == "fit" and "rng_states" in checkpoint:
+            restore_random_states(checkpoint["rng_states"])

@@ -46,3 +46,13 @@ def _node_key(node: DictConfig) -> str:
 def to_plain(node: Any) -> Any:
     """A resolved, plain-Python copy of a config node (for metrics.json and checkpoints)."""
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def gpu_for_job(job_number: Any) -> list[int]:
+    """`${gpu_for_job:${hydra:job.num}}`: the GPU index for the k-th job of a multirun (k mod the GPU count)."""
+    import torch
+
+    return [int(job_number) % max(torch.cuda.device_count(), 1)]
+
+
+OmegaConf.register_new_resolver("gpu_for_job", gpu_for_job, replace=True)

@@ -7,8 +7,16 @@ from contextlib import contextmanager
 from typing import Any
 
 
-class ConfigError(ValueError):
+class RobustlabError(Exception):
+    """An error the user can act on; the command-line shims print it alone and exit with status 2."""
+
+
+class ConfigError(RobustlabError, ValueError):
     """A configuration value that robustlab refuses, raised before any training starts."""
+
+
+class TrainingDiverged(RobustlabError):
+    """The training loss became NaN or infinite; the run stops before anything is evaluated or written."""
 
 
 class InvalidValue(ConfigError):
@@ -26,10 +34,6 @@ class InvalidValue(ConfigError):
         return InvalidValue(self.field, self.value, self.allowed, key_prefix)
 
 
-class DatasetNotFoundError(ConfigError):
-    """No usable copy of a dataset in any of the places robustlab looks."""
-
-
 class CheckpointError(ConfigError):
     """A checkpoint that is missing, unreadable, or not one robustlab wrote."""
 
@@ -41,10 +45,13 @@ def require(condition: bool, field: str, value: Any, allowed: str) -> None:
 
 
 @contextmanager
-def exit_on_config_error():
-    """For the command-line shims: a `ConfigError` becomes one clear message and exit status 2."""
+def exit_on_user_error():
+    """For the command-line shims: a `RobustlabError` becomes one clear message and exit status 2."""
     try:
         yield
     except ConfigError as error:
         print(f"robustlab: invalid configuration: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    except RobustlabError as error:
+        print(f"robustlab: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from robustlab.checkpoints import classifier_from_checkpoint, read_checkpoint
-from robustlab.evaluation.runner import evaluate, record_run
+from robustlab.checkpoints import check_checkpoint_matches, classifier_from_checkpoint, read_checkpoint
+from robustlab.evaluation.runner import evaluate, finished_run, record_run
 from robustlab.experiment import build_datamodule, build_trainer, choices, evaluation_attacks
+from robustlab.fingerprint import run_fingerprint
+from robustlab.validation import check_complete, check_step_sizes
 
 
 def run(cfg: DictConfig) -> dict:
-    pl.seed_everything(cfg.seed, workers=True)
+    check_complete(cfg)
     checkpoint = read_checkpoint(cfg.ckpt_path)
-    OmegaConf.set_struct(cfg, False)
-    cfg.dataset = OmegaConf.create(checkpoint["robustlab"]["dataset"])  # attack budgets interpolate from it
+    stored = checkpoint["robustlab"]
+    check_checkpoint_matches(stored, cfg)
+    with open_dict(cfg):
+        if cfg.get("dataset") is None:  # evaluate on the data the checkpoint was trained on
+            cfg.dataset = OmegaConf.create(stored["dataset"])
+    check_step_sizes(cfg)  # attack budgets interpolate from the dataset, so only now
+    done = finished_run(cfg.paths.output_dir, run_fingerprint(cfg))
+    if done is not None:
+        return done
+    pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg.dataset)
     classifier = classifier_from_checkpoint(checkpoint, attacks=evaluation_attacks(cfg), n_eval=cfg.eval.n_samples,
                                             image_grid=cfg.eval.image_grid, **cfg.performance)
     trainer = build_trainer(cfg)
     results = evaluate(trainer, classifier, datamodule, checkpoint=None)
-    trained_with = checkpoint["robustlab"].get("choices", {})
-    record_run(cfg, trainer, results, cfg.ckpt_path, chosen={**trained_with, **choices()})
+    record_run(cfg, trainer, results, cfg.ckpt_path, chosen={**stored.get("choices", {}), **choices()})
     return results

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from robustlab.classifier import RobustClassifier
 from robustlab.configuration import instantiate, to_plain
 from robustlab.errors import InvalidValue, require
+from robustlab.validation import check_model_fits_dataset
 
 
 @contextmanager
@@ -64,8 +65,10 @@ def build_classifier(cfg: DictConfig) -> RobustClassifier:
     n_eval = cfg.eval.n_samples
     require(isinstance(n_eval, int) and (n_eval >= 1 or n_eval == -1), "eval.n_samples", n_eval,
             "an integer ≥ 1, or -1 for the whole test split")
+    model = instantiate(cfg.model)
+    check_model_fits_dataset(model, cfg)
     return RobustClassifier(
-        model=instantiate(cfg.model),
+        model=model,
         defense=instantiate(cfg.defense),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,

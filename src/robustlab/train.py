@@ -1,25 +1,28 @@
-"""`python train.py`: train under a defense, evaluate against every attack, write metrics.json."""
+"""`python train.py`: train under a defense (or resume, or reuse), evaluate against every attack, write metrics.json."""
 
 from __future__ import annotations
-
-import time
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from robustlab.evaluation.runner import evaluate, record_run
+from robustlab.evaluation.runner import evaluate, finished_run, record_run
 from robustlab.experiment import build_classifier, build_datamodule, build_trainer, choices
+from robustlab.fingerprint import run_fingerprint
+from robustlab.trained_models import fit_or_reuse
+from robustlab.validation import check_config
 
 
 def run(cfg: DictConfig) -> dict:
+    check_config(cfg)
+    done = finished_run(cfg.paths.output_dir, run_fingerprint(cfg))
+    if done is not None:
+        return done
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg.dataset)
     classifier = build_classifier(cfg)
     trainer = build_trainer(cfg)
-    started = time.perf_counter()
-    trainer.fit(classifier, datamodule=datamodule)
-    train_seconds = time.perf_counter() - started
-    checkpoint = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path or None
-    results = evaluate(trainer, classifier, datamodule, checkpoint)
-    record_run(cfg, trainer, results, checkpoint, choices(), train_seconds, trainer.current_epoch)
+    training = fit_or_reuse(cfg, trainer, classifier, datamodule)
+    pl.seed_everything(cfg.seed, workers=True)  # the evaluation's randomness does not depend on how training went
+    results = evaluate(trainer, classifier, datamodule, training.checkpoint)
+    record_run(cfg, trainer, results, training.checkpoint, choices(), training)
     return results

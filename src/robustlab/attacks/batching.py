@@ -1,7 +1,7 @@
 """Cache-sized chunks for attacks on the CPU.
 
-On 2 CPU cores, PGD on 1000 Fashion-MNIST images runs about 1.5× faster in chunks of 256 than as one
-batch (measured with scripts/bench.py): the activations of a chunk stay in cache. Chunking is exact only
+On the CPU, an attack on 1000 Fashion-MNIST images runs faster in chunks of a few hundred than as one
+batch: the activations of a chunk stay in cache. Chunking is exact only
 when examples are independent, i.e. in eval mode (batch norm in train mode couples a batch), and it only
 pays on the CPU; elsewhere the batch is attacked whole.
 """

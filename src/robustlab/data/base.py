@@ -18,7 +18,7 @@ class InMemoryImageDataModule(LightningDataModule):
     """Subclasses implement `load_split(train) -> (images, labels)`; everything else is shared."""
 
     def __init__(self, batch_size: int = 128, eval_batch_size: int = 1000, val_size: int = 5000,
-                 split_seed: int = 0) -> None:
+                 split_seed: int = 0, resident_on_device: bool = True) -> None:
         super().__init__()
         require(isinstance(batch_size, int) and batch_size >= 1, "batch_size", batch_size, "an integer ≥ 1")
         require(isinstance(eval_batch_size, int) and eval_batch_size >= 1, "eval_batch_size", eval_batch_size,
@@ -28,6 +28,7 @@ class InMemoryImageDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.val_size = val_size
         self.split_seed = split_seed
+        self.resident_on_device = resident_on_device
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
         self.test_set: TensorDataset | None = None
@@ -48,17 +49,28 @@ class InMemoryImageDataModule(LightningDataModule):
             self.test_set = TensorDataset(*_as_float_images(*self.load_split(train=False)))
 
     def train_dataloader(self) -> DataLoader:
-        return _batches(self.train_set, self.batch_size, shuffle=True)
+        return _batches(self._on_device(self.train_set), self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return _batches(self.val_set, self.eval_batch_size, shuffle=False)
+        return _batches(self._on_device(self.val_set), self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self, limit: int | None = None) -> DataLoader:
         """The test split in order; with `limit`, only its first `limit` images."""
-        dataset = self.test_set
+        dataset = self._on_device(self.test_set)
         if limit is not None and 0 <= limit < len(dataset):
             dataset = TensorDataset(*(tensor[:limit] for tensor in dataset.tensors))
         return _batches(dataset, self.eval_batch_size, shuffle=False)
+
+
+    def _on_device(self, dataset: TensorDataset) -> TensorDataset:
+        """With `resident_on_device`, move a split once to the accelerator the Trainer runs on.
+
+        Batches are then slices of device memory: no host-to-device copy per step. On the CPU, a no-op.
+        """
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        if self.resident_on_device and device is not None and dataset.tensors[0].device != device:
+            dataset.tensors = tuple(tensor.to(device) for tensor in dataset.tensors)
+        return dataset
 
 
 def _as_float_images(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

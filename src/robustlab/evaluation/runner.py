@@ -8,8 +8,10 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from robustlab.classifier import RobustClassifier
-from robustlab.evaluation.metrics_file import write_metrics
+from robustlab.evaluation.metrics_file import read_metrics, write_metrics
 from robustlab.experiment import attack_descriptions
+from robustlab.fingerprint import run_fingerprint
+from robustlab.trained_models import Training
 
 
 def evaluate(trainer: pl.Trainer, classifier: RobustClassifier, datamodule, checkpoint: str | None) -> dict:
@@ -18,12 +20,26 @@ def evaluate(trainer: pl.Trainer, classifier: RobustClassifier, datamodule, chec
     return classifier.results
 
 
+def finished_run(output_dir: str | Path, fingerprint: str) -> dict | None:
+    """The results of a finished run with this fingerprint in `output_dir` (its metrics.json), or None."""
+    path = Path(output_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    record = read_metrics(path)
+    if record.get("run_fingerprint") != fingerprint:
+        return None
+    print(f"run already finished (fingerprint {fingerprint}); nothing to do", flush=True)
+    print(f"metrics: {path}", flush=True)
+    return {key: record[key] for key in ("clean_acc", "n_clean", "robust_acc", "attack_ms_per_image")}
+
+
 def record_run(cfg: DictConfig, trainer: pl.Trainer, results: dict, checkpoint: str | None,
-               chosen: dict[str, str], train_seconds: float | None = None, epochs: int | None = None) -> Path:
+               chosen: dict[str, str], training: Training | None = None) -> Path:
     """Write metrics.json into the run directory, log the HParams summary, print where the file is.
 
-    `chosen` is the option of each config group that produced the evaluated model and attack;
-    `train_seconds` and `epochs` are None when the run only evaluated a checkpoint.
+    `chosen` is the option of each config group that produced the evaluated model and attack; `training`
+    is None when the run only evaluated a checkpoint. metrics.json is written last and atomically, and
+    holds the run's fingerprint: its presence marks the run as finished.
     """
     dataset = cfg.dataset
     record = {
@@ -39,9 +55,13 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: dict, checkpoint: 
         "robust_acc": results["robust_acc"],
         "attack_ms_per_image": results["attack_ms_per_image"],
         "attacks": attack_descriptions(cfg),
-        "train_seconds": train_seconds,
-        "epochs": epochs,
+        "train_seconds": training.train_seconds if training else None,
+        "epochs": training.epochs if training else None,
+        "training_reused": training.reused if training else None,
+        "resumed_from": training.resumed_from if training else None,
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
+        "training_fingerprint": training.fingerprint if training else None,
+        "run_fingerprint": run_fingerprint(cfg),
     }
     path = write_metrics(cfg.paths.output_dir, record)
     hparams = {key: record[key] for key in ("dataset", "model", "defense", "attack", "seed", "epochs")}

@@ -24,8 +24,6 @@ class BasicNet(nn.Module):
     ) -> None:
         super().__init__()
         require(in_channels >= 1, "in_channels", in_channels, "an integer ≥ 1")
-        require(len(mean) == in_channels and len(std) == in_channels, "mean", list(mean),
-                f"one mean and one std per input channel ({in_channels})")
         require(image_size >= 16, "image_size", image_size, "an integer ≥ 16 (two 5×5 convs and two 2×2 pools)")
         require(num_classes >= 2, "num_classes", num_classes, "an integer ≥ 2")
         side = ((image_size - 4) // 2 - 4) // 2

@@ -1,0 +1,64 @@
+"""Config fingerprints: which runs share a trained model, and which share a result.
+
+`training` covers everything that changes the trained weights; `run` adds everything that changes the
+evaluation. Where files go, and whether work can be skipped or resumed, follows from these two keys:
+
+- checkpoints live in `paths.checkpoint_dir` (…/<training fingerprint>), so re-running a command, or
+  sweeping attacks and budgets, resumes or reuses training instead of repeating it;
+- a run directory is keyed by the run fingerprint, so the same command lands in the same directory, and a
+  metrics.json holding that fingerprint marks the run as finished.
+
+Data locations, loggers, progress bars and output paths are not part of either key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+TRAINING_KEYS = ("dataset", "model", "defense", "optimizer", "scheduler", "seed", "performance",
+                 "eval.val_attack", "trainer.max_epochs", "trainer.limit_train_batches", "trainer.limit_val_batches",
+                 "trainer.precision", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val")
+EVALUATION_KEYS = ("attack", "eval.attacks", "eval.n_samples", "ckpt_path")
+# Where the data comes from, not what it is.
+LOCATION_KEYS = ("root", "system_dir", "download", "resident_on_device")
+
+
+def _select(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, Any]:
+    chosen = {}
+    for key in keys:
+        node = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if node is None:
+            continue
+        value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        if key == "dataset" and isinstance(value, dict):
+            value = {**value, "datamodule": {k: v for k, v in value.get("datamodule", {}).items()
+                                             if k not in LOCATION_KEYS}}
+        chosen[key] = value
+    return chosen
+
+
+def _digest(content: dict) -> str:
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def training_fingerprint(cfg: DictConfig) -> str:
+    return _digest(_select(cfg, TRAINING_KEYS))
+
+
+def run_fingerprint(cfg: DictConfig) -> str:
+    return _digest(_select(cfg, TRAINING_KEYS + EVALUATION_KEYS))
+
+
+def _resolve(kind: str, *, _root_: DictConfig) -> str:
+    """`${fingerprint:training}` or `${fingerprint:run}` anywhere in a config."""
+    functions = {"training": training_fingerprint, "run": run_fingerprint}
+    if kind not in functions:
+        raise ValueError(f"${{fingerprint:{kind}}}: expected one of {sorted(functions)}")
+    return functions[kind](_root_)
+
+
+OmegaConf.register_new_resolver("fingerprint", _resolve, replace=True)

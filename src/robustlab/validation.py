@@ -1,0 +1,74 @@
+"""Checks on a whole composed config, run before anything is built or trained.
+
+Constructors check their own arguments (`errors.require`); what is checked here spans several nodes or is
+a rule for configs only (a config that asks for a zero PGD step is a mistake: it silently reports clean
+accuracy, even though `PGD(step_size=0)` is a valid no-op in Python).
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
+
+from robustlab.errors import ConfigError, InvalidValue
+
+
+def check_config(cfg: DictConfig) -> None:
+    check_complete(cfg)
+    check_step_sizes(cfg)
+
+
+def check_complete(cfg: DictConfig) -> None:
+    """Every mandatory value (`???`) is set; checked without resolving anything else."""
+    missing = list(_missing_keys(cfg, ""))
+    if missing:
+        raise ConfigError(f"missing mandatory value(s): {', '.join(missing)} (set each on the command line, "
+                          f"e.g. {missing[0]}=...)")
+
+
+def _missing_keys(node: DictConfig, prefix: str):
+    for key in node.keys():
+        full_key = f"{prefix}.{key}" if prefix else str(key)
+        if not prefix and key == "hydra":
+            continue
+        if OmegaConf.is_missing(node, key):
+            yield full_key
+        elif not OmegaConf.is_interpolation(node, key) and isinstance(node._get_node(key), DictConfig):
+            yield from _missing_keys(node._get_node(key), full_key)
+
+
+def check_step_sizes(cfg: DictConfig) -> None:
+    _check_step_sizes(cfg, "")
+
+
+def _check_step_sizes(node, prefix: str) -> None:
+    items = node.items() if isinstance(node, DictConfig) else enumerate(node)
+    for key, value in items:
+        if not prefix and key in {"hydra", "paths"}:  # Hydra's own settings and file locations
+            continue
+        if key == "step_size" and isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            raise InvalidValue("step_size", value, "a number > 0, or null for 2.5·eps/steps", prefix)
+        if isinstance(value, (DictConfig, ListConfig)):
+            _check_step_sizes(value, f"{prefix}.{key}" if prefix else str(key))
+
+
+def check_model_fits_dataset(model: nn.Module, cfg: DictConfig) -> None:
+    """One forward pass of a dataset-shaped batch: a channel or class mismatch fails here, not mid-training."""
+    dataset = cfg.dataset
+    shape = (2, dataset.channels, dataset.image_size, dataset.image_size)
+    description = (f"dataset {dataset.name} ({dataset.channels}×{dataset.image_size}×{dataset.image_size}, "
+                   f"{dataset.num_classes} classes)")
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            logits = model.eval()(torch.zeros(shape))
+    except RuntimeError as error:
+        raise ConfigError(f"the model does not accept images of {description}: model.in_channels="
+                          f"{cfg.model.get('in_channels')}, dataset.channels={dataset.channels} "
+                          f"({str(error).splitlines()[0]})") from None
+    finally:
+        model.train(was_training)
+    if logits.shape != (2, dataset.num_classes):
+        raise ConfigError(f"the model predicts {logits.shape[-1]} classes but {description}: model.num_classes="
+                          f"{cfg.model.get('num_classes')}, dataset.num_classes={dataset.num_classes}")

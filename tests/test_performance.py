@@ -1,0 +1,94 @@
+"""What makes robustlab fast: chunked CPU attacks, channels-last deployment, device-resident data; the benchmark."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from conftest import ROOT, compose_config
+from robustlab.attacks import PGD
+from robustlab.data import SyntheticDataModule
+from robustlab.experiment import build_classifier
+from robustlab.models import BasicNet
+
+
+class BatchSizeRecorder(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.sizes = model, []
+
+    def forward(self, x):
+        self.sizes.append(len(x))
+        return self.model(x)
+
+
+def small_net() -> BasicNet:
+    torch.manual_seed(0)
+    return BasicNet(in_channels=1, image_size=28, num_classes=10, mean=[0.5], std=[0.25])
+
+
+def test_eval_mode_cpu_batches_are_attacked_in_chunks():
+    model = BatchSizeRecorder(small_net()).eval()
+    x, y = torch.rand(600, 1, 28, 28), torch.randint(0, 10, (600,))
+    x_adv = PGD(eps=0.1, steps=2, chunk_size=256)(model, x, y)
+    assert x_adv.shape == x.shape and max(model.sizes) == 256 and sum(model.sizes) == 600 * 2
+
+
+def test_train_mode_batches_are_attacked_whole():
+    """Batch norm couples the examples of a batch in train mode, so splitting would change the attack."""
+    model = BatchSizeRecorder(small_net()).train()
+    x, y = torch.rand(600, 1, 28, 28), torch.randint(0, 10, (600,))
+    PGD(eps=0.1, steps=2, chunk_size=256)(model, x, y)
+    assert model.sizes == [600, 600]
+
+
+def test_chunked_attack_matches_the_whole_batch_attack():
+    model = small_net().eval()
+    x, y = torch.rand(300, 1, 28, 28), torch.randint(0, 10, (300,))
+    whole = PGD(eps=0.1, steps=5, random_start=False, chunk_size=None)(model, x, y)
+    chunked = PGD(eps=0.1, steps=5, random_start=False, chunk_size=128)(model, x, y)
+    assert (whole - chunked).abs().gt(1e-4).float().mean() < 1e-3  # equal up to float summation order
+
+
+def test_channels_last_deployment_predicts_like_the_default_format(tmp_path):
+    torch.manual_seed(0)
+    fast = build_classifier(compose_config(["dataset=synthetic", "performance.channels_last=true"], tmp_path))
+    torch.manual_seed(0)
+    plain = build_classifier(compose_config(["dataset=synthetic", "performance.channels_last=false"], tmp_path))
+    assert fast.model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert set(fast.state_dict()) == set(plain.state_dict())
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), plain(x), atol=1e-5)
+
+
+def test_resident_data_moves_once_to_the_trainers_device():
+    datamodule = SyntheticDataModule(val_size=64)
+    datamodule.setup()
+    datamodule.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))
+    x, y = next(iter(datamodule.train_dataloader()))
+    assert x.device.type == "meta" and datamodule.train_set.tensors[0].device.type == "meta"
+    datamodule.resident_on_device = False
+    assert next(iter(datamodule.test_dataloader()))[0].device.type == "cpu"
+
+
+def test_benchmark_script_runs_in_tiny_mode(tmp_path):
+    markdown, output = tmp_path / "BENCHMARKS.md", tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--repeats", "2",
+                             "--markdown", str(markdown), "--json", str(output)],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    libraries = {name.rsplit(": ", 1)[1] for name in report["figures"] if "throughput" in name}
+    assert libraries == {"robustlab", "robustlab compile=true", "torchattacks", "ART"}
+    assert all(len(figure["samples"]) == 2 for figure in report["figures"].values())
+    assert all(value > 0 for value in report["ratios"].values())
+    assert report["ratios"]["evaluation peak RSS 400 / 100 images"] <= 1.2
+    text = markdown.read_text()
+    assert "## Ratios" in text and "python scripts/bench.py --tiny --repeats 2" in text
+    assert result.stdout.strip().splitlines()[-1].startswith("wrote ")
