@@ -1,6 +1,6 @@
 """The README's measured figures, as tests: real Fashion-MNIST, default configs, minutes each.
 
-Run with `.venv/bin/python -m pytest -m slow` (about 7 minutes on 2 CPU cores).
+Run with `.venv/bin/python -m pytest -m slow` (about 4 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from robustlab.classifier import RobustClassifier
 from robustlab.configuration import instantiate, to_plain
@@ -86,13 +86,3 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-
-
-def plain_config(cfg: DictConfig) -> dict:
-    """The run's resolved config without Hydra's own node."""
-    return {key: to_plain(value) for key, value in cfg.items() if key != "hydra"}
-
-
-def open_struct(cfg: DictConfig) -> DictConfig:
-    OmegaConf.set_struct(cfg, False)
-    return cfg
