@@ -59,3 +59,20 @@ def run_script(script: str, *overrides: str, output_root: Path, cwd: Path = ROOT
 
 # Small, fast runs on the synthetic dataset.
 TINY = ["dataset=synthetic", "trainer.max_epochs=2", "eval.n_samples=64", "logger=tensorboard"]
+
+
+def train_standard(model: torch.nn.Module, datamodule, epochs: int, lr: float) -> torch.nn.Module:
+    """A plain cross-entropy training loop (seeded), the model returned in eval mode."""
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(epochs):
+        for x, y in datamodule.train_dataloader():
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    return model.eval()
+
+
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()

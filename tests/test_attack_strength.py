@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import robustlab.evaluation.runner
-from conftest import DATA_DIR, FASHION_MNIST_SYSTEM_DIR, TINY, compose_config
+from conftest import DATA_DIR, FASHION_MNIST_SYSTEM_DIR, TINY, accuracy, compose_config, train_standard
 from robustlab.attacks import PGD
 from robustlab.data import FashionMNISTDataModule
 from robustlab.experiment import build_classifier, build_datamodule, build_trainer
@@ -28,25 +28,13 @@ def standard_model(fashion):
     """BasicNet with standard training on real Fashion-MNIST (6 epochs, ~88% clean; about 15 s on 2 cores)."""
     torch.manual_seed(0)
     model = BasicNet(in_channels=1, image_size=28, num_classes=10, mean=[0.286], std=[0.353])
-    model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(6):
-        for x, y in fashion.train_dataloader():
-            optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    return model.eval()
+    return train_standard(model.to(memory_format=torch.channels_last), fashion, epochs=6, lr=2e-3)
 
 
 @pytest.fixture(scope="module")
 def test_batch(fashion):
     x, y = fashion.test_set.tensors
     return x[:500], y[:500]
-
-
-def accuracy(model, x, y) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
 
 
 def test_standard_model_is_trained(standard_model, test_batch):

@@ -6,10 +6,9 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from conftest import CONF, compose_config
+from conftest import CONF, accuracy, compose_config, train_standard
 from robustlab.attacks import PGD, NoAttack
 from robustlab.attacks.norms import L2Ball, LinfBall
 from robustlab.configuration import instantiate as instantiate_checked
@@ -33,24 +32,13 @@ def trained_model(data):
     """BasicNet trained to high clean accuracy on the synthetic data (a few seconds on CPU)."""
     torch.manual_seed(0)
     model = BasicNet(in_channels=1, image_size=28, num_classes=10, mean=[0.5], std=[0.25])
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(5):
-        for x, y in data.train_dataloader():
-            optimizer.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    return model.eval()
+    return train_standard(model, data, epochs=5, lr=1e-3)
 
 
 @pytest.fixture(scope="module")
 def batch(data):
     x, y = data.test_set.tensors
     return x[:128], y[:128]
-
-
-def accuracy(model, x, y) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
 
 
 def attack_from_config(option: str, tmp_path, *overrides: str):
