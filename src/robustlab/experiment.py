@@ -42,17 +42,17 @@ def build_datamodule(dataset_cfg: DictConfig) -> pl.LightningDataModule:
     return datamodule
 
 
-def evaluation_attacks(cfg: DictConfig) -> dict[str, Any]:
+def evaluation_attack_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     """The suite `eval.attacks`, with the top-level `attack` under its option name (it wins a clash)."""
-    attacks = {name: instantiate(node) for name, node in cfg.eval.attacks.items()}
-    attacks[choices().get("attack", "attack")] = instantiate(cfg.attack)
-    return attacks
+    return {**cfg.eval.attacks, choices().get("attack", "attack"): cfg.attack}
+
+
+def evaluation_attacks(cfg: DictConfig) -> dict[str, Any]:
+    return {name: instantiate(node) for name, node in evaluation_attack_configs(cfg).items()}
 
 
 def attack_descriptions(cfg: DictConfig) -> dict[str, dict]:
-    described = {name: to_plain(node) for name, node in cfg.eval.attacks.items()}
-    described[choices().get("attack", "attack")] = to_plain(cfg.attack)
-    return described
+    return {name: to_plain(node) for name, node in evaluation_attack_configs(cfg).items()}
 
 
 def build_config(cfg: DictConfig) -> dict:
