@@ -49,6 +49,25 @@ def check_checkpoint_matches(stored: dict, cfg) -> None:
                                   + "; ".join(differences))
 
 
+def _weights(checkpoint: dict) -> dict:
+    return {key: value for key, value in checkpoint["state_dict"].items() if not key.startswith("test_accuracy.")}
+
+
+def load_weights(classifier: RobustClassifier, path: str | Path) -> None:
+    """Load a checkpoint's weights (model and defense) into `classifier`, e.g. a finished stage's best ones."""
+    classifier.load_state_dict(_weights(read_checkpoint(path)))
+
+
+def load_model_weights(classifier: RobustClassifier, path: str | Path) -> None:
+    """Load only the classifier network's weights from a robustlab checkpoint of the same model."""
+    weights = {key.removeprefix("model."): value for key, value in _weights(read_checkpoint(path)).items()
+               if key.startswith("model.")}
+    try:
+        classifier.model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not hold this model's weights: {error}") from error
+
+
 def classifier_from_checkpoint(checkpoint: dict, **evaluation) -> RobustClassifier:
     """The trained model and defense, weights loaded, in eval mode; `evaluation` sets attacks, n_eval, ...
 
@@ -62,9 +81,8 @@ def classifier_from_checkpoint(checkpoint: dict, **evaluation) -> RobustClassifi
         build_config=stored,
         **evaluation,
     )
-    state = {key: value for key, value in checkpoint["state_dict"].items() if not key.startswith("test_accuracy.")}
     try:
-        classifier.load_state_dict(state)
+        classifier.load_state_dict(_weights(checkpoint))
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint does not match the model it describes: {error}") from error
     return classifier.eval()

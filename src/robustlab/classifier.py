@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -13,11 +14,13 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from robustlab.defenses.base import Defense
+from robustlab.attacks.expectation import expected_correct, is_randomized, weighted_members
+from robustlab.defenses.base import Defense, evaluation_mode
 from robustlab.errors import TrainingDiverged
 from robustlab.evaluation.images import adversarial_grid
 
 CLEAN = "clean"
+WITHOUT_EOT = "/without_eot"
 
 
 def random_states() -> dict:
@@ -56,6 +59,8 @@ class RobustClassifier(pl.LightningModule):
         val_attack: Callable | None = None,
         n_eval: int = 1000,
         image_grid: int = 8,
+        accuracy_draws: int = 10,
+        compare_without_eot: bool = True,
         build_config: dict | None = None,
         channels_last: bool = False,
         compile: bool = False,
@@ -74,11 +79,18 @@ class RobustClassifier(pl.LightningModule):
         self.val_attack = val_attack
         self.n_eval = n_eval
         self.image_grid = image_grid
+        self.accuracy_draws = accuracy_draws
+        self.compare_without_eot = compare_without_eot
         self.build_config = build_config
-        self.test_accuracy = nn.ModuleDict({name: MeanMetric().set_dtype(torch.float64)
-                                            for name in [CLEAN, *self.attacks]})
+        self.randomized = False
+        self.test_passes: dict[str, Callable] = dict(self.attacks)
+        self.test_accuracy = self._accuracy_metrics()
         self.attack_seconds: dict[str, float] = {}
+        self.defense_metrics: dict[str, dict[str, list[float]]] = {}
         self.results: dict[str, Any] | None = None
+
+    def _accuracy_metrics(self) -> nn.ModuleDict:
+        return nn.ModuleDict({name: MeanMetric().set_dtype(torch.float64) for name in [CLEAN, *self.test_passes]})
 
     # -- deployment -------------------------------------------------------------------------------
     def predictor(self) -> nn.Module:
@@ -87,6 +99,30 @@ class RobustClassifier(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predictor()(x)
+
+    def draws(self) -> int:
+        """Forward passes that accuracy is averaged over: several for a randomized predictor, never one lucky draw."""
+        return self.accuracy_draws if self.randomized else 1
+
+    def plan_evaluation(self, probe: torch.Tensor) -> None:
+        """Detect whether the deployed predictor is randomized (on a few test images) and fix the test passes.
+
+        A randomized predictor's accuracy is averaged over `accuracy_draws` draws (exact for a mixture), and
+        its attacks use EOT unless their config says otherwise. With `compare_without_eot`, every attack that
+        would use EOT runs a second time with one draw per gradient: that number is reported apart, as
+        `robust_acc_without_eot`, never as the robust accuracy.
+        """
+        predictor = self.predictor()
+        with evaluation_mode(predictor):
+            self.randomized = is_randomized(predictor, probe.to(self.device))
+        self.test_passes = dict(self.attacks)
+        if self.randomized and self.compare_without_eot and weighted_members(predictor) is None:  # mixtures: exact
+            for name, attack in self.attacks.items():
+                if getattr(attack, "eot_samples", 1) is None:  # chosen automatically, so EOT on this predictor
+                    single_draw = copy.copy(attack)
+                    single_draw.eot_samples = 1
+                    self.test_passes[name + WITHOUT_EOT] = single_draw
+        self.test_accuracy = self._accuracy_metrics().to(self.device)
 
     # -- training ---------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -108,18 +144,21 @@ class RobustClassifier(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         predictor = self.predictor()
+        if batch_idx == 0:
+            self.randomized = is_randomized(predictor, x)
         logits = predictor(x)
         self.log("val/loss", nn.functional.cross_entropy(logits, y), batch_size=len(y))
-        self.log("val/acc", (logits.argmax(1) == y).float().mean(), prog_bar=True, batch_size=len(y))
+        self.log("val/acc", expected_correct(predictor, x, y, self.draws()).mean(), prog_bar=True, batch_size=len(y))
         if batch_idx == 0 and self.val_attack is not None:
             # The same fixed batch every epoch: a cheap early warning of catastrophic overfitting.
             with torch.enable_grad():
                 x_adv = self.val_attack(predictor, x, y)
-            correct = (predictor(x_adv).argmax(1) == y).float().mean()
+            correct = expected_correct(predictor, x_adv, y, self.draws()).mean()
             self.log("val/robust_acc", correct, prog_bar=True, batch_size=len(y))
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        parameters = [p for p in self.defense.trainable_parameters(self.model) if p.requires_grad]
+        optimizer = self.optimizer_factory(params=parameters)
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
@@ -127,15 +166,16 @@ class RobustClassifier(pl.LightningModule):
 
     # -- evaluation -------------------------------------------------------------------------------
     def test_pass_name(self, dataloader_idx: int) -> str:
-        return CLEAN if dataloader_idx == 0 else list(self.attacks)[dataloader_idx - 1]
+        return CLEAN if dataloader_idx == 0 else list(self.test_passes)[dataloader_idx - 1]
 
     def test_loaders(self, datamodule) -> list:
-        """Loaders in pass order: the whole test split, then the first `n_eval` images once per attack."""
+        """Loaders in pass order: the whole test split, then the first `n_eval` images once per attack pass."""
         limit = None if self.n_eval == -1 else self.n_eval
-        return [datamodule.test_dataloader()] + [datamodule.test_dataloader(limit) for _ in self.attacks]
+        return [datamodule.test_dataloader()] + [datamodule.test_dataloader(limit) for _ in self.test_passes]
 
     def on_test_epoch_start(self) -> None:
-        self.attack_seconds = {name: 0.0 for name in self.attacks}
+        self.attack_seconds = {name: 0.0 for name in self.test_passes}
+        self.defense_metrics = {}
         self.results = None
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -149,12 +189,13 @@ class RobustClassifier(pl.LightningModule):
         if name != CLEAN:
             started = time.perf_counter()
             with torch.enable_grad():
-                x_eval = self.attacks[name](predictor, x, y)
+                x_eval = self.test_passes[name](predictor, x, y)
             if x.is_cuda:
                 torch.cuda.synchronize(x.device)
             self.attack_seconds[name] += time.perf_counter() - started
-        correct = (predictor(x_eval).argmax(1) == y).float()
-        self.test_accuracy[name].update(correct)
+            for key, values in self.defense.test_metrics(self.model, x, x_eval).items():
+                self.defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values.tolist())
+        self.test_accuracy[name].update(expected_correct(predictor, x_eval, y, self.draws()))
         if batch_idx == 0 and name != CLEAN and self.image_grid > 0:
             self._log_images(name, x, x_eval)
 
@@ -163,18 +204,28 @@ class RobustClassifier(pl.LightningModule):
         counts = {name: int(metric.weight.item()) for name, metric in self.test_accuracy.items()}
         for metric in self.test_accuracy.values():
             metric.reset()
+        defense_metrics = {name: {key: sum(values) / len(values) for key, values in metrics.items()}
+                           for name, metrics in self.defense_metrics.items()}
         self.results = {
             "clean_acc": accuracy[CLEAN],
             "n_clean": counts[CLEAN],
             "robust_acc": {name: accuracy[name] for name in self.attacks},
+            "robust_acc_without_eot": {name.removesuffix(WITHOUT_EOT): accuracy[name] for name in self.test_passes
+                                       if name.endswith(WITHOUT_EOT)},
             "n_eval": {name: counts[name] for name in self.attacks},
             "attack_ms_per_image": {name: 1000.0 * self.attack_seconds[name] / max(counts[name], 1)
                                     for name in self.attacks},
+            "randomized": self.randomized,
+            "accuracy_draws": self.draws(),
+            "defense_metrics": defense_metrics,
         }
         self.log("test/clean_acc", accuracy[CLEAN])
-        for name in self.attacks:
+        for name in self.test_passes:
             self.log(f"robust_acc/{name}", accuracy[name])
-            self.log(f"attack_ms_per_image/{name}", self.results["attack_ms_per_image"][name])
+            self.log(f"attack_ms_per_image/{name}", 1000.0 * self.attack_seconds[name] / max(counts[name], 1))
+        for name, metrics in defense_metrics.items():
+            for key, value in metrics.items():
+                self.log(f"defense/{key}/{name}", value)
 
     def _log_images(self, name: str, x: torch.Tensor, x_adv: torch.Tensor) -> None:
         experiment = getattr(self.logger, "experiment", None)

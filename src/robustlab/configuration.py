@@ -56,3 +56,14 @@ def gpu_for_job(job_number: Any) -> list[int]:
 
 
 OmegaConf.register_new_resolver("gpu_for_job", gpu_for_job, replace=True)
+
+
+def multiply(*factors: float) -> float:
+    """`${multiply:1.25,${.eps}}`: a product of numbers, e.g. a step size as a multiple of ε."""
+    product = 1.0
+    for factor in factors:
+        product *= float(factor)
+    return product
+
+
+OmegaConf.register_new_resolver("multiply", multiply, replace=True)

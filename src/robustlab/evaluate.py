@@ -27,7 +27,8 @@ def run(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg.dataset)
     classifier = classifier_from_checkpoint(checkpoint, attacks=evaluation_attacks(cfg), n_eval=cfg.eval.n_samples,
-                                            image_grid=cfg.eval.image_grid, **cfg.performance)
+                                            image_grid=cfg.eval.image_grid, accuracy_draws=cfg.eval.accuracy_draws,
+                                            compare_without_eot=cfg.eval.compare_without_eot, **cfg.performance)
     trainer = build_trainer(cfg)
     results = evaluate(trainer, classifier, datamodule, checkpoint=None)
     record_run(cfg, trainer, results, cfg.ckpt_path, chosen={**stored.get("choices", {}), **choices()})

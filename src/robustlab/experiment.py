@@ -67,15 +67,20 @@ def build_classifier(cfg: DictConfig) -> RobustClassifier:
             "an integer ≥ 1, or -1 for the whole test split")
     model = instantiate(cfg.model)
     check_model_fits_dataset(model, cfg)
+    defense = instantiate(cfg.defense)
+    with config_key(cfg.defense.get("wrapper") or cfg.defense):
+        check_model_fits_dataset(defense.wrap(model), cfg)  # e.g. noise after a layer the model does not have
     return RobustClassifier(
         model=model,
-        defense=instantiate(cfg.defense),
+        defense=defense,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         attacks=evaluation_attacks(cfg),
         val_attack=instantiate(cfg.eval.val_attack) if cfg.eval.get("val_attack") else None,
         n_eval=n_eval,
         image_grid=cfg.eval.image_grid,
+        accuracy_draws=cfg.eval.accuracy_draws,
+        compare_without_eot=cfg.eval.compare_without_eot,
         build_config=build_config(cfg),
         channels_last=cfg.performance.channels_last,
         compile=cfg.performance.compile,

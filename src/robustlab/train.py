@@ -20,9 +20,9 @@ def run(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg.dataset)
     classifier = build_classifier(cfg)
-    trainer = build_trainer(cfg)
-    training = fit_or_reuse(cfg, trainer, classifier, datamodule)
+    training = fit_or_reuse(cfg, classifier, datamodule)
     pl.seed_everything(cfg.seed, workers=True)  # the evaluation's randomness does not depend on how training went
+    trainer = build_trainer(cfg)
     results = evaluate(trainer, classifier, datamodule, training.checkpoint)
     record_run(cfg, trainer, results, training.checkpoint, choices(), training)
     return results

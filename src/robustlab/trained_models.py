@@ -9,16 +9,19 @@ parallel launcher starts two runs that share a training.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pytorch_lightning as pl
+from omegaconf import DictConfig, open_dict
 
+from robustlab.checkpoints import load_model_weights, load_weights
 from robustlab.classifier import RobustClassifier
+from robustlab.defenses.base import Stage
 from robustlab.fingerprint import training_fingerprint
 
 MARKER = "trained.json"
@@ -55,26 +58,94 @@ def finished_training(directory: Path, fingerprint: str) -> Training | None:
     return Training(**{**record, "reused": True})
 
 
-def fit_or_reuse(cfg, trainer: pl.Trainer, classifier: RobustClassifier, datamodule) -> Training:
+def stage_directory(directory: Path, stages: list[Stage], index: int) -> Path:
+    """A single-stage defense checkpoints into `directory`; stage k of several into `directory/stage<k>-<name>`."""
+    return directory if len(stages) == 1 else directory / f"stage{index + 1}-{stages[index].name}"
+
+
+def stage_config(cfg: DictConfig, stage: Stage, directory: Path, multi_stage: bool) -> DictConfig:
+    """The run's config as one stage's Trainer sees it: its epochs, checkpoint directory and selection metric.
+
+    A multi-stage defense's stages each log into their own TensorBoard sub-directory (`<logger>.sub_dir`).
+    """
+    stage_cfg = copy.deepcopy(cfg)
+    with open_dict(stage_cfg):
+        stage_cfg.paths.checkpoint_dir = str(directory)
+        stage_cfg.defense.selection_metric = stage.selection_metric
+        if stage.epochs is not None:
+            stage_cfg.trainer.max_epochs = stage.epochs
+        for node in (stage_cfg.get("logger") or {}).values():
+            if multi_stage and node is not None and "sub_dir" in node.keys():
+                node.sub_dir = stage.name
+    return stage_cfg
+
+
+def fit_or_reuse(cfg: DictConfig, classifier: RobustClassifier, datamodule) -> Training:
+    """Train every stage of the defense that is not trained yet; return the checkpoint to evaluate.
+
+    Each stage is its own Lightning fit with its own checkpoint directory, `last.ckpt` and marker, so a run
+    killed in stage k resumes stage k, and the stages before it are loaded, not repeated. After a stage, its
+    best checkpoint's weights are loaded before the next stage starts.
+    """
     directory = Path(cfg.paths.checkpoint_dir)
     fingerprint = training_fingerprint(cfg)
+    defense = classifier.defense
     with locked(directory):
         done = finished_training(directory, fingerprint)
         if done is not None:
             print(f"training: reusing {done.checkpoint} (fingerprint {fingerprint})", flush=True)
             return done
-        last = directory / "last.ckpt"
-        resume = str(last) if last.is_file() else None
-        if resume:
-            print(f"training: resuming from {resume}", flush=True)
-        started = time.perf_counter()
-        trainer.fit(classifier, datamodule=datamodule, ckpt_path=resume)
-        callback = trainer.checkpoint_callback
-        training = Training(fingerprint=fingerprint,
-                            checkpoint=callback.best_model_path or callback.last_model_path,
-                            train_seconds=time.perf_counter() - started, epochs=trainer.current_epoch,
-                            resumed_from=resume)
-        partial = directory / f"{MARKER}.partial"
-        partial.write_text(json.dumps(asdict(training), indent=2) + "\n")
-        partial.replace(directory / MARKER)
-        return training
+        stages = defense.stages()
+        trained: list[Training] = []
+        for index, stage in enumerate(stages):
+            defense.begin_stage(index)
+            stage_dir = stage_directory(directory, stages, index)
+            if stage.weights_from:
+                print(f"training: stage {stage.name}: loading the classifier from {stage.weights_from}", flush=True)
+                load_model_weights(classifier, stage.weights_from)
+                continue
+            with locked(stage_dir) if stage_dir != directory else nullcontext():
+                training = finished_training(stage_dir, fingerprint) if stage_dir != directory else None
+                if training is None:
+                    training = _fit_stage(cfg, classifier, datamodule, stage, stage_dir, fingerprint, len(stages) > 1)
+                else:
+                    print(f"training: stage {stage.name}: reusing {training.checkpoint}", flush=True)
+            load_weights(classifier, training.checkpoint)
+            trained.append(training)
+        defense.begin_stage(None)
+        final = Training(fingerprint=fingerprint, checkpoint=trained[-1].checkpoint,
+                         train_seconds=sum(stage.train_seconds for stage in trained),
+                         epochs=sum(stage.epochs for stage in trained),
+                         resumed_from=next((stage.resumed_from for stage in trained if stage.resumed_from), None))
+        _write_marker(directory, final)
+        return final
+
+
+def _fit_stage(cfg, classifier, datamodule, stage: Stage, directory: Path, fingerprint: str,
+               multi_stage: bool) -> Training:
+    # Imported here: experiment builds classifiers, which the loading side of this module does not need.
+    from robustlab.experiment import build_trainer
+
+    trainer = build_trainer(stage_config(cfg, stage, directory, multi_stage))
+    last = directory / "last.ckpt"
+    resume = str(last) if last.is_file() else None
+    label = f"stage {stage.name}: " if multi_stage else ""
+    if resume:
+        print(f"training: {label}resuming from {resume}", flush=True)
+    elif multi_stage:
+        print(f"training: stage {stage.name}", flush=True)
+    started = time.perf_counter()
+    trainer.fit(classifier, datamodule=datamodule, ckpt_path=resume)
+    callback = trainer.checkpoint_callback
+    training = Training(fingerprint=fingerprint, checkpoint=callback.best_model_path or callback.last_model_path,
+                        train_seconds=time.perf_counter() - started, epochs=trainer.current_epoch,
+                        resumed_from=resume)
+    if multi_stage:
+        _write_marker(directory, training)
+    return training
+
+
+def _write_marker(directory: Path, training: Training) -> None:
+    partial = directory / f"{MARKER}.partial"
+    partial.write_text(json.dumps(asdict(training), indent=2) + "\n")
+    partial.replace(directory / MARKER)

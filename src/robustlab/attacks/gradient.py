@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from robustlab.attacks.expectation import expected_correct, per_example_loss
 
-def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """∇ₓ of the summed cross-entropy; parameters' `.grad` are neither computed nor touched."""
+
+def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1) -> torch.Tensor:
+    """∇ₓ of the summed (expected, see `expectation`) cross-entropy; parameters' `.grad` are untouched."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        loss = F.cross_entropy(model(x), y, reduction="sum")
+        loss = per_example_loss(model, x, y, draws).sum()
         (grad,) = torch.autograd.grad(loss, x)
     return grad
 
 
 @torch.no_grad()
-def loss_and_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example cross-entropy and whether the prediction is right."""
-    logits = model(x)
-    return F.cross_entropy(logits, y, reduction="none"), logits.argmax(dim=1) == y
+def loss_and_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example (expected) cross-entropy, and whether the prediction is right (in expectation > 1/2)."""
+    return per_example_loss(model, x, y, draws), expected_correct(model, x, y, draws) > 0.5

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.batching import in_chunks
+from robustlab.attacks.expectation import eot_draws
 from robustlab.attacks.gradient import input_gradient, loss_and_correct
 from robustlab.attacks.norms import ball, project_image
 from robustlab.errors import require
@@ -16,6 +17,8 @@ class PGD:
 
     `step_size=None` uses 2.5·ε/steps, enough to cross the ball from any start. `chunk_size`: see
     `robustlab.attacks.batching` (eval-mode CPU batches are attacked in chunks of this many images).
+    `eot_samples`: gradient draws per step on a randomized predictor; None picks 10 when the predictor is
+    detected as randomized and 1 otherwise (see `robustlab.attacks.expectation`).
     """
 
     def __init__(
@@ -27,12 +30,15 @@ class PGD:
         random_start: bool = True,
         restarts: int = 1,
         chunk_size: int | None = 256,
+        eot_samples: int | None = None,
     ) -> None:
         self.threat = ball(norm, eps)
         require(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer ≥ 1")
         require(isinstance(restarts, int) and restarts >= 1, "restarts", restarts, "an integer ≥ 1")
         require(chunk_size is None or (isinstance(chunk_size, int) and chunk_size >= 1), "chunk_size", chunk_size,
                 "an integer ≥ 1, or null for whole batches")
+        require(eot_samples is None or (isinstance(eot_samples, int) and eot_samples >= 1), "eot_samples",
+                eot_samples, "an integer ≥ 1, or null to choose by detecting a randomized predictor")
         if step_size is None:
             step_size = 2.5 * eps / steps
         require(isinstance(step_size, (int, float)) and step_size >= 0, "step_size", step_size,
@@ -44,21 +50,23 @@ class PGD:
         self.random_start = random_start
         self.restarts = restarts
         self.chunk_size = chunk_size
+        self.eot_samples = eot_samples
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = x.detach()
         if self.eps == 0 or self.step_size == 0:
             return x.clone()
-        return in_chunks(self._worst_of_restarts, model, x, y, self.chunk_size)
+        draws = eot_draws(self.eot_samples, model, x)
+        return in_chunks(lambda *batch: self._worst_of_restarts(*batch, draws), model, x, y, self.chunk_size)
 
-    def _worst_of_restarts(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        best = self._run(model, x, y)
+    def _worst_of_restarts(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
+        best = self._run(model, x, y, draws)
         if self.restarts == 1:
             return best
-        best_loss, best_correct = loss_and_correct(model, best, y)
+        best_loss, best_correct = loss_and_correct(model, best, y, draws)
         for _ in range(self.restarts - 1):
-            candidate = self._run(model, x, y)
-            loss, correct = loss_and_correct(model, candidate, y)
+            candidate = self._run(model, x, y, draws)
+            loss, correct = loss_and_correct(model, candidate, y, draws)
             # A misclassified point beats a correct one; between equals, the higher loss wins.
             better = (best_correct & ~correct) | ((best_correct == correct) & (loss > best_loss))
             best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), candidate, best)
@@ -66,15 +74,15 @@ class PGD:
             best_correct = best_correct & correct
         return best
 
-    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
         x_adv = x.clone()
         if self.random_start:
             x_adv = project_image(x, x + self.threat.random(x, self.eps), self.threat, self.eps)
         for _ in range(self.steps):
-            grad = input_gradient(model, x_adv, y)
+            grad = input_gradient(model, x_adv, y, draws)
             x_adv = project_image(x, x_adv + self.step_size * self.threat.ascent_direction(grad), self.threat, self.eps)
         return x_adv.detach()
 
     def __repr__(self) -> str:
         return (f"PGD(norm={self.norm}, eps={self.eps:g}, steps={self.steps}, step_size={self.step_size:g}, "
-                f"random_start={self.random_start}, restarts={self.restarts})")
+                f"random_start={self.random_start}, restarts={self.restarts}, eot_samples={self.eot_samples})")

@@ -14,8 +14,14 @@ from robustlab.fingerprint import run_fingerprint
 from robustlab.trained_models import Training
 
 
+RESULT_KEYS = ("clean_acc", "n_clean", "robust_acc", "robust_acc_without_eot", "attack_ms_per_image", "randomized",
+               "accuracy_draws", "defense_metrics")
+
+
 def evaluate(trainer: pl.Trainer, classifier: RobustClassifier, datamodule, checkpoint: str | None) -> dict:
     """Clean accuracy on the whole test split and robust accuracy per attack on the first n_eval images."""
+    datamodule.setup("test")
+    classifier.plan_evaluation(datamodule.test_set.tensors[0][:8].cpu())
     trainer.test(classifier, dataloaders=classifier.test_loaders(datamodule), ckpt_path=checkpoint, verbose=False)
     return classifier.results
 
@@ -30,7 +36,7 @@ def finished_run(output_dir: str | Path, fingerprint: str) -> dict | None:
         return None
     print(f"run already finished (fingerprint {fingerprint}); nothing to do", flush=True)
     print(f"metrics: {path}", flush=True)
-    return {key: record[key] for key in ("clean_acc", "n_clean", "robust_acc", "attack_ms_per_image")}
+    return {key: record[key] for key in RESULT_KEYS}
 
 
 def record_run(cfg: DictConfig, trainer: pl.Trainer, results: dict, checkpoint: str | None,
@@ -53,6 +59,10 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: dict, checkpoint: 
         "n_clean": results["n_clean"],
         "clean_acc": results["clean_acc"],
         "robust_acc": results["robust_acc"],
+        "randomized": results["randomized"],
+        "accuracy_draws": results["accuracy_draws"],
+        "robust_acc_without_eot": results["robust_acc_without_eot"],  # only for randomized predictors: labelled apart
+        "defense_metrics": results["defense_metrics"],
         "attack_ms_per_image": results["attack_ms_per_image"],
         "attacks": attack_descriptions(cfg),
         "train_seconds": training.train_seconds if training else None,

@@ -1,7 +1,11 @@
-"""Classifiers. Each takes [0, 1] images; normalization is its first layer."""
+"""Classifiers and the modules defenses put around them. Each takes [0, 1] images; normalization is inside."""
 
 from robustlab.models.basic_net import BasicNet
+from robustlab.models.dncnn import DnCNN
+from robustlab.models.noise import NoisyModel
 from robustlab.models.normalization import Normalize
+from robustlab.models.preact_resnet import PreActResNet18
+from robustlab.models.small_cnn import SmallCNN
 from robustlab.models.wide_resnet import WideResNet
 
-__all__ = ["BasicNet", "Normalize", "WideResNet"]
+__all__ = ["BasicNet", "DnCNN", "NoisyModel", "Normalize", "PreActResNet18", "SmallCNN", "WideResNet"]

@@ -1,0 +1,66 @@
+"""What an attack optimises and what accuracy means when the predictor is randomized.
+
+A deterministic predictor has one output per input. A randomized one (noise injection, a random mixture)
+has a distribution of outputs, and both the attack and the accuracy must be taken over that distribution,
+never over one lucky draw:
+
+- a *finite mixture* (any module with `weighted_members()`, e.g. `robustlab.defenses.MixturePredictor`) is
+  handled exactly: the attack maximises the expected loss Σ α_k·CE(f_k(x), y) and accuracy is
+  Σ α_k·1[f_k(x) = y];
+- any other randomized predictor is handled by Expectation over Transformation (Athalye et al. 2018): the
+  loss, its gradient and the accuracy are averaged over `draws` forward passes.
+
+`is_randomized` tells the two kinds apart from deterministic predictors by looking at outputs only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_EOT_DRAWS = 10
+
+
+def weighted_members(model: nn.Module) -> list[tuple[float, nn.Module]] | None:
+    members = getattr(model, "weighted_members", None)
+    return members() if callable(members) else None
+
+
+@torch.no_grad()
+def is_randomized(model: nn.Module, x: torch.Tensor, probes: int = 8) -> bool:
+    """Whether two forward passes on the same (first `probes`) inputs can differ."""
+    if weighted_members(model) is not None:
+        return True
+    probe = x[:probes]
+    return not torch.equal(model(probe), model(probe))
+
+
+def per_example_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1) -> torch.Tensor:
+    """Cross-entropy per example, in expectation over the predictor's randomness (see the module doc)."""
+    members = weighted_members(model)
+    if members is not None:
+        return sum(weight * F.cross_entropy(member(x), y, reduction="none") for weight, member in members)
+    loss = F.cross_entropy(model(x), y, reduction="none")
+    for _ in range(draws - 1):
+        loss = loss + F.cross_entropy(model(x), y, reduction="none")
+    return loss / draws
+
+
+@torch.no_grad()
+def expected_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1) -> torch.Tensor:
+    """Per example, the probability (exact, or averaged over `draws`) that the prediction is `y`."""
+    members = weighted_members(model)
+    if members is not None:
+        return sum(weight * (member(x).argmax(1) == y).float() for weight, member in members)
+    correct = torch.zeros(len(y), device=y.device)
+    for _ in range(draws):
+        correct += (model(x).argmax(1) == y).float()
+    return correct / draws
+
+
+def eot_draws(eot_samples: int | None, model: nn.Module, x: torch.Tensor) -> int:
+    """The draws an attack averages over: `eot_samples` if set, else 10 for a randomized predictor, 1 otherwise."""
+    if eot_samples is not None:
+        return eot_samples
+    return DEFAULT_EOT_DRAWS if is_randomized(model, x) else 1

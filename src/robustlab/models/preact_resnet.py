@@ -1,0 +1,60 @@
+"""PreActResNet-18 (He et al. 2016, identity mappings), the usual adversarial-training ResNet, any input ≥ 8 px."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from robustlab.errors import require
+from robustlab.models.normalization import Normalize
+
+
+class PreActBlock(nn.Module):
+    """BN → ReLU → conv3×3 → BN → ReLU → conv3×3, plus a 1×1 projection when the shape changes."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.relu = nn.ReLU()
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        activated = self.relu(self.bn1(x))
+        residual = x if self.shortcut is None else self.shortcut(activated)
+        return self.conv2(self.relu(self.bn2(self.conv1(activated)))) + residual
+
+
+class PreActResNet18(nn.Module):
+    """Four stages of two blocks with width, 2·width, 4·width, 8·width channels (width 64 is the paper's).
+
+    The stages are the named children `layer1` … `layer4`, so noise can be injected after any of them.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, mean: Sequence[float], std: Sequence[float],
+                 width: int = 64, image_size: int | None = None) -> None:
+        super().__init__()
+        require(isinstance(width, int) and width >= 1, "width", width, "an integer ≥ 1")
+        require(image_size is None or image_size >= 8, "image_size", image_size, "an integer ≥ 8")
+        self.normalize = Normalize(mean, std)
+        self.stem = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        in_planes = width
+        for stage in range(4):
+            planes = width * 2 ** stage
+            stride = 1 if stage == 0 else 2
+            setattr(self, f"layer{stage + 1}", nn.Sequential(PreActBlock(in_planes, planes, stride),
+                                                             PreActBlock(planes, planes, 1)))
+            in_planes = planes
+        self.head = nn.Sequential(nn.BatchNorm2d(in_planes), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(in_planes, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.stem(self.normalize(x))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.head(out)
