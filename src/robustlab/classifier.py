@@ -21,6 +21,7 @@ from robustlab.evaluation.images import adversarial_grid
 
 CLEAN = "clean"
 WITHOUT_EOT = "/without_eot"
+WORST_CASE = "worst_case"
 
 
 def random_states() -> dict:
@@ -175,6 +176,7 @@ class RobustClassifier(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.attack_seconds = {name: 0.0 for name in self.test_passes}
+        self.per_example: dict[str, list[torch.Tensor]] = {name: [] for name in [CLEAN, *self.test_passes]}
         self.defense_metrics = {}
         self.results = None
 
@@ -195,7 +197,9 @@ class RobustClassifier(pl.LightningModule):
             self.attack_seconds[name] += time.perf_counter() - started
             for key, values in self.defense.test_metrics(self.model, x, x_eval).items():
                 self.defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values.tolist())
-        self.test_accuracy[name].update(expected_correct(predictor, x_eval, y, self.draws()))
+        correct = expected_correct(predictor, x_eval, y, self.draws())
+        self.test_accuracy[name].update(correct)
+        self.per_example[name].append(correct.cpu())
         if batch_idx == 0 and name != CLEAN and self.image_grid > 0:
             self._log_images(name, x, x_eval)
 
@@ -206,10 +210,19 @@ class RobustClassifier(pl.LightningModule):
             metric.reset()
         defense_metrics = {name: {key: sum(values) / len(values) for key, values in metrics.items()}
                            for name, metrics in self.defense_metrics.items()}
+        per_example = {name: torch.cat(parts) if parts else torch.zeros(0) for name, parts in self.per_example.items()}
+        if self.attacks:
+            # Per example, robust only if robust to every attack (and classified right to begin with): the
+            # worst case over the suite, at most each attack's accuracy on every single image.
+            columns = [per_example[name] for name in self.attacks]
+            n = min(len(column) for column in columns)
+            worst = torch.stack([per_example[CLEAN][:n], *(column[:n] for column in columns)]).min(dim=0).values
+            per_example[WORST_CASE] = worst
+            accuracy[WORST_CASE], counts[WORST_CASE] = float(worst.double().mean()) if n else 0.0, n
         self.results = {
             "clean_acc": accuracy[CLEAN],
             "n_clean": counts[CLEAN],
-            "robust_acc": {name: accuracy[name] for name in self.attacks},
+            "robust_acc": {name: accuracy[name] for name in [*self.attacks, *([WORST_CASE] if self.attacks else [])]},
             "robust_acc_without_eot": {name.removesuffix(WITHOUT_EOT): accuracy[name] for name in self.test_passes
                                        if name.endswith(WITHOUT_EOT)},
             "n_eval": {name: counts[name] for name in self.attacks},
@@ -218,8 +231,11 @@ class RobustClassifier(pl.LightningModule):
             "randomized": self.randomized,
             "accuracy_draws": self.draws(),
             "defense_metrics": defense_metrics,
+            "per_example": per_example,  # correctness per evaluated image, for the audit (not written to disk)
         }
         self.log("test/clean_acc", accuracy[CLEAN])
+        if self.attacks:
+            self.log(f"robust_acc/{WORST_CASE}", accuracy[WORST_CASE])
         for name in self.test_passes:
             self.log(f"robust_acc/{name}", accuracy[name])
             self.log(f"attack_ms_per_image/{name}", 1000.0 * self.attack_seconds[name] / max(counts[name], 1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -67,3 +68,8 @@ def multiply(*factors: float) -> float:
 
 
 OmegaConf.register_new_resolver("multiply", multiply, replace=True)
+
+
+# `${cwd:}`: the directory the command was started in. Unlike `${hydra:runtime.cwd}` it resolves before
+# Hydra sets up a job, which a multirun's sweep directory needs (jobs never chdir: hydra.job.chdir=false).
+OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)

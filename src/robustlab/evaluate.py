@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robustlab.checkpoints import check_checkpoint_matches, classifier_from_checkpoint, read_checkpoint
-from robustlab.evaluation.runner import evaluate, finished_run, record_run
+from robustlab.evaluation.runner import audit_run, evaluate, finished_run, record_run
 from robustlab.experiment import build_datamodule, build_trainer, choices, evaluation_attacks
 from robustlab.fingerprint import run_fingerprint
 from robustlab.validation import check_complete, check_step_sizes
@@ -31,5 +31,6 @@ def run(cfg: DictConfig) -> dict:
                                             compare_without_eot=cfg.eval.compare_without_eot, **cfg.performance)
     trainer = build_trainer(cfg)
     results = evaluate(trainer, classifier, datamodule, checkpoint=None)
+    audit_run(cfg, trainer, classifier, datamodule, results)
     record_run(cfg, trainer, results, cfg.ckpt_path, chosen={**stored.get("choices", {}), **choices()})
     return results

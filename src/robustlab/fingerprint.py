@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 TRAINING_KEYS = ("dataset", "model", "defense", "optimizer", "scheduler", "seed", "performance",
                  "eval.val_attack", "trainer.max_epochs", "trainer.limit_train_batches", "trainer.limit_val_batches",
                  "trainer.precision", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val")
-EVALUATION_KEYS = ("attack", "eval.attacks", "eval.n_samples", "ckpt_path")
+EVALUATION_KEYS = ("attack", "eval.attacks", "eval.n_samples", "eval.accuracy_draws", "eval.compare_without_eot",
+                   "eval.audit", "ckpt_path")
 # Where the data comes from, not what it is.
 LOCATION_KEYS = ("root", "system_dir", "download", "resident_on_device")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from robustlab.evaluation.runner import evaluate, finished_run, record_run
+from robustlab.evaluation.runner import audit_run, evaluate, finished_run, record_run
 from robustlab.experiment import build_classifier, build_datamodule, build_trainer, choices
 from robustlab.fingerprint import run_fingerprint
 from robustlab.trained_models import fit_or_reuse
@@ -24,5 +24,6 @@ def run(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)  # the evaluation's randomness does not depend on how training went
     trainer = build_trainer(cfg)
     results = evaluate(trainer, classifier, datamodule, training.checkpoint)
+    audit_run(cfg, trainer, classifier, datamodule, results)
     record_run(cfg, trainer, results, training.checkpoint, choices(), training)
     return results

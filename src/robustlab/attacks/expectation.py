@@ -15,6 +15,8 @@ never over one lucky draw:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,15 +38,20 @@ def is_randomized(model: nn.Module, x: torch.Tensor, probes: int = 8) -> bool:
     return not torch.equal(model(probe), model(probe))
 
 
-def per_example_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1) -> torch.Tensor:
-    """Cross-entropy per example, in expectation over the predictor's randomness (see the module doc)."""
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def per_example_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1,
+                     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy) -> torch.Tensor:
+    """`loss(logits, y)` per example (cross-entropy by default), in expectation over the predictor's randomness."""
     members = weighted_members(model)
     if members is not None:
-        return sum(weight * F.cross_entropy(member(x), y, reduction="none") for weight, member in members)
-    loss = F.cross_entropy(model(x), y, reduction="none")
+        return sum(weight * loss(member(x), y) for weight, member in members)
+    total = loss(model(x), y)
     for _ in range(draws - 1):
-        loss = loss + F.cross_entropy(model(x), y, reduction="none")
-    return loss / draws
+        total = total + loss(model(x), y)
+    return total / draws
 
 
 @torch.no_grad()

@@ -5,16 +5,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustlab.attacks.expectation import expected_correct, per_example_loss
+from robustlab.attacks.expectation import cross_entropy, expected_correct, per_example_loss
+
+
+def loss_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1, loss=cross_entropy
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example (expected, see `expectation`) loss and its ∇ₓ; parameters' `.grad` are untouched."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        values = per_example_loss(model, x, y, draws, loss)
+        (grad,) = torch.autograd.grad(values.sum(), x)
+    return values.detach(), grad
 
 
 def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1) -> torch.Tensor:
-    """∇ₓ of the summed (expected, see `expectation`) cross-entropy; parameters' `.grad` are untouched."""
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        loss = per_example_loss(model, x, y, draws).sum()
-        (grad,) = torch.autograd.grad(loss, x)
-    return grad
+    """∇ₓ of the summed (expected) cross-entropy."""
+    return loss_and_gradient(model, x, y, draws)[1]
 
 
 @torch.no_grad()

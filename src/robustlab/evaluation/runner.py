@@ -8,14 +8,17 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from robustlab.classifier import RobustClassifier
+from robustlab.configuration import instantiate
+from robustlab.evaluation.audit import audit, flags, robustness_curves
 from robustlab.evaluation.metrics_file import read_metrics, write_metrics
-from robustlab.experiment import attack_descriptions
+from robustlab.evaluation.plots import curves_figure, save_figure
+from robustlab.experiment import attack_descriptions, choices, evaluation_attack_configs
 from robustlab.fingerprint import run_fingerprint
 from robustlab.trained_models import Training
 
 
 RESULT_KEYS = ("clean_acc", "n_clean", "robust_acc", "robust_acc_without_eot", "attack_ms_per_image", "randomized",
-               "accuracy_draws", "defense_metrics")
+               "accuracy_draws", "defense_metrics", "curves", "audit")
 
 
 def evaluate(trainer: pl.Trainer, classifier: RobustClassifier, datamodule, checkpoint: str | None) -> dict:
@@ -24,6 +27,38 @@ def evaluate(trainer: pl.Trainer, classifier: RobustClassifier, datamodule, chec
     classifier.plan_evaluation(datamodule.test_set.tensors[0][:8].cpu())
     trainer.test(classifier, dataloaders=classifier.test_loaders(datamodule), ckpt_path=checkpoint, verbose=False)
     return classifier.results
+
+
+def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier, datamodule, results: dict) -> None:
+    """Robustness curves and the gradient-masking audit on the first `eval.audit.n_samples` test images.
+
+    Adds `curves` and `audit` to `results`, writes robustness_curves.png into the run directory and logs the
+    figure to TensorBoard. `eval.audit.enabled=false` skips it (the report then shows no flags for the cell).
+    """
+    settings = cfg.eval.audit
+    if not settings.enabled:
+        results["curves"], results["audit"] = {}, {}
+        return
+    classifier.eval()
+    predictor = classifier.predictor()
+    images, labels = datamodule.test_set.tensors
+    x, y = images[:settings.n_samples].to(classifier.device), labels[:settings.n_samples].to(classifier.device)
+    draws = classifier.draws()
+    factories = {name: ((lambda eps, node=node: instantiate(node, eps=eps)), float(node.eps))
+                 for name, node in evaluation_attack_configs(cfg).items() if "eps" in node and float(node.eps) > 0}
+    results["curves"] = robustness_curves(factories, predictor, x, y, draws, list(settings.curve_factors))
+    eot_samples = {name: getattr(attack, "eot_samples", 1) for name, attack in classifier.attacks.items()
+                   if getattr(attack, "eps", 1) > 0}
+    results["audit"] = audit(predictor, x, y, eps_linf=float(cfg.dataset.eps.linf),
+                             num_classes=int(cfg.dataset.num_classes), curves=results["curves"], draws=draws,
+                             randomized=classifier.randomized, eot_samples=eot_samples)
+    figure = curves_figure(results["curves"], title=" / ".join(f"{k}={v}" for k, v in choices().items()
+                                                               if k in ("dataset", "model", "defense")))
+    for logger in trainer.loggers:
+        if hasattr(getattr(logger, "experiment", None), "add_figure"):
+            logger.experiment.add_figure("robustness_curves", figure, close=False)
+    save_figure(figure, Path(cfg.paths.output_dir) / "robustness_curves.png")
+    print(f"audit: {flags(results['audit']) or 'no flags'}", flush=True)
 
 
 def finished_run(output_dir: str | Path, fingerprint: str) -> dict | None:
@@ -63,6 +98,8 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: dict, checkpoint: 
         "accuracy_draws": results["accuracy_draws"],
         "robust_acc_without_eot": results["robust_acc_without_eot"],  # only for randomized predictors: labelled apart
         "defense_metrics": results["defense_metrics"],
+        "audit": results["audit"],          # the gradient-masking checks: see robustlab/evaluation/audit.py
+        "curves": results["curves"],        # accuracy vs ε per attack on the audit's images
         "attack_ms_per_image": results["attack_ms_per_image"],
         "attacks": attack_descriptions(cfg),
         "train_seconds": training.train_seconds if training else None,
@@ -78,6 +115,7 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: dict, checkpoint: 
     hparams.update(eps_linf=record["eps"]["linf"], eps_l2=record["eps"]["l2"], n_eval=record["n_eval"])
     final = {"hparams/clean_acc": record["clean_acc"]}
     final.update({f"hparams/robust_acc/{name}": value for name, value in record["robust_acc"].items()})
+    final["hparams/audit_flags"] = float(len(flags(record["audit"])))
     for logger in trainer.loggers:
         logger.log_hyperparams({k: v if v is not None else "none" for k, v in hparams.items()}, metrics=final)
         logger.save()

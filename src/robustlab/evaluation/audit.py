@@ -1,0 +1,113 @@
+"""The gradient-masking audit, run on every evaluated cell (after AutoAttack's checks and Carlini et al. 2019).
+
+Each check is a number, a limit and a flag; a flag means the robust accuracy of that cell is probably
+overestimated (masked or obfuscated gradients, an unconverged attack, or missing EOT), not that the defense
+works. The checks run on the first `n` test images, on the deployed predictor:
+
+- (a) `non_monotone_curve`: robust accuracy must not rise with ε (tolerance: one image), for every attack;
+- (b) `large_eps_not_broken`: PGD-L∞ at ε = 0.5 must bring accuracy to chance + 2 pp;
+- (c) `pgd_weaker_than_fgsm`: no image (tolerance: one) may resist PGD and fall to FGSM;
+- (d) `black_box_beats_white_box`: Square must not beat PGD by more than 2 pp;
+- (e) `more_steps_help`: doubling PGD's steps must not lower accuracy by more than 1 pp;
+- (f) `zero_gradients`: at most 1% of images may have an all-zero input gradient;
+- (g) `randomized_without_eot`: a randomized predictor (not a finite mixture, which is handled exactly) must
+  be attacked with EOT by every attack of the suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from robustlab.attacks.expectation import expected_correct, weighted_members
+from robustlab.attacks.gradient import input_gradient
+from robustlab.attacks.pgd import PGD
+from robustlab.attacks.square import Square
+
+LETTERS = {"non_monotone_curve": "a", "large_eps_not_broken": "b", "pgd_weaker_than_fgsm": "c",
+           "black_box_beats_white_box": "d", "more_steps_help": "e", "zero_gradients": "f",
+           "randomized_without_eot": "g"}
+
+
+@dataclass
+class Check:
+    flagged: bool
+    value: float
+    limit: float
+    detail: str
+
+
+def accuracy_under(attack: Callable, predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
+    """Per-image (expected) correctness on `attack`'s examples."""
+    with torch.enable_grad():
+        x_adv = attack(predictor, x, y)
+    return expected_correct(predictor, x_adv, y, draws)
+
+
+def robustness_curves(attacks: Mapping[str, tuple[Callable[[float], Callable], float]], predictor: nn.Module,
+                      x: torch.Tensor, y: torch.Tensor, draws: int, factors: list[float]) -> dict[str, dict]:
+    """For each attack (a factory of ε and its default ε): accuracy at ε = factor × default."""
+    curves = {}
+    for name, (factory, eps) in attacks.items():
+        budgets = [factor * eps for factor in factors]
+        curves[name] = {"default_eps": eps, "eps": budgets, "accuracy": [float(accuracy_under(factory(budget), predictor, x, y, draws)
+                                                          .double().mean()) for budget in budgets]}
+    return curves
+
+
+def audit(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_linf: float, num_classes: int,
+          curves: dict[str, dict], draws: int, randomized: bool, eot_samples: Mapping[str, int | None],
+          pgd_steps: int = 20, square_queries: int = 1000) -> dict[str, dict]:
+    """Run checks (b)–(g) on (x, y) and (a) on the given curves; every check's number, limit and flag."""
+    n = len(y)
+    one_image = 1.0 / n
+    checks: dict[str, Check] = {}
+
+    rises = [(name, i) for name, curve in curves.items() for i in range(1, len(curve["accuracy"]))
+             if curve["accuracy"][i] > curve["accuracy"][i - 1] + one_image + 1e-9]
+    worst_rise = max((curves[name]["accuracy"][i] - curves[name]["accuracy"][i - 1] for name, i in rises), default=0.0)
+    checks["non_monotone_curve"] = Check(bool(rises), worst_rise, one_image,
+                                         ", ".join(f"{name} rises at ε={curves[name]['eps'][i]:g}" for name, i in rises)
+                                         or "every curve is non-increasing in ε")
+
+    chance = 1.0 / num_classes
+    large = float(accuracy_under(PGD(eps=0.5, steps=pgd_steps), predictor, x, y, draws).double().mean())
+    checks["large_eps_not_broken"] = Check(large > chance + 0.02, large, chance + 0.02,
+                                           f"PGD-{pgd_steps} L∞ at ε=0.5: accuracy {large:.3f}, chance {chance:.3f}")
+
+    fgsm = accuracy_under(PGD(eps=eps_linf, steps=1, step_size=eps_linf, random_start=False), predictor, x, y, draws)
+    pgd = accuracy_under(PGD(eps=eps_linf, steps=pgd_steps), predictor, x, y, draws)
+    only_fgsm = int(((pgd - fgsm) > 0.5).sum())
+    checks["pgd_weaker_than_fgsm"] = Check(only_fgsm > 1, only_fgsm / n, one_image,
+                                           f"{only_fgsm} image(s) resist PGD-{pgd_steps} but fall to FGSM")
+
+    pgd_accuracy = float(pgd.double().mean())
+    square = float(accuracy_under(Square(eps=eps_linf, queries=square_queries), predictor, x, y, draws).double().mean())
+    checks["black_box_beats_white_box"] = Check(square < pgd_accuracy - 0.02, pgd_accuracy - square, 0.02,
+                                                f"Square {square:.3f} vs PGD-{pgd_steps} {pgd_accuracy:.3f}")
+
+    doubled = float(accuracy_under(PGD(eps=eps_linf, steps=2 * pgd_steps), predictor, x, y, draws).double().mean())
+    checks["more_steps_help"] = Check(pgd_accuracy - doubled > 0.01, pgd_accuracy - doubled, 0.01,
+                                      f"PGD-{pgd_steps} {pgd_accuracy:.3f} vs PGD-{2 * pgd_steps} {doubled:.3f}")
+
+    gradient = input_gradient(predictor, x, y, draws)
+    zero = float((gradient.flatten(1).abs().amax(dim=1) == 0).double().mean())
+    checks["zero_gradients"] = Check(zero > 0.01, zero, 0.01, f"{zero:.1%} of images have an all-zero input gradient")
+
+    needs_eot = randomized and weighted_members(predictor) is None
+    without = sorted(name for name, samples in eot_samples.items() if samples == 1)
+    checks["randomized_without_eot"] = Check(needs_eot and bool(without), float(needs_eot and bool(without)), 0.0,
+                                             (f"randomized predictor attacked without EOT by {', '.join(without)}"
+                                              if needs_eot and without else
+                                              "randomized predictor, EOT everywhere" if needs_eot else
+                                              "exact expectation over mixture members" if randomized else
+                                              "deterministic predictor"))
+    return {name: {**asdict(check), "letter": LETTERS[name]} for name, check in checks.items()}
+
+
+def flags(audit_record: Mapping[str, Mapping]) -> str:
+    """The letters of the flagged checks, e.g. "cf" (empty: nothing flagged)."""
+    return "".join(check["letter"] for check in audit_record.values() if check["flagged"])
