@@ -67,6 +67,7 @@ def test_attack_contract(option, mode, trained_model, batch, tmp_path):
     assert torch.isfinite(x_adv).all()
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
     delta = x_adv - x
+    assert attack.norm in ("linf", "l2")
     if attack.norm == "linf":
         assert delta.abs().max().item() <= attack.eps + 1e-6
     else:
@@ -76,14 +77,15 @@ def test_attack_contract(option, mode, trained_model, batch, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(params_before, model.parameters()))
 
 
-@pytest.mark.parametrize("option", [o for o in ATTACK_OPTIONS if o != "none"])
+@pytest.mark.parametrize("option", [o for o in ATTACK_OPTIONS if o not in ("none", "worst_case")])
 def test_zero_budget_returns_input(option, trained_model, batch, tmp_path):
     attack = attack_from_config(option, tmp_path, "attack.eps=0.0")
     x, y = batch
     assert torch.equal(attack(trained_model, x, y), x)
 
 
-@pytest.mark.parametrize("option", ["fgsm", "pgd_linf", "pgd_l2"])
+@pytest.mark.parametrize("option", ["fgsm", "pgd_linf", "pgd_l2", "apgd_ce", "apgd_dlr", "square", "square_l2",
+                                    "worst_case"])
 def test_attack_beats_random_noise_of_same_budget(option, trained_model, batch, tmp_path):
     attack = attack_from_config(option, tmp_path)
     x, y = batch

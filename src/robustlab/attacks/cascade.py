@@ -22,6 +22,8 @@ class WorstCase:
     def __init__(self, attacks: Mapping[str, Callable]) -> None:
         require(len(attacks) >= 1, "attacks", dict(attacks), "at least one attack")
         self.attacks = dict(attacks)
+        norms = {getattr(attack, "norm", None) for attack in self.attacks.values()}
+        self.norm = norms.pop() if len(norms) == 1 else "mixed"  # the threat model, when all attacks share one
         self.eps = max(float(getattr(attack, "eps", 0.0)) for attack in self.attacks.values())
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

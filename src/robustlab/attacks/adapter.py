@@ -1,0 +1,65 @@
+"""Bring your own attack: any torchattacks attack class as a robustlab attack (torchattacks is optional)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustlab.attacks.norms import ball, project_image
+from robustlab.errors import ConfigError, InvalidValue
+
+
+def _torchattacks():
+    try:
+        import torchattacks
+    except ImportError as error:
+        raise ConfigError("attack=torchattacks needs the torchattacks package: pip install torchattacks "
+                          "(or pip install 'robustlab[bench]')") from error
+    return torchattacks
+
+
+class TorchAttacks:
+    """`torchattacks.<name>(model, **kwargs)`, with `eps` passed on when the class takes one.
+
+    With `eps` set, the result is also projected onto the ε-ball of `norm` and into [0, 1], so the robustlab
+    contract holds for any attack; with `eps: null` (e.g. CW, a minimal-perturbation attack) it is left as
+    the attack returns it. The model's train/eval mode is restored afterwards (torchattacks switches to eval).
+    No EOT: `eot_samples` is 1, so the audit flags its use against a randomized predictor.
+    """
+
+    eot_samples = 1
+
+    def __init__(self, name: str, eps: float | None = None, norm: str = "linf",
+                 kwargs: Mapping[str, Any] | None = None) -> None:
+        library = _torchattacks()
+        attack_class = getattr(library, name, None)
+        if not inspect.isclass(attack_class) or name.startswith("_") or name in ("Attack", "MultiAttack"):
+            known = sorted(n for n, c in vars(library).items() if inspect.isclass(c) and n[:1].isupper()
+                           and n not in ("Attack", "MultiAttack"))
+            raise InvalidValue("name", name, f"a torchattacks attack class, e.g. {', '.join(known[:12])}, ...")
+        self.threat = None if eps is None else ball(norm, eps)
+        self.name, self.norm, self.kwargs = name, norm, dict(kwargs or {})
+        self.eps = 0.0 if eps is None else float(eps)
+        self.attack_class = attack_class
+        self.takes_eps = "eps" in inspect.signature(attack_class.__init__).parameters
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = x.detach()
+        if self.threat is not None and self.eps == 0:
+            return x.clone()
+        extra = {"eps": self.eps} if self.takes_eps and self.threat is not None else {}
+        was_training = model.training
+        try:
+            x_adv = self.attack_class(model, **extra, **self.kwargs)(x, y).detach()
+        finally:
+            model.train(was_training)
+        if self.threat is not None:
+            x_adv = project_image(x, x_adv, self.threat, self.eps)
+        return x_adv.clamp(0.0, 1.0)
+
+    def __repr__(self) -> str:
+        return f"TorchAttacks({self.name}, eps={self.eps:g}, norm={self.norm}, kwargs={self.kwargs})"

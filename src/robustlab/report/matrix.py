@@ -1,0 +1,243 @@
+"""Collect a directory's metrics.json files into the attack × defense matrix and write every view of it.
+
+`write_report(directory)` writes, into `directory/report/`:
+- results.csv — one line per evaluated cell and attack: accuracy, audit flags, costs;
+- REPORT.md — the matrix (rows: defenses; columns: clean, each attack, worst case; cells: accuracy % with
+  the audit's flag letters), costs, EOT-free numbers of randomized predictors (labelled), and the answer:
+  the most effective defense by worst-case robust accuracy and the strongest attack against each defense;
+- heatmap.png and curves.png; and a TensorBoard run (HParams table and the markdown as text) in tensorboard/.
+
+The files depend only on the metrics.json files (no dates, sorted order), so re-running a finished sweep
+writes an identical report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from robustlab.evaluation.audit import LETTERS
+from robustlab.evaluation.plots import heatmap_figure, plt, save_figure
+
+CLEAN, WORST_CASE = "clean", "worst_case"
+
+
+@dataclass
+class Cell:
+    """One row of the matrix: a trained (dataset, model, defense), with every attack evaluated on it."""
+
+    dataset: str
+    model: str
+    defense: str
+    clean_acc: float
+    robust_acc: dict[str, float] = field(default_factory=dict)
+    flags: str = ""
+    audit: dict = field(default_factory=dict)
+    curves: dict = field(default_factory=dict)
+    train_seconds: float | None = None
+    attack_ms_per_image: dict[str, float] = field(default_factory=dict)
+    robust_acc_without_eot: dict[str, float] = field(default_factory=dict)
+    randomized: bool = False
+    n_eval: int = 0
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.dataset, self.model, self.defense
+
+
+def _flag_letters(audit: dict) -> str:
+    return "".join(sorted(check["letter"] for check in audit.values() if check.get("flagged")))
+
+
+def collect_cells(directory: str | Path) -> list[Cell]:
+    """Every metrics.json under `directory`, merged per (dataset, model, defense); sorted, deterministic."""
+    cells: dict[tuple[str, str, str], Cell] = {}
+    for path in sorted(Path(directory).rglob("metrics.json")):
+        record = json.loads(path.read_text())
+        key = (record["dataset"], record["model"], record["defense"])
+        cell = cells.setdefault(key, Cell(*key, clean_acc=record["clean_acc"]))
+        worst = min(cell.robust_acc.get(WORST_CASE, 1.0), record["robust_acc"].get(WORST_CASE, 1.0))
+        cell.robust_acc.update(record["robust_acc"])
+        if WORST_CASE in cell.robust_acc:  # each run's worst case bounds all of its attacks, so the least does too
+            cell.robust_acc[WORST_CASE] = worst
+        cell.attack_ms_per_image.update(record.get("attack_ms_per_image", {}))
+        cell.robust_acc_without_eot.update(record.get("robust_acc_without_eot") or {})
+        for name, check in (record.get("audit") or {}).items():  # a flag raised by any evaluation stays raised
+            if name not in cell.audit or check["flagged"]:
+                cell.audit[name] = check
+        cell.curves.update(record.get("curves") or {})
+        cell.randomized = cell.randomized or bool(record.get("randomized"))
+        cell.n_eval = max(cell.n_eval, int(record.get("n_eval") or 0))
+        if record.get("train_seconds") is not None:
+            cell.train_seconds = record["train_seconds"]
+        cell.sources.append(str(path.relative_to(directory)))
+    for cell in cells.values():
+        cell.flags = _flag_letters(cell.audit)
+    return [cells[key] for key in sorted(cells)]
+
+
+def attack_columns(cells: list[Cell]) -> list[str]:
+    """Attacks in first-seen order, the worst case last."""
+    names: list[str] = []
+    for cell in cells:
+        names += [name for name in cell.robust_acc if name not in names and name != WORST_CASE]
+    return names + ([WORST_CASE] if any(WORST_CASE in cell.robust_acc for cell in cells) else [])
+
+
+def row_label(cell: Cell, cells: list[Cell]) -> str:
+    """The defense, prefixed with dataset and model only where the directory holds several."""
+    parts = []
+    if len({c.dataset for c in cells}) > 1:
+        parts.append(cell.dataset)
+    if len({c.model for c in cells}) > 1:
+        parts.append(cell.model)
+    return "/".join([*parts, cell.defense])
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def write_csv(cells: list[Cell], path: Path) -> None:
+    columns = attack_columns(cells)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["dataset", "model", "defense", "clean_acc", *columns, "audit_flags", "randomized",
+                         "n_eval", "train_seconds", *(f"attack_ms_per_image/{name}" for name in columns
+                                                     if name != WORST_CASE)])
+        for cell in cells:
+            writer.writerow([cell.dataset, cell.model, cell.defense, f"{cell.clean_acc:.4f}",
+                             *(f"{cell.robust_acc[name]:.4f}" if name in cell.robust_acc else "" for name in columns),
+                             cell.flags, cell.randomized, cell.n_eval,
+                             "" if cell.train_seconds is None else f"{cell.train_seconds:.1f}",
+                             *(f"{cell.attack_ms_per_image[name]:.3f}" if name in cell.attack_ms_per_image else ""
+                               for name in columns if name != WORST_CASE)])
+
+
+def markdown(cells: list[Cell]) -> str:
+    columns = attack_columns(cells)
+    out = io.StringIO()
+    out.write("# Attack × defense matrix\n\n")
+    out.write("Accuracy (%) on the first n test images (clean: the whole test split). ⚑ marks the gradient-masking "
+              "audit's flags for the row (letters below): such a number is likely an overestimate. Randomized "
+              "predictors are attacked with EOT; mixtures exactly (expected loss and accuracy over members).\n\n")
+    header = ["defense", "clean", *columns, "audit", "train s"]
+    out.write("| " + " | ".join(header) + " |\n|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|\n")
+    for cell in cells:
+        row = [row_label(cell, cells), _percent(cell.clean_acc), *(_percent(cell.robust_acc.get(name)) for name in columns),
+               f"⚑{cell.flags}" if cell.flags else "ok",
+               "–" if cell.train_seconds is None else f"{cell.train_seconds:.0f}"]
+        out.write("| " + " | ".join(row) + " |\n")
+    attacks = [name for name in columns if name != WORST_CASE]
+    out.write("\n## Cost: attack milliseconds per image\n\n")
+    out.write("| defense | " + " | ".join(attacks) + " |\n|---|" + "|".join(["---:"] * len(attacks)) + "|\n")
+    for cell in cells:
+        out.write(f"| {row_label(cell, cells)} | " + " | ".join(
+            f"{cell.attack_ms_per_image[name]:.2f}" if name in cell.attack_ms_per_image else "–" for name in attacks)
+            + " |\n")
+    randomized = [cell for cell in cells if cell.robust_acc_without_eot]
+    if randomized:
+        out.write("\n## Randomized predictors attacked WITHOUT EOT (for comparison only; not robust accuracy)\n\n")
+        out.write("| defense | " + " | ".join(attacks) + " |\n|---|" + "|".join(["---:"] * len(attacks)) + "|\n")
+        for cell in randomized:
+            out.write(f"| {row_label(cell, cells)} | " + " | ".join(
+                _percent(cell.robust_acc_without_eot.get(name)) for name in attacks) + " |\n")
+    out.write("\n## Audit flags\n\n")
+    for name, letter in LETTERS.items():
+        flagged = [row_label(cell, cells) for cell in cells if letter in cell.flags]
+        out.write(f"- **{letter}** `{name}`: {', '.join(flagged) if flagged else 'none'}\n")
+    out.write("\n## Answer\n\n")
+    out.write(answer(cells))
+    return out.getvalue()
+
+
+def answer(cells: list[Cell]) -> str:
+    """The most effective defense by worst-case robust accuracy, and the strongest attack against each defense."""
+    ranked = [cell for cell in cells if WORST_CASE in cell.robust_acc]
+    if not ranked:
+        return "No cell has a worst-case column: evaluate with at least one attack.\n"
+    honest = [cell for cell in ranked if not cell.flags] or ranked
+    best = max(honest, key=lambda cell: (cell.robust_acc[WORST_CASE], cell.clean_acc))
+    lines = [f"**Most effective defense: {row_label(best, cells)}** — worst-case robust accuracy "
+             f"{_percent(best.robust_acc[WORST_CASE])}% over {len(attack_columns([best])) - 1} attacks, clean "
+             f"{_percent(best.clean_acc)}%, trained in "
+             f"{'–' if best.train_seconds is None else f'{best.train_seconds:.0f}'} s"
+             + (" (among rows without audit flags)" if len(honest) < len(ranked) else "") + ".\n",
+             "\n| defense | strongest attack | its accuracy (%) |\n|---|---|---:|\n"]
+    for cell in cells:
+        attacks = {name: value for name, value in cell.robust_acc.items() if name != WORST_CASE}
+        if attacks:
+            # Ties go to the cheaper attack: the cheapest way to the lowest accuracy.
+            name = min(sorted(attacks), key=lambda attack: (attacks[attack], cell.attack_ms_per_image.get(attack, 0.0)))
+            lines.append(f"| {row_label(cell, cells)} | {name} | {_percent(attacks[name])} |\n")
+    return "".join(lines)
+
+
+def curves_grid(cells: list[Cell]) -> plt.Figure:
+    with_curves = [cell for cell in cells if cell.curves]
+    columns = min(4, max(len(with_curves), 1))
+    rows = max(math.ceil(len(with_curves) / columns), 1)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), squeeze=False)
+    for axis, cell in zip(axes.flat, with_curves):
+        for name, curve in cell.curves.items():
+            default = curve["default_eps"] or 1.0
+            axis.plot([eps / default for eps in curve["eps"]], [100 * a for a in curve["accuracy"]], marker=".",
+                      label=name)
+        axis.set_title(row_label(cell, cells) + (f"  ⚑{cell.flags}" if cell.flags else ""), fontsize=8)
+        axis.set_ylim(-2, 102)
+        axis.grid(alpha=0.3)
+        axis.set_xlabel("ε / default ε", fontsize=7)
+        axis.set_ylabel("accuracy (%)", fontsize=7)
+        axis.legend(fontsize=6)
+    for axis in list(axes.flat)[len(with_curves):]:
+        axis.axis("off")
+    figure.tight_layout()
+    return figure
+
+
+def write_tensorboard(cells: list[Cell], text: str, directory: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    if directory.exists():
+        shutil.rmtree(directory)  # one summary per report, not one more per re-run
+    writer = SummaryWriter(str(directory))
+    writer.add_text("report", text)
+    for index, cell in enumerate(cells):
+        metrics = {"hparams/clean_acc": cell.clean_acc, "hparams/audit_flags": float(len(cell.flags))}
+        metrics.update({f"hparams/robust_acc/{name}": value for name, value in cell.robust_acc.items()})
+        experiment, start, end = hparams({"dataset": cell.dataset, "model": cell.model, "defense": cell.defense,
+                                          "flags": cell.flags or "none"}, metrics)
+        run = SummaryWriter(str(directory / f"{index:03d}-{cell.dataset}-{cell.model}-{cell.defense}"))
+        for summary in (experiment, start, end):
+            run.file_writer.add_summary(summary)
+        for name, value in metrics.items():
+            run.add_scalar(name, value)
+        run.close()
+    writer.close()
+
+
+def write_report(directory: str | Path) -> dict[str, Path]:
+    directory = Path(directory)
+    cells = collect_cells(directory)
+    output = directory / "report"
+    output.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": output / "results.csv", "markdown": output / "REPORT.md", "heatmap": output / "heatmap.png",
+             "curves": output / "curves.png", "tensorboard": output / "tensorboard"}
+    write_csv(cells, paths["csv"])
+    text = markdown(cells)
+    paths["markdown"].write_text(text)
+    columns = [CLEAN, *attack_columns(cells)]
+    values = [[cell.clean_acc, *(cell.robust_acc.get(name) for name in columns[1:])] for cell in cells]
+    flags = [["" if name == CLEAN else cell.flags for name in columns] for cell in cells]
+    save_figure(heatmap_figure([row_label(cell, cells) for cell in cells], columns, values, flags,
+                               title=f"accuracy (%) — {directory.name}"), paths["heatmap"])
+    save_figure(curves_grid(cells), paths["curves"])
+    write_tensorboard(cells, text, paths["tensorboard"])
+    return paths

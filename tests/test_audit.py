@@ -1,0 +1,113 @@
+"""Each gradient-masking check fires on a model broken for it and stays quiet on a standard trained model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import train_standard
+from robustlab.attacks import PGD
+from robustlab.data import SyntheticDataModule
+from robustlab.defenses import MixturePredictor
+from robustlab.evaluation.audit import audit, flags, robustness_curves
+from robustlab.models import BasicNet, NoisyModel
+
+FACTORS = [0.0, 0.5, 1.0, 1.5, 2.0]
+
+
+class MeanShiftModel(nn.Module):
+    """Two classes, decided by u = mean(x − 0.5): logits [0, h(u)], class 1 (wrong for label 0) when h > 0."""
+
+    def __init__(self, h) -> None:
+        super().__init__()
+        self.h = h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = (x - 0.5).flatten(1).mean(dim=1)
+        return torch.stack([torch.zeros_like(u), self.h(u)], dim=1)
+
+
+def grey_images(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.full((n, 1, 8, 8), 0.5), torch.zeros(n, dtype=torch.long)
+
+
+def run_audit(model, x, y, eps=0.1, num_classes=2, eot_samples=None, randomized=False, pgd_steps=20):
+    torch.manual_seed(0)
+    factories = {"pgd_linf": (lambda budget: PGD(eps=budget, steps=pgd_steps), eps)}
+    curves = robustness_curves(factories, model, x, y, draws=10 if randomized else 1, factors=FACTORS)
+    return audit(model, x, y, eps_linf=eps, num_classes=num_classes, curves=curves, draws=10 if randomized else 1,
+                 randomized=randomized, eot_samples=eot_samples or {"pgd_linf": None}, pgd_steps=pgd_steps,
+                 square_queries=200)
+
+
+@pytest.fixture(scope="module")
+def data():
+    datamodule = SyntheticDataModule(num_train=1024, num_test=256, val_size=64, batch_size=64, eval_batch_size=256,
+                                     noise=0.3)
+    datamodule.setup()
+    return datamodule
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    torch.manual_seed(0)
+    net = BasicNet(in_channels=1, image_size=28, num_classes=10, mean=[0.5], std=[0.25])
+    return train_standard(net, data, epochs=4, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def batch(data):
+    x, y = data.test_set.tensors
+    return x[:100], y[:100]
+
+
+def test_a_standard_trained_model_raises_no_flag(trained, batch):
+    record = run_audit(trained, *batch, eps=0.1, num_classes=10)
+    assert flags(record) == "", {name: check["detail"] for name, check in record.items() if check["flagged"]}
+
+
+def test_a_and_b_fire_when_larger_budgets_help_the_model():
+    """The model turns right again once the perturbation is large: accuracy rises with ε and survives ε = 0.5."""
+    model = MeanShiftModel(lambda u: torch.where(u < 0.12, 100 * u - 0.01, torch.full_like(u, -5.0)))
+    record = run_audit(model, *grey_images())
+    assert record["non_monotone_curve"]["flagged"] and record["large_eps_not_broken"]["flagged"]
+
+
+def test_c_fires_when_pgd_is_trapped_where_fgsm_is_not():
+    """A local maximum of the loss near x: PGD's small steps circle it, FGSM's one ε step jumps past it."""
+    model = MeanShiftModel(lambda u: torch.where(u < 0.09, -0.5 - 1000 * (u - 0.03) ** 2, torch.full_like(u, 5.0)))
+    record = run_audit(model, *grey_images())
+    assert record["pgd_weaker_than_fgsm"]["flagged"]
+    assert record["pgd_weaker_than_fgsm"]["value"] == 1.0
+
+
+def test_d_and_f_fire_on_saturated_softmax_outputs(trained, batch):
+    """×10⁴ logits: cross-entropy gradients are exactly zero, so PGD stalls; Square reads scores and does not."""
+    saturated = nn.Sequential(trained)
+    saturated.forward = lambda inputs: 1e4 * trained(inputs)
+    record = run_audit(saturated, *batch, eps=0.1, num_classes=10)
+    assert record["zero_gradients"]["flagged"] and record["zero_gradients"]["value"] > 0.5
+    assert record["black_box_beats_white_box"]["flagged"]
+
+
+def test_e_fires_on_an_unconverged_attack(trained, batch):
+    """One PGD step is not converged: two steps find clearly more adversarial examples."""
+    record = run_audit(trained, *batch, eps=0.03, num_classes=10, pgd_steps=1)
+    assert record["more_steps_help"]["flagged"]
+
+
+def test_g_fires_on_a_randomized_model_attacked_without_eot(trained, batch):
+    noisy = NoisyModel(trained, sigma=0.1)
+    x, y = batch[0][:40], batch[1][:40]
+    flagged = run_audit(noisy, x, y, num_classes=10, randomized=True, eot_samples={"pgd_linf": 1})
+    assert flagged["randomized_without_eot"]["flagged"]
+    quiet = run_audit(noisy, x, y, num_classes=10, randomized=True, eot_samples={"pgd_linf": None})
+    assert not quiet["randomized_without_eot"]["flagged"]
+
+
+def test_g_stays_quiet_on_a_mixture_which_is_handled_exactly(trained, batch):
+    mixture = MixturePredictor([trained, trained], [0.5, 0.5])
+    x, y = batch[0][:40], batch[1][:40]
+    record = run_audit(mixture, x, y, num_classes=10, randomized=True, eot_samples={"pgd_linf": 1})
+    assert not record["randomized_without_eot"]["flagged"]

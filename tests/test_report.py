@@ -1,0 +1,86 @@
+"""The report script turns a directory of metrics.json files into the expected CSV and markdown."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from conftest import ROOT
+from robustlab.evaluation.audit import LETTERS
+from robustlab.report import collect_cells, write_report
+import subprocess
+import sys
+
+
+def audit_record(flagged: str = "") -> dict:
+    return {name: {"flagged": letter in flagged, "value": 0.0, "limit": 0.0, "detail": "", "letter": letter}
+            for name, letter in LETTERS.items()}
+
+
+def write_cell(directory: Path, defense: str, clean: float, robust: dict, flagged: str = "", train: float = 10.0,
+               without_eot: dict | None = None, attack: str = "pgd_linf") -> None:
+    run = directory / "fashion_mnist" / "basic_net" / defense / f"{attack}-0123"
+    run.mkdir(parents=True)
+    record = {"dataset": "fashion_mnist", "model": "basic_net", "defense": defense, "attack": attack,
+              "clean_acc": clean, "robust_acc": robust, "robust_acc_without_eot": without_eot or {},
+              "attack_ms_per_image": {name: 1.5 for name in robust if name != "worst_case"},
+              "audit": audit_record(flagged), "curves": {"pgd_linf": {"default_eps": 0.1, "eps": [0.0, 0.1, 0.2],
+                                                                      "accuracy": [clean, robust["pgd_linf"], 0.0]}},
+              "randomized": bool(without_eot), "n_eval": 1000, "train_seconds": train}
+    (run / "metrics.json").write_text(json.dumps(record))
+
+
+def sweep(directory: Path) -> Path:
+    write_cell(directory, "none", 0.9, {"fgsm": 0.13, "pgd_linf": 0.02, "worst_case": 0.01}, train=45.0)
+    write_cell(directory, "adv_train", 0.77, {"fgsm": 0.68, "pgd_linf": 0.64, "worst_case": 0.60}, train=217.0)
+    write_cell(directory, "noise_injection", 0.85, {"fgsm": 0.5, "pgd_linf": 0.7, "worst_case": 0.7}, flagged="c",
+               without_eot={"fgsm": 0.6, "pgd_linf": 0.8})
+    return directory
+
+
+def test_report_writes_the_expected_csv(tmp_path):
+    paths = write_report(sweep(tmp_path))
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [row["defense"] for row in rows] == ["adv_train", "noise_injection", "none"]
+    assert list(rows[0])[:7] == ["dataset", "model", "defense", "clean_acc", "fgsm", "pgd_linf", "worst_case"]
+    adv = rows[0]
+    assert (adv["clean_acc"], adv["pgd_linf"], adv["worst_case"], adv["audit_flags"], adv["train_seconds"]) == \
+        ("0.7700", "0.6400", "0.6000", "", "217.0")
+    assert rows[1]["audit_flags"] == "c" and rows[1]["randomized"] == "True"
+
+
+def test_report_writes_the_expected_markdown(tmp_path):
+    text = write_report(sweep(tmp_path))["markdown"].read_text()
+    assert "| defense | clean | fgsm | pgd_linf | worst_case | audit | train s |" in text
+    assert "| adv_train | 77.0 | 68.0 | 64.0 | 60.0 | ok | 217 |" in text
+    assert "| noise_injection | 85.0 | 50.0 | 70.0 | 70.0 | ⚑c | – |" in text
+    assert "WITHOUT EOT" in text and "| noise_injection | 60.0 | 80.0 |" in text
+    # The flagged row is out of the running, however high its number.
+    assert "**Most effective defense: adv_train** — worst-case robust accuracy 60.0%" in text
+    assert "| none | pgd_linf | 2.0 |" in text and "| noise_injection | fgsm | 50.0 |" in text
+    assert "- **c** `pgd_weaker_than_fgsm`: noise_injection" in text
+
+
+def test_report_files_exist_and_rerun_is_identical(tmp_path):
+    directory = sweep(tmp_path)
+    first = write_report(directory)
+    contents = {kind: first[kind].read_bytes() for kind in ("csv", "markdown")}
+    assert first["heatmap"].stat().st_size > 0 and first["curves"].stat().st_size > 0
+    assert any(first["tensorboard"].rglob("events.out.tfevents.*"))
+    second = write_report(directory)
+    assert {kind: second[kind].read_bytes() for kind in ("csv", "markdown")} == contents
+
+
+def test_cells_from_several_evaluations_of_one_training_merge(tmp_path):
+    write_cell(tmp_path, "none", 0.9, {"fgsm": 0.1, "pgd_linf": 0.02, "worst_case": 0.01})
+    write_cell(tmp_path, "none", 0.9, {"pgd_linf": 0.02, "square": 0.05, "worst_case": 0.02}, attack="square")
+    (cell,) = collect_cells(tmp_path)
+    assert set(cell.robust_acc) == {"fgsm", "pgd_linf", "square", "worst_case"}
+
+
+def test_report_script_prints_the_markdown(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), str(sweep(tmp_path))],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# Attack × defense matrix") and "REPORT.md" in result.stderr

@@ -1,0 +1,145 @@
+"""APGD, Square and the worst-case cascade: what each adds over PGD, on a model trained to resist a little."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import accuracy, train_standard
+from robustlab.attacks import APGD, PGD, Square, WorstCase
+from robustlab.attacks.apgd import checkpoints, dlr_loss
+from robustlab.attacks.square import square_fraction
+from robustlab.data import SyntheticDataModule
+from robustlab.errors import InvalidValue
+from robustlab.models import BasicNet
+
+
+@pytest.fixture(scope="module")
+def data():
+    datamodule = SyntheticDataModule(num_train=1024, num_test=256, val_size=64, batch_size=64, eval_batch_size=256,
+                                     noise=0.3)
+    datamodule.setup()
+    return datamodule
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    torch.manual_seed(0)
+    net = BasicNet(in_channels=1, image_size=28, num_classes=10, mean=[0.5], std=[0.25])
+    return train_standard(net, data, epochs=4, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def batch(data):
+    x, y = data.test_set.tensors
+    return x[:128], y[:128]
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    assert checkpoints(100) == [22, 41, 58, 70, 80, 87, 93, 99]
+
+
+def test_dlr_loss_is_invariant_to_shifting_and_scaling_logits():
+    torch.manual_seed(0)
+    logits, y = torch.randn(16, 10), torch.randint(0, 10, (16,))
+    assert torch.allclose(dlr_loss(logits, y), dlr_loss(7.0 * logits + 3.0, y), atol=1e-5)
+    assert ((dlr_loss(logits, y) > 0) == (logits.argmax(1) != y)).all()  # > 0 exactly when misclassified
+
+
+@pytest.mark.parametrize("eps", [0.03, 0.05])
+def test_apgd_ce_is_at_least_as_strong_as_pgd20(eps, model, batch):
+    x, y = batch
+    torch.manual_seed(0)
+    pgd = accuracy(model, PGD(eps=eps, steps=20)(model, x, y), y)
+    apgd = accuracy(model, APGD(eps=eps, steps=50)(model, x, y), y)
+    assert apgd <= pgd + 1 / len(y)
+
+
+def test_apgd_dlr_breaks_a_model_with_saturated_softmax(model, batch):
+    """×1000 logits: cross-entropy gradients vanish (softmax is exactly one-hot); the DLR ratio does not."""
+    x, y = batch
+    saturated = torch.nn.Sequential(model, torch.nn.Identity())
+    saturated.forward = lambda inputs: 1000.0 * model(inputs)
+    torch.manual_seed(0)
+    ce = accuracy(saturated, APGD(eps=0.05, steps=30, loss="ce")(saturated, x, y), y)
+    dlr = accuracy(saturated, APGD(eps=0.05, steps=30, loss="dlr")(saturated, x, y), y)
+    assert dlr < ce - 0.1
+
+
+def test_square_uses_no_gradients_and_breaks_an_undefended_model(model, batch):
+    x, y = batch
+    torch.manual_seed(0)
+    with torch.no_grad():  # a black-box attack needs no autograd at all
+        x_adv = Square(eps=0.1, queries=300)(model, x, y)
+    assert accuracy(model, x_adv, y) < accuracy(model, x, y) - 0.3
+
+
+def test_square_schedule_halves_the_window():
+    assert square_fraction(0.8, 0, 10_000) == 0.8
+    assert square_fraction(0.8, 11, 10_000) == 0.4
+    assert square_fraction(0.8, 11, 1_000) == pytest.approx(0.8 / 2 ** 2)  # 110 of 10,000: past 10 and 50
+
+
+def test_worst_case_is_at_most_every_attack_per_example(model, batch):
+    x, y = batch
+    attacks = {"fgsm": PGD(eps=0.05, steps=1, step_size=0.05, random_start=False), "pgd": PGD(eps=0.05, steps=10),
+               "square": Square(eps=0.05, queries=100)}
+    torch.manual_seed(0)
+    cascade = WorstCase(attacks)(model, x, y)
+    with torch.no_grad():
+        robust = model(cascade).argmax(1) == y
+    # Replaying the cascade's random stream is not possible per attack, so compare with the attacks' own
+    # stages: a point the cascade leaves standing resisted every attack it met.
+    torch.manual_seed(0)
+    first = attacks["fgsm"](model, x, y)
+    with torch.no_grad():
+        assert (~robust | (model(first).argmax(1) == y)).all()
+    assert accuracy(model, cascade, y) <= min(accuracy(model, attack(model, x, y), y) for attack in attacks.values()) + 0.02
+
+
+def test_worst_case_only_attacks_points_still_standing(model, batch):
+    x, y = batch
+    seen = []
+
+    def recording(model_, x_, y_):
+        seen.append(len(x_))
+        return x_.clone()
+
+    WorstCase({"pgd": PGD(eps=0.1, steps=10), "recording": recording})(model, x, y)
+    with torch.no_grad():
+        standing = (model(PGD(eps=0.1, steps=10)(model, x, y)).argmax(1) == y).sum().item()
+    assert seen[0] < len(x) and abs(seen[0] - standing) <= 3  # only the few PGD did not break
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"eps": 0.1, "loss": "hinge"}, "loss"), ({"eps": 0.1, "steps": 0}, "steps"), ({"eps": 0.1, "rho": 0}, "rho"),
+    ({"eps": 0.1, "eot_samples": 0}, "eot_samples"),
+])
+def test_apgd_rejects_bad_parameters(kwargs, field):
+    with pytest.raises(InvalidValue) as error:
+        APGD(**kwargs)
+    assert error.value.field == field
+
+
+def test_square_rejects_bad_parameters():
+    with pytest.raises(InvalidValue) as error:
+        Square(eps=0.1, queries=0)
+    assert error.value.field == "queries"
+
+
+def test_torchattacks_adapter_names_a_bad_class_with_its_full_key(tmp_path):
+    from conftest import compose_config
+    from robustlab.configuration import instantiate
+
+    cfg = compose_config(["dataset=synthetic", "attack=torchattacks", "attack.name=NoSuchAttack"], tmp_path)
+    with pytest.raises(InvalidValue) as error:
+        instantiate(cfg.attack)
+    assert error.value.key == "attack.name" and "CW" in str(error.value)
+
+
+def test_torchattacks_minimal_perturbation_attacks_run_unbounded(model, batch):
+    from robustlab.attacks import TorchAttacks
+
+    x, y = batch
+    x_adv = TorchAttacks("CW", eps=None, norm="l2", kwargs={"steps": 20, "c": 1.0})(model, x, y)
+    assert accuracy(model, x_adv, y) < accuracy(model, x, y) - 0.3 and 0 <= x_adv.min() and x_adv.max() <= 1
