@@ -84,3 +84,27 @@ def test_report_script_prints_the_markdown(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("# Attack × defense matrix") and "REPORT.md" in result.stderr
+
+
+def test_matrix_sweep_writes_the_report_and_a_rerun_only_reads(tmp_path):
+    """sweep=matrix end to end on tiny data: the Hydra callback writes the report; a re-run retrains nothing."""
+    import time
+
+    from conftest import TINY, run_script
+
+    overrides = ["-m", "sweep=matrix", "hydra.sweeper.params.defense='none,fast_adv_train'", *TINY, "logger=none",
+                 "eval.n_samples=32", "eval.audit.n_samples=16", "eval.audit.square_queries=50",
+                 "eval.attacks.apgd_ce.steps=10", "eval.attacks.square.queries=50"]
+    started = time.perf_counter()
+    first = run_script("train.py", *overrides, output_root=tmp_path)
+    first_seconds = time.perf_counter() - started
+    assert first.returncode == 0, first.stderr[-3000:]
+    report = tmp_path / "sweeps" / "matrix" / "report"
+    text = (report / "REPORT.md").read_text()
+    assert "| fast_adv_train |" in text and "| none |" in text and "apgd_ce" in text and "square" in text
+    assert (report / "heatmap.png").is_file() and (report / "results.csv").is_file()
+    started = time.perf_counter()
+    second = run_script("train.py", *overrides, output_root=tmp_path)
+    assert second.returncode == 0 and second.stdout.count("run already finished") == 2
+    assert (report / "REPORT.md").read_text() == text
+    assert time.perf_counter() - started < first_seconds

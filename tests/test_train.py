@@ -34,7 +34,14 @@ def test_metrics_json_has_the_promised_keys(trained_run):
     assert METRICS_KEYS <= metrics.keys()
     assert (metrics["dataset"], metrics["model"], metrics["defense"], metrics["attack"]) == \
         ("synthetic", "basic_net", "adv_train", "pgd_l2")
-    assert set(metrics["robust_acc"]) == {"fgsm", "pgd_linf", "pgd_l2"} == set(metrics["attack_ms_per_image"])
+    assert set(metrics["robust_acc"]) == {"fgsm", "pgd_linf", "pgd_l2", "worst_case"}
+    assert set(metrics["attack_ms_per_image"]) == {"fgsm", "pgd_linf", "pgd_l2"}
+    assert metrics["robust_acc"]["worst_case"] <= min(metrics["robust_acc"].values())
+    assert set(metrics["audit"]) == {"non_monotone_curve", "large_eps_not_broken", "pgd_weaker_than_fgsm",
+                                     "black_box_beats_white_box", "more_steps_help", "zero_gradients",
+                                     "randomized_without_eot"}
+    assert set(metrics["curves"]) == {"fgsm", "pgd_linf", "pgd_l2"}
+    assert (output_dir / "robustness_curves.png").stat().st_size > 0
     assert metrics["n_eval"] == 64 and metrics["n_clean"] == 256
     assert all(0.0 <= value <= 1.0 for value in [metrics["clean_acc"], *metrics["robust_acc"].values()])
     assert metrics["robust_acc"]["pgd_linf"] <= metrics["robust_acc"]["fgsm"] + 0.1

@@ -51,7 +51,8 @@ def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier
                    if getattr(attack, "eps", 1) > 0}
     results["audit"] = audit(predictor, x, y, eps_linf=float(cfg.dataset.eps.linf),
                              num_classes=int(cfg.dataset.num_classes), curves=results["curves"], draws=draws,
-                             randomized=classifier.randomized, eot_samples=eot_samples)
+                             randomized=classifier.randomized, eot_samples=eot_samples, pgd_steps=settings.pgd_steps,
+                             square_queries=settings.square_queries)
     figure = curves_figure(results["curves"], title=" / ".join(f"{k}={v}" for k, v in choices().items()
                                                                if k in ("dataset", "model", "defense")))
     for logger in trainer.loggers:
