@@ -105,10 +105,10 @@ def test_worst_case_only_attacks_points_still_standing(model, batch):
         seen.append(len(x_))
         return x_.clone()
 
-    WorstCase({"pgd": PGD(eps=0.1, steps=10), "recording": recording})(model, x, y)
+    WorstCase({"pgd": PGD(eps=0.02, steps=10), "recording": recording})(model, x, y)
     with torch.no_grad():
-        standing = (model(PGD(eps=0.1, steps=10)(model, x, y)).argmax(1) == y).sum().item()
-    assert seen[0] < len(x) and abs(seen[0] - standing) <= 3  # only the few PGD did not break
+        standing = (model(PGD(eps=0.02, steps=10)(model, x, y)).argmax(1) == y).sum().item()
+    assert 0 < seen[0] < len(x) and abs(seen[0] - standing) <= 3  # only the points PGD did not break
 
 
 @pytest.mark.parametrize("kwargs,field", [

@@ -50,6 +50,7 @@ def heatmap_figure(rows: Sequence[str], columns: Sequence[str], values: Sequence
 def save_figure(figure: plt.Figure, path: str | Path) -> Path:
     """Write a PNG (written aside and renamed, so a killed run leaves no half image) and free the figure."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial.png")
     figure.savefig(partial, dpi=120)
     plt.close(figure)

@@ -131,7 +131,7 @@ def markdown(cells: list[Cell]) -> str:
     out.write("| " + " | ".join(header) + " |\n|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|\n")
     for cell in cells:
         row = [row_label(cell, cells), _percent(cell.clean_acc), *(_percent(cell.robust_acc.get(name)) for name in columns),
-               f"⚑{cell.flags}" if cell.flags else "ok",
+               f"⚑{cell.flags}" if cell.flags else "ok" if cell.audit else "not audited",
                "–" if cell.train_seconds is None else f"{cell.train_seconds:.0f}"]
         out.write("| " + " | ".join(row) + " |\n")
     attacks = [name for name in columns if name != WORST_CASE]
