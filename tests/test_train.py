@@ -118,3 +118,13 @@ def test_train_script_on_a_real_fashion_mnist_subset(tmp_path):
     assert metrics["dataset"] == "fashion_mnist" and metrics["n_clean"] == 10000 and metrics["n_eval"] == 200
     assert metrics["clean_acc"] > 0.5  # 40 batches of real data already learn most of the task
     assert "Evaluating pgd_linf" in result.stdout + result.stderr  # the per-attack progress bar
+
+
+def test_worst_case_is_at_most_every_attack_on_every_image(trained_run):
+    _, results = trained_run
+    per_example = results["per_example"]
+    worst = per_example["worst_case"]
+    assert len(worst) == 64
+    for name in ("clean", "fgsm", "pgd_linf", "pgd_l2"):
+        assert (worst <= per_example[name][:64]).all(), name
+    assert results["robust_acc"]["worst_case"] == pytest.approx(worst.double().mean().item())

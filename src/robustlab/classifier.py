@@ -229,7 +229,8 @@ class RobustClassifier(pl.LightningModule):
             "attack_ms_per_image": {name: 1000.0 * self.attack_seconds[name] / max(counts[name], 1)
                                     for name in self.attacks},
             "randomized": self.randomized,
-            "accuracy_draws": self.draws(),
+            # Draws that accuracy was averaged over; "exact" for a mixture (Σ α_k·acc_k, no sampling at all).
+            "accuracy_draws": "exact" if weighted_members(self.predictor()) is not None else self.draws(),
             "defense_metrics": defense_metrics,
             "per_example": per_example,  # correctness per evaluated image, for the audit (not written to disk)
         }
