@@ -273,3 +273,17 @@ def test_denoiser_can_load_its_classifier_instead_of_training_it(denoiser_run, t
     trained = torch.load(classifier_checkpoint, weights_only=True)["state_dict"]
     final = torch.load(json.loads((tmp_path / "metrics.json").read_text())["checkpoint"], weights_only=True)["state_dict"]
     assert all(torch.equal(trained[key], final[key]) for key in trained if key.startswith("model."))
+
+
+def test_evaluate_attacks_a_multi_stage_checkpoint_whole(denoiser_run, tmp_path):
+    """evaluate.py rebuilds DnCNN → classifier from the final checkpoint alone and attacks both, as training did."""
+    import robustlab.evaluate
+
+    output, _, results = denoiser_run
+    checkpoint = json.loads((output / "metrics.json").read_text())["checkpoint"]
+    cfg = compose_config([f"ckpt_path={checkpoint}", "attack=apgd_ce", "attack.steps=10", "eval=quick",
+                          "eval.audit.enabled=false"], tmp_path, config_name="evaluate")
+    evaluated = robustlab.evaluate.run(cfg)
+    assert evaluated["clean_acc"] == results["clean_acc"]
+    assert set(evaluated["defense_metrics"]["apgd_ce"]) == {"psnr_adversarial", "psnr_denoised"}
+    assert json.loads((tmp_path / "metrics.json").read_text())["defense"] == "denoiser"
