@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -143,3 +145,13 @@ def test_torchattacks_minimal_perturbation_attacks_run_unbounded(model, batch):
     x, y = batch
     x_adv = TorchAttacks("CW", eps=None, norm="l2", kwargs={"steps": 20, "c": 1.0})(model, x, y)
     assert accuracy(model, x_adv, y) < accuracy(model, x, y) - 0.3 and 0 <= x_adv.min() and x_adv.max() <= 1
+
+
+def test_worst_case_eot_follows_its_attacks():
+    automatic = WorstCase({"pgd": PGD(eps=0.1), "square": Square(eps=0.1)})
+    assert automatic.eot_samples is None
+    single = copy.copy(automatic)
+    single.eot_samples = 1  # as evaluation does for the labelled no-EOT pass
+    assert all(attack.eot_samples == 1 for attack in single.attacks.values())
+    assert automatic.eot_samples is None  # the original cascade keeps EOT
+    assert WorstCase({"pgd": PGD(eps=0.1, eot_samples=1)}).eot_samples == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 
 import torch
@@ -25,6 +26,24 @@ class WorstCase:
         norms = {getattr(attack, "norm", None) for attack in self.attacks.values()}
         self.norm = norms.pop() if len(norms) == 1 else "mixed"  # the threat model, when all attacks share one
         self.eps = max(float(getattr(attack, "eps", 0.0)) for attack in self.attacks.values())
+
+
+    @property
+    def eot_samples(self) -> int | None:
+        """None (automatic) only if every attack of the cascade chooses its EOT draws automatically."""
+        automatic = all(getattr(attack, "eot_samples", 1) is None for attack in self.attacks.values())
+        return None if automatic else 1
+
+    @eot_samples.setter
+    def eot_samples(self, value: int | None) -> None:
+        """Set the draws of every attack of the cascade (on copies: other holders of the attacks are unaffected)."""
+        attacks = {}
+        for name, attack in self.attacks.items():
+            attack = copy.copy(attack)
+            if hasattr(attack, "eot_samples"):
+                attack.eot_samples = value
+            attacks[name] = attack
+        self.attacks = attacks
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = x.detach()

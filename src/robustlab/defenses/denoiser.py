@@ -63,6 +63,3 @@ class DenoiserDefense(Defense):
         with torch.no_grad():
             denoised = self.denoiser(x_adv)
         return {"psnr_adversarial": psnr(x_adv, x), "psnr_denoised": psnr(denoised, x)}
-
-    def extra_repr(self) -> str:
-        return f"attack={self.attack!r}"
