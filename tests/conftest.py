@@ -76,3 +76,24 @@ def train_standard(model: torch.nn.Module, datamodule, epochs: int, lr: float) -
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
         return (model(x).argmax(1) == y).float().mean().item()
+
+
+@pytest.fixture(scope="session")
+def noisy_synthetic():
+    """Synthetic data noisy enough (σ = 0.3) that a trained model is right on most images but not robust."""
+    from robustlab.data import SyntheticDataModule
+
+    datamodule = SyntheticDataModule(num_train=1024, num_test=256, val_size=64, batch_size=64, eval_batch_size=256,
+                                     noise=0.3)
+    datamodule.setup()
+    return datamodule
+
+
+@pytest.fixture(scope="session")
+def standard_net(noisy_synthetic):
+    """BasicNet after 4 epochs of standard training on `noisy_synthetic`, in eval mode."""
+    from robustlab.models import BasicNet
+
+    torch.manual_seed(0)
+    net = BasicNet(in_channels=1, image_size=28, num_classes=10, mean=[0.5], std=[0.25])
+    return train_standard(net, noisy_synthetic, epochs=4, lr=1e-3)

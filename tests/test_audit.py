@@ -6,12 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import train_standard
 from robustlab.attacks import PGD
-from robustlab.data import SyntheticDataModule
 from robustlab.defenses import MixturePredictor
 from robustlab.evaluation.audit import audit, flags, robustness_curves
-from robustlab.models import BasicNet, NoisyModel
+from robustlab.models import NoisyModel
 
 FACTORS = [0.0, 0.5, 1.0, 1.5, 2.0]
 
@@ -42,28 +40,13 @@ def run_audit(model, x, y, eps=0.1, num_classes=2, eot_samples=None, randomized=
 
 
 @pytest.fixture(scope="module")
-def data():
-    datamodule = SyntheticDataModule(num_train=1024, num_test=256, val_size=64, batch_size=64, eval_batch_size=256,
-                                     noise=0.3)
-    datamodule.setup()
-    return datamodule
-
-
-@pytest.fixture(scope="module")
-def trained(data):
-    torch.manual_seed(0)
-    net = BasicNet(in_channels=1, image_size=28, num_classes=10, mean=[0.5], std=[0.25])
-    return train_standard(net, data, epochs=4, lr=1e-3)
-
-
-@pytest.fixture(scope="module")
-def batch(data):
-    x, y = data.test_set.tensors
+def batch(noisy_synthetic):
+    x, y = noisy_synthetic.test_set.tensors
     return x[:100], y[:100]
 
 
-def test_a_standard_trained_model_raises_no_flag(trained, batch):
-    record = run_audit(trained, *batch, eps=0.1, num_classes=10)
+def test_a_standard_trained_model_raises_no_flag(standard_net, batch):
+    record = run_audit(standard_net, *batch, eps=0.1, num_classes=10)
     assert flags(record) == "", {name: check["detail"] for name, check in record.items() if check["flagged"]}
 
 
@@ -82,10 +65,10 @@ def test_c_fires_when_pgd_is_trapped_where_fgsm_is_not():
     assert record["pgd_weaker_than_fgsm"]["value"] == 1.0
 
 
-def test_d_and_f_fire_on_saturated_softmax_outputs(trained, batch):
+def test_d_and_f_fire_on_saturated_softmax_outputs(standard_net, batch):
     """×10⁴ logits: cross-entropy gradients are exactly zero, so PGD stalls; Square reads scores and does not."""
-    saturated = nn.Sequential(trained)
-    saturated.forward = lambda inputs: 1e4 * trained(inputs)
+    saturated = nn.Sequential(standard_net)
+    saturated.forward = lambda inputs: 1e4 * standard_net(inputs)
     record = run_audit(saturated, *batch, eps=0.1, num_classes=10)
     assert record["zero_gradients"]["flagged"] and record["zero_gradients"]["value"] > 0.5
     assert record["black_box_beats_white_box"]["flagged"]
@@ -101,8 +84,8 @@ def test_e_fires_when_the_attack_needs_finer_steps():
     assert record["more_steps_help"]["flagged"] and record["more_steps_help"]["value"] > 0.1
 
 
-def test_g_fires_on_a_randomized_model_attacked_without_eot(trained, batch):
-    noisy = NoisyModel(trained, sigma=0.1)
+def test_g_fires_on_a_randomized_model_attacked_without_eot(standard_net, batch):
+    noisy = NoisyModel(standard_net, sigma=0.1)
     x, y = batch[0][:40], batch[1][:40]
     flagged = run_audit(noisy, x, y, num_classes=10, randomized=True, eot_samples={"pgd_linf": 1})
     assert flagged["randomized_without_eot"]["flagged"]
@@ -110,8 +93,8 @@ def test_g_fires_on_a_randomized_model_attacked_without_eot(trained, batch):
     assert not quiet["randomized_without_eot"]["flagged"]
 
 
-def test_g_stays_quiet_on_a_mixture_which_is_handled_exactly(trained, batch):
-    mixture = MixturePredictor([trained, trained], [0.5, 0.5])
+def test_g_stays_quiet_on_a_mixture_which_is_handled_exactly(standard_net, batch):
+    mixture = MixturePredictor([standard_net, standard_net], [0.5, 0.5])
     x, y = batch[0][:40], batch[1][:40]
     record = run_audit(mixture, x, y, num_classes=10, randomized=True, eot_samples={"pgd_linf": 1})
     assert not record["randomized_without_eot"]["flagged"]

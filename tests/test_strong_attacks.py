@@ -7,33 +7,21 @@ import copy
 import pytest
 import torch
 
-from conftest import accuracy, train_standard
+from conftest import accuracy
 from robustlab.attacks import APGD, PGD, Square, WorstCase
 from robustlab.attacks.apgd import checkpoints, dlr_loss
 from robustlab.attacks.square import square_fraction
-from robustlab.data import SyntheticDataModule
 from robustlab.errors import InvalidValue
-from robustlab.models import BasicNet
 
 
 @pytest.fixture(scope="module")
-def data():
-    datamodule = SyntheticDataModule(num_train=1024, num_test=256, val_size=64, batch_size=64, eval_batch_size=256,
-                                     noise=0.3)
-    datamodule.setup()
-    return datamodule
+def model(standard_net):
+    return standard_net
 
 
 @pytest.fixture(scope="module")
-def model(data):
-    torch.manual_seed(0)
-    net = BasicNet(in_channels=1, image_size=28, num_classes=10, mean=[0.5], std=[0.25])
-    return train_standard(net, data, epochs=4, lr=1e-3)
-
-
-@pytest.fixture(scope="module")
-def batch(data):
-    x, y = data.test_set.tensors
+def batch(noisy_synthetic):
+    x, y = noisy_synthetic.test_set.tensors
     return x[:128], y[:128]
 
 

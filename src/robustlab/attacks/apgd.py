@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.batching import in_chunks
-from robustlab.attacks.expectation import cross_entropy, eot_draws, expected_correct
+from robustlab.attacks.expectation import check_eot_samples, cross_entropy, eot_draws, expected_correct
 from robustlab.attacks.gradient import loss_and_gradient
 from robustlab.attacks.norms import ball, project_image
 from robustlab.errors import InvalidValue, require
@@ -55,8 +55,7 @@ class APGD:
         require(isinstance(restarts, int) and restarts >= 1, "restarts", restarts, "an integer ≥ 1")
         require(0 < rho <= 1, "rho", rho, "a number in (0, 1]")
         require(0 <= momentum <= 1, "momentum", momentum, "a number in [0, 1]")
-        require(eot_samples is None or (isinstance(eot_samples, int) and eot_samples >= 1), "eot_samples",
-                eot_samples, "an integer ≥ 1, or null to choose by detecting a randomized predictor")
+        check_eot_samples(eot_samples)
         self.eps, self.norm, self.loss, self.steps, self.restarts = float(eps), norm, loss, steps, restarts
         self.rho, self.momentum, self.chunk_size, self.eot_samples = rho, momentum, chunk_size, eot_samples
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustlab.errors import require
+
 DEFAULT_EOT_DRAWS = 10
 
 
@@ -64,6 +66,12 @@ def expected_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: 
     for _ in range(draws):
         correct += (model(x).argmax(1) == y).float()
     return correct / draws
+
+
+def check_eot_samples(eot_samples: int | None) -> None:
+    """The `eot_samples` argument every attack takes: draws per gradient or score, or None for automatic."""
+    require(eot_samples is None or (isinstance(eot_samples, int) and eot_samples >= 1), "eot_samples", eot_samples,
+            "an integer ≥ 1, or null to choose by detecting a randomized predictor")
 
 
 def eot_draws(eot_samples: int | None, model: nn.Module, x: torch.Tensor) -> int:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.batching import in_chunks
-from robustlab.attacks.expectation import eot_draws
+from robustlab.attacks.expectation import check_eot_samples, eot_draws
 from robustlab.attacks.gradient import input_gradient, loss_and_correct
 from robustlab.attacks.norms import ball, project_image
 from robustlab.errors import require
@@ -37,8 +37,7 @@ class PGD:
         require(isinstance(restarts, int) and restarts >= 1, "restarts", restarts, "an integer ≥ 1")
         require(chunk_size is None or (isinstance(chunk_size, int) and chunk_size >= 1), "chunk_size", chunk_size,
                 "an integer ≥ 1, or null for whole batches")
-        require(eot_samples is None or (isinstance(eot_samples, int) and eot_samples >= 1), "eot_samples",
-                eot_samples, "an integer ≥ 1, or null to choose by detecting a randomized predictor")
+        check_eot_samples(eot_samples)
         if step_size is None:
             step_size = 2.5 * eps / steps
         require(isinstance(step_size, (int, float)) and step_size >= 0, "step_size", step_size,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.batching import in_chunks
-from robustlab.attacks.expectation import eot_draws, weighted_members
+from robustlab.attacks.expectation import check_eot_samples, eot_draws, weighted_members
 from robustlab.attacks.norms import ball, project_image
 from robustlab.errors import require
 
@@ -54,8 +54,7 @@ class Square:
         self.threat = ball(norm, eps)
         require(isinstance(queries, int) and queries >= 1, "queries", queries, "an integer ≥ 1")
         require(0 < p_init <= 1, "p_init", p_init, "a number in (0, 1]")
-        require(eot_samples is None or (isinstance(eot_samples, int) and eot_samples >= 1), "eot_samples",
-                eot_samples, "an integer ≥ 1, or null to choose by detecting a randomized predictor")
+        check_eot_samples(eot_samples)
         self.eps, self.norm, self.queries, self.p_init = float(eps), norm, queries, p_init
         self.chunk_size, self.eot_samples = chunk_size, eot_samples
 

@@ -9,26 +9,7 @@ from torch import nn
 
 from robustlab.errors import require
 from robustlab.models.normalization import Normalize
-
-
-class PreActBlock(nn.Module):
-    """BN → ReLU → conv3×3 → BN → ReLU → conv3×3, plus a 1×1 projection when the shape changes."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.relu = nn.ReLU()
-        self.shortcut = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        activated = self.relu(self.bn1(x))
-        residual = x if self.shortcut is None else self.shortcut(activated)
-        return self.conv2(self.relu(self.bn2(self.conv1(activated)))) + residual
+from robustlab.models.wide_resnet import PreActBlock
 
 
 class PreActResNet18(nn.Module):

@@ -11,10 +11,13 @@ from robustlab.errors import require
 from robustlab.models.normalization import Normalize
 
 
-class WideBlock(nn.Module):
-    """BN → ReLU → conv3×3 → BN → ReLU → (dropout) → conv3×3, plus a 1×1 projection when the shape changes."""
+class PreActBlock(nn.Module):
+    """BN → ReLU → conv3×3 → BN → ReLU → (dropout) → conv3×3, plus a 1×1 projection when the shape changes.
 
-    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float) -> None:
+    The pre-activation block of He et al. 2016, shared by WRN (with dropout) and PreActResNet-18 (without).
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
@@ -51,7 +54,7 @@ class WideResNet(nn.Module):
         for stage, planes in enumerate(widths[1:]):
             for block in range(blocks_per_stage):
                 stride = 2 if stage > 0 and block == 0 else 1
-                layers.append(WideBlock(in_planes, planes, stride, dropout))
+                layers.append(PreActBlock(in_planes, planes, stride, dropout))
                 in_planes = planes
         layers += [nn.BatchNorm2d(in_planes), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                    nn.Linear(in_planes, num_classes)]
