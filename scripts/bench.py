@@ -1,23 +1,32 @@
 """robustlab's speed and memory, measured side by side with what users would pick instead.
 
-    python scripts/bench.py            # the full run (about 15 minutes on 2 CPU cores); writes BENCHMARKS.md
-    python scripts/bench.py --tiny     # seconds, tiny sizes: keeps the script from rotting (tests run it)
+    python scripts/bench.py                          # the full CPU run (about 15 minutes on 2 cores)
+    python scripts/bench.py --device cuda --matrix   # the same on a GPU, plus a cold `sweep=matrix trainer=gpu`
+    python scripts/bench.py --tiny                   # seconds, tiny sizes: keeps the script from rotting (tests)
 
 In one process, on the same model weights, batch and machine:
   1. PGD-L∞ (10 steps) throughput: robustlab vs torchattacks.PGD vs ART's ProjectedGradientDescentPyTorch,
      for BasicNet and WRN-16-4 on Fashion-MNIST shapes; robustlab with `performance.compile=true` too.
-  2. One PGD-7 adversarial-training epoch: robustlab (Lightning, the real config path) vs a plain PyTorch loop.
-  3. Evaluation peak memory (RSS) for 1,000 and 10,000 test images, each in a fresh process.
+  2. One PGD-7 adversarial-training epoch: robustlab (Lightning, the real config path; `trainer=gpu` on a
+     GPU) vs a plain fp32 PyTorch loop doing the same work (BasicNet; on a GPU WRN-16-4 too).
+  3. Evaluation peak memory for 1,000 and 10,000 test images, each in a fresh process (RSS on the CPU, the
+     CUDA allocator's peak on a GPU).
+  4. With --matrix: the wall time of a cold `python train.py sweep=matrix` (every defense trained and
+     evaluated, the report written), `trainer=gpu` on a GPU.
 Each figure is the median of --repeats runs (min and max beside it); ratios come last.
-The competitors get the model as a user would build it (PyTorch's default memory format); robustlab gets
-the model as its pipeline deploys it (`performance.*` defaults of conf/train.yaml).
+The competitors get the model as a user would build it (PyTorch's default memory format, fp32); robustlab
+gets the model as its pipeline deploys it (`performance.*` defaults of conf/train.yaml, and on a GPU the bf16
+autocast of `trainer=gpu`, losses in fp32). Results are kept per device in benchmarks.json, and
+BENCHMARKS.md shows every device measured so far.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import os
 import platform
 import resource
 import statistics
@@ -81,114 +90,143 @@ def compose_config(overrides: list[str], output_dir: str):
         return compose("train", overrides=[f"paths.root_dir={ROOT}", f"paths.output_dir={output_dir}", *overrides])
 
 
-def timed(function, repeats: int, warmup: int = 1) -> list[float]:
-    for _ in range(warmup):
+def timed(function, repeats: int, device: torch.device, warmup: int = 1) -> list[float]:
+    def run() -> None:
         function()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        run()
     samples = []
     for _ in range(repeats):
         started = time.perf_counter()
-        function()
+        run()
         samples.append(time.perf_counter() - started)
     return samples
 
 
+def deployed_precision(device: torch.device):
+    """What `trainer=gpu` runs robustlab's forward passes under: bf16 autocast on a GPU, plain fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def model_overrides(sizes: Sizes) -> list[tuple[str, list[str]]]:
+    return [("BasicNet", ["model=basic_net"]),
+            (f"WRN-{sizes.wrn[0]}-{sizes.wrn[1]}",
+             ["model=wide_resnet", f"model.depth={sizes.wrn[0]}", f"model.widen_factor={sizes.wrn[1]}"])]
+
+
 # -- 1. attack throughput ---------------------------------------------------------------------------------
-def attack_throughput(sizes: Sizes, repeats: int, output_dir: str) -> list[Figure]:
+def attack_throughput(sizes: Sizes, repeats: int, output_dir: str, device: torch.device) -> list[Figure]:
     import torchattacks
     from art.attacks.evasion import ProjectedGradientDescentPyTorch
     from art.estimators.classification import PyTorchClassifier
 
     eps, step = 0.1, 0.01
     figures = []
-    for model_name, model_overrides in [("BasicNet", ["model=basic_net"]),
-                                         (f"WRN-{sizes.wrn[0]}-{sizes.wrn[1]}",
-                                          ["model=wide_resnet", f"model.depth={sizes.wrn[0]}",
-                                           f"model.widen_factor={sizes.wrn[1]}"])]:
+    for model_name, overrides in model_overrides(sizes):
         torch.manual_seed(0)
-        cfg = compose_config([*sizes.dataset, *model_overrides, "defense=none"], output_dir)
-        classifier = build_classifier(cfg)
+        cfg = compose_config([*sizes.dataset, *overrides, "defense=none"], output_dir)
+        classifier = build_classifier(cfg).to(device)
         reference = copy.deepcopy(classifier.model).to(memory_format=torch.contiguous_format).eval()
         predictor = classifier.predictor().eval()
         shape = (sizes.batch, cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
         x, y = torch.rand(shape), torch.randint(0, cfg.dataset.num_classes, (sizes.batch,))
+        x_device, y_device = x.to(device), y.to(device)
 
         ours = PGD(eps=eps, norm="linf", steps=sizes.pgd_steps, step_size=step)
         theirs = torchattacks.PGD(reference, eps=eps, alpha=step, steps=sizes.pgd_steps, random_start=True)
         art_model = PyTorchClassifier(model=reference, loss=torch.nn.CrossEntropyLoss(), input_shape=shape[1:],
-                                      nb_classes=cfg.dataset.num_classes, clip_values=(0.0, 1.0))
+                                      nb_classes=cfg.dataset.num_classes, clip_values=(0.0, 1.0),
+                                      device_type="gpu" if device.type == "cuda" else "cpu")
         art = ProjectedGradientDescentPyTorch(art_model, norm=np.inf, eps=eps, eps_step=step,
                                               max_iter=sizes.pgd_steps, num_random_init=1,
                                               batch_size=sizes.batch, verbose=False)
         x_np, y_np = x.numpy(), y.numpy()
-        contenders = [("robustlab", lambda: ours(predictor, x, y)),
-                      ("torchattacks", lambda: theirs(x, y)),
+
+        def robustlab_pgd(model=predictor) -> None:
+            with deployed_precision(device):
+                ours(model, x_device, y_device)
+
+        contenders = [("robustlab", robustlab_pgd),
+                      ("torchattacks", lambda: theirs(x_device, y_device)),
                       ("ART", lambda: art.generate(x_np, y_np))]
         if model_name == "BasicNet":
             compiled = build_classifier(compose_config([*sizes.dataset, "performance.compile=true"], output_dir))
-            compiled_predictor = compiled.predictor().eval()
-            contenders.insert(1, ("robustlab compile=true", lambda: ours(compiled_predictor, x, y)))
+            compiled_predictor = compiled.to(device).predictor().eval()
+            contenders.insert(1, ("robustlab compile=true", lambda: robustlab_pgd(compiled_predictor)))
         for library, run in tqdm(contenders, desc=f"PGD-{sizes.pgd_steps} on {model_name}", leave=False):
-            seconds = timed(run, repeats)
+            seconds = timed(run, repeats, device)
             figures.append(Figure(f"PGD-{sizes.pgd_steps} L∞ throughput, {model_name}, batch {sizes.batch}: "
                                   f"{library}", "images/s", [sizes.batch / s for s in seconds]))
     return figures
 
 
 # -- 2. adversarial-training epoch ------------------------------------------------------------------------
-def training_epoch(sizes: Sizes, repeats: int, output_dir: str) -> list[Figure]:
+def training_epoch(sizes: Sizes, repeats: int, output_dir: str, device: torch.device) -> list[Figure]:
     limit = [] if sizes.train_batches is None else [f"trainer.limit_train_batches={sizes.train_batches}"]
-    overrides = [*sizes.dataset, "defense=adv_train", "trainer.max_epochs=1", "trainer.limit_val_batches=0",
-                 "logger=none", "~callbacks.model_checkpoint", "+trainer.enable_checkpointing=false",
-                 "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-                 *limit]
-    cfg = compose_config(overrides, output_dir)
-    datamodule = build_datamodule(cfg.dataset)
-
-    def robustlab_epoch() -> None:
-        torch.manual_seed(0)
-        classifier, trainer = build_classifier(cfg), build_trainer(cfg)
-        trainer.fit(classifier, datamodule=datamodule)
-
-    def plain_epoch() -> None:
-        """What a user writes by hand: the same data, model, PGD-7 and optimizer, in a bare loop."""
-        torch.manual_seed(0)
-        model = build_classifier(cfg).model.to(memory_format=torch.contiguous_format).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
-        eps, steps = cfg.defense.attack.eps, cfg.defense.attack.steps
-        alpha = 2.5 * eps / steps
-        for index, (x, y) in enumerate(datamodule.train_dataloader()):
-            if sizes.train_batches is not None and index == sizes.train_batches:
-                break
-            delta = torch.empty_like(x).uniform_(-eps, eps)
-            x_adv = (x + delta).clamp(0, 1)
-            for _ in range(steps):
-                x_adv.requires_grad_(True)
-                grad, = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
-                x_adv = x_adv.detach() + alpha * grad.sign()
-                x_adv = (x + (x_adv - x).clamp(-eps, eps)).clamp(0, 1)
-            optimizer.zero_grad()
-            F.cross_entropy(model(x_adv), y).backward()
-            optimizer.step()
-
+    trainer = ["trainer=gpu"] if device.type == "cuda" else []
+    models = model_overrides(sizes) if device.type == "cuda" else model_overrides(sizes)[:1]
     figures = []
-    for name, run in tqdm([("robustlab", robustlab_epoch), ("plain PyTorch loop", plain_epoch)],
-                          desc="PGD-7 training epoch", leave=False):
-        figures.append(Figure(f"PGD-7 adversarial-training epoch, BasicNet: {name}", "s",
-                              timed(run, repeats, warmup=0)))
+    for model_name, overrides in models:
+        cfg = compose_config([*sizes.dataset, *overrides, "defense=adv_train", *trainer, "trainer.max_epochs=1",
+                              "trainer.limit_val_batches=0", "logger=none", "~callbacks.model_checkpoint",
+                              "+trainer.enable_checkpointing=false", "~callbacks.progress_bar",
+                              "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *limit],
+                             output_dir)
+        datamodule = build_datamodule(cfg.dataset)
+
+        def robustlab_epoch() -> None:
+            torch.manual_seed(0)
+            classifier, trainer = build_classifier(cfg), build_trainer(cfg)
+            trainer.fit(classifier, datamodule=datamodule)
+
+        def plain_epoch() -> None:
+            """What a user writes by hand: the same data (on the device), model, PGD-7 and optimizer, in fp32."""
+            torch.manual_seed(0)
+            model = build_classifier(cfg).model.to(device, memory_format=torch.contiguous_format).train()
+            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
+            eps, steps = cfg.defense.attack.eps, cfg.defense.attack.steps
+            alpha = 2.5 * eps / steps
+            images, labels = (tensor.to(device) for tensor in datamodule.train_set.tensors)
+            order = torch.randperm(len(labels), device=device)
+            for index, batch in enumerate(order.split(datamodule.batch_size)):
+                if sizes.train_batches is not None and index == sizes.train_batches:
+                    break
+                x, y = images[batch], labels[batch]
+                delta = torch.empty_like(x).uniform_(-eps, eps)
+                x_adv = (x + delta).clamp(0, 1)
+                for _ in range(steps):
+                    x_adv.requires_grad_(True)
+                    grad, = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
+                    x_adv = x_adv.detach() + alpha * grad.sign()
+                    x_adv = (x + (x_adv - x).clamp(-eps, eps)).clamp(0, 1)
+                optimizer.zero_grad()
+                F.cross_entropy(model(x_adv), y).backward()
+                optimizer.step()
+
+        for name, run in tqdm([("robustlab", robustlab_epoch), ("plain PyTorch loop", plain_epoch)],
+                              desc=f"PGD-7 training epoch, {model_name}", leave=False):
+            figures.append(Figure(f"PGD-7 adversarial-training epoch, {model_name}: {name}", "s",
+                                  timed(run, repeats, device, warmup=0 if device.type == "cpu" else 1)))
     return figures
 
 
 # -- 3. evaluation memory ---------------------------------------------------------------------------------
-def measure_evaluation_memory(count: int, dataset: list[str], output_dir: str) -> float:
-    """In this (fresh) process: evaluate BasicNet with PGD-10 on `count` test images; peak RSS in MiB."""
-    cfg = compose_config([*dataset, "eval=quick", f"eval.n_samples={count}", "attack.steps=10", "logger=none",
-                          "callbacks=evaluate", "~callbacks.progress_bar",
+def measure_evaluation_memory(count: int, dataset: list[str], output_dir: str, device: torch.device) -> float:
+    """In this (fresh) process: evaluate BasicNet with PGD-10 on `count` test images; peak memory in MiB."""
+    trainer = ["trainer=gpu"] if device.type == "cuda" else []
+    cfg = compose_config([*dataset, *trainer, "eval=quick", f"eval.n_samples={count}", "attack.steps=10",
+                          "logger=none", "callbacks=evaluate", "~callbacks.progress_bar",
                           "+trainer.enable_progress_bar=false"], output_dir)
     datamodule = build_datamodule(cfg.dataset)
     classifier = build_classifier(cfg)
     evaluate(build_trainer(cfg), classifier, datamodule, checkpoint=None)
     assert list(classifier.results["n_eval"].values()) == [count]
-    return peak_rss_mib()
+    return torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else peak_rss_mib()
 
 
 def peak_rss_mib() -> float:
@@ -202,41 +240,66 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
-def evaluation_memory(sizes: Sizes, repeats: int) -> list[Figure]:
+def evaluation_memory(sizes: Sizes, repeats: int, device: torch.device) -> list[Figure]:
     figures = []
+    what = "peak GPU memory" if device.type == "cuda" else "peak RSS"
     for count in tqdm(sizes.eval_counts, desc="evaluation memory", leave=False):
         samples = []
         for _ in range(repeats):
-            command = [sys.executable, __file__, "--evaluation-memory", str(count), *sizes.dataset]
+            command = [sys.executable, __file__, "--device", device.type, "--evaluation-memory", str(count),
+                       *sizes.dataset]
             result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
             samples.append(float(result.stdout.strip().splitlines()[-1]))
-        figures.append(Figure(f"evaluation peak RSS, PGD-10 on {count:,} test images", "MiB", samples))
+        figures.append(Figure(f"evaluation {what}, PGD-10 on {count:,} test images", "MiB", samples))
     return figures
 
 
+# -- 4. the cold matrix ----------------------------------------------------------------------------------
+def cold_matrix(sizes: Sizes, device: torch.device) -> list[Figure]:
+    """`python train.py sweep=matrix` from an empty output directory: every defense trained and evaluated."""
+    tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=none",
+            "eval.n_samples=16", "eval.audit.n_samples=16", "eval.audit.square_queries=20",
+            "eval.attacks.apgd_ce.steps=5", "eval.attacks.square.queries=20", "eval.accuracy_draws=2"] if sizes.train_batches is not None else []
+    trainer = ["trainer=gpu"] if device.type == "cuda" else []
+    with tempfile.TemporaryDirectory() as root:
+        command = [sys.executable, str(ROOT / "train.py"), "sweep=matrix", *sizes.dataset, *trainer, *tiny,
+                   f"paths.output_root={root}"]
+        started = time.perf_counter()
+        subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        seconds = time.perf_counter() - started
+    return [Figure("cold `python train.py sweep=matrix" + (" trainer=gpu" if trainer else "") + "`, wall time",
+                   "s", [seconds])]
+
+
 # -- report ----------------------------------------------------------------------------------------------
-def ratios(figures: dict[str, Figure], sizes: Sizes) -> list[tuple[str, float, str]]:
+def ratios(figures: dict[str, Figure], sizes: Sizes, device: torch.device) -> list[tuple[str, float, str]]:
     def find(fragment: str) -> float:
         return next(f.median for name, f in figures.items() if name.endswith(fragment))
 
+    gpu = device.type == "cuda"
+    wrn = f"WRN-{sizes.wrn[0]}-{sizes.wrn[1]}"
     lines = []
-    for model in ["BasicNet", f"WRN-{sizes.wrn[0]}-{sizes.wrn[1]}"]:
+    for model in ["BasicNet", wrn]:
         ours = find(f"{model}, batch {sizes.batch}: robustlab")
         lines.append((f"PGD throughput robustlab / torchattacks, {model}",
-                      ours / find(f"{model}, batch {sizes.batch}: torchattacks"), "≥ 1.3 on BasicNet"))
+                      ours / find(f"{model}, batch {sizes.batch}: torchattacks"),
+                      "≥ 1.5" if gpu else "≥ 1.3 on BasicNet"))
         lines.append((f"PGD throughput robustlab / ART, {model}",
-                      ours / find(f"{model}, batch {sizes.batch}: ART"), "≥ 2 on BasicNet"))
+                      ours / find(f"{model}, batch {sizes.batch}: ART"), "measured" if gpu else "≥ 2 on BasicNet"))
     lines.append(("PGD throughput compile=true / compile=false, BasicNet",
                   find("robustlab compile=true") / find(f"BasicNet, batch {sizes.batch}: robustlab"), "measured"))
-    lines.append(("adversarial-training epoch robustlab / plain loop",
-                  find("BasicNet: robustlab") / find("BasicNet: plain PyTorch loop"), "≤ 1.10"))
+    for model in [name for name, _ in model_overrides(sizes) if f"epoch, {name}: robustlab" in " ".join(figures)]:
+        lines.append((f"adversarial-training epoch robustlab / plain loop, {model}",
+                      find(f"epoch, {model}: robustlab") / find(f"epoch, {model}: plain PyTorch loop"),
+                      "≤ 0.5" if gpu else "≤ 1.10"))
     small, large = sizes.eval_counts
-    lines.append((f"evaluation peak RSS {large:,} / {small:,} images",
+    lines.append((f"evaluation peak memory {large:,} / {small:,} images",
                   find(f"{large:,} test images") / find(f"{small:,} test images"), "≤ 1.2"))
     return lines
 
 
-def machine() -> dict:
+def machine(device: torch.device) -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -245,24 +308,43 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
-def write_markdown(path: Path, figures: list[Figure], ratio_lines, info: dict, command: str) -> None:
-    gpu = info["gpu"] or "none on the measuring machine: GPU figures (WRN-16-4 PGD-AT epoch time, attack " \
-                         "throughput with bf16 autocast) are not measured here"
-    lines = [
-        "# Benchmarks", "",
-        f"Measured by `{command}` (one run, {len(figures[0].samples)} repetitions per figure; median, min, max).", "",
-        f"Machine: {info['cpu']}, {info['torch_threads']} torch threads, PyTorch {info['torch']}, "
-        f"Python {info['python']}. GPU: {gpu}.", "",
+DEVICE_TITLES = {"cpu": "CPU", "cuda": "GPU"}
+
+
+def device_section(device: str, entry: dict | None) -> list[str]:
+    title = f"## {DEVICE_TITLES[device]}"
+    if entry is None:
+        return [title, "", "Not measured yet: no GPU has been available to a session that ran "
+                           "`python scripts/bench.py --device cuda --matrix`. No GPU figure is estimated.", ""]
+    info = entry["machine"]
+    where = f"{info['gpu']}; host CPU {info['cpu']}" if info["gpu"] else \
+        f"{info['cpu']}, {info['torch_threads']} torch threads"
+    figures = entry["figures"]
+    repetitions = max(len(figure["samples"]) for figure in figures.values())
+    return [
+        title, "",
+        f"Measured by `{entry['command']}` (one run, up to {repetitions} repetitions per figure; median, min, max) "
+        f"on {where}, PyTorch {info['torch']}, Python {info['python']}.", "",
         "| figure | median | min | max | unit |", "| --- | ---: | ---: | ---: | --- |",
-        *[figure.row() for figure in figures], "",
-        "## Ratios", "", "| ratio | value | target |", "| --- | ---: | --- |",
-        *[f"| {name} | {value:.2f} | {target} |" for name, value, target in ratio_lines], "",
-        "The competitors get the model in PyTorch's default (NCHW) memory format, as a user builds it; robustlab",
-        "deploys it channels-last (`performance.channels_last=true`) and attacks eval-mode CPU batches in chunks",
-        "of 256 images (`robustlab/attacks/batching.py`). Those two choices are where its speed comes from.", "",
+        *[Figure(name, figure["unit"], figure["samples"]).row() for name, figure in figures.items()], "",
+        "| ratio | value | target |", "| --- | ---: | --- |",
+        *[f"| {name} | {value:.2f} | {entry['targets'].get(name, '')} |" for name, value in entry["ratios"].items()],
+        "",
+    ]
+
+
+def write_markdown(path: Path, results: dict) -> None:
+    lines = ["# Benchmarks", ""]
+    for device in DEVICE_TITLES:
+        lines += device_section(device, results.get(device))
+    lines += [
+        "The competitors get the model in PyTorch's default (NCHW) memory format and fp32, as a user builds it;",
+        "robustlab deploys it channels-last (`performance.channels_last=true`), attacks eval-mode CPU batches in",
+        "chunks of 256 images (`robustlab/attacks/batching.py`), and on a GPU runs under the bf16 autocast of",
+        "`trainer=gpu` with losses in fp32. Those choices are where its speed comes from.", "",
     ]
     path.write_text("\n".join(lines))
 
@@ -270,35 +352,43 @@ def write_markdown(path: Path, figures: list[Figure], ratio_lines, info: dict, c
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, for the test suite")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--matrix", action="store_true", help="also time a cold `python train.py sweep=matrix`")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks.json")
     parser.add_argument("--evaluation-memory", type=int, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: PyTorch sees no CUDA GPU on this machine")
+    device = torch.device(args.device)
 
     with tempfile.TemporaryDirectory() as output_dir:
         if args.evaluation_memory is not None:  # the child process of `evaluation_memory`
-            print(measure_evaluation_memory(args.evaluation_memory, rest, output_dir))
+            print(measure_evaluation_memory(args.evaluation_memory, rest, output_dir, device))
             return
         sizes = Sizes.tiny() if args.tiny else Sizes.full()
-        figures = [*attack_throughput(sizes, args.repeats, output_dir),
-                   *training_epoch(sizes, args.repeats, output_dir),
-                   *evaluation_memory(sizes, args.repeats)]
-    by_name = {figure.name: figure for figure in figures}
-    ratio_lines = ratios(by_name, sizes)
-    info = machine()
+        figures = [*attack_throughput(sizes, args.repeats, output_dir, device),
+                   *training_epoch(sizes, args.repeats, output_dir, device),
+                   *evaluation_memory(sizes, args.repeats, device),
+                   *(cold_matrix(sizes, device) if args.matrix else [])]
+    ratio_lines = ratios({figure.name: figure for figure in figures}, sizes, device)
     command = "python scripts/bench.py" + (" --tiny" if args.tiny else "") + \
+              (f" --device {args.device}" if args.device != "cpu" else "") + (" --matrix" if args.matrix else "") + \
               (f" --repeats {args.repeats}" if args.repeats != 3 else "")
     for figure in figures:
         print(f"{figure.name}: {figure.median:,.1f} {figure.unit} (min {min(figure.samples):,.1f}, "
               f"max {max(figure.samples):,.1f})")
     for name, value, target in ratio_lines:
         print(f"ratio  {name}: {value:.2f}  (target {target})")
-    write_markdown(args.markdown, figures, ratio_lines, info, command)
-    args.json.write_text(json.dumps({"command": command, "machine": info,
-                                     "figures": {f.name: {"unit": f.unit, "samples": f.samples, "median": f.median}
-                                                 for f in figures},
-                                     "ratios": {name: value for name, value, _ in ratio_lines}}, indent=2) + "\n")
+    results = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    results[args.device] = {"command": command, "machine": machine(device),
+                            "figures": {f.name: {"unit": f.unit, "samples": f.samples, "median": f.median}
+                                        for f in figures},
+                            "ratios": {name: value for name, value, _ in ratio_lines},
+                            "targets": {name: target for name, _, target in ratio_lines}}
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(args.markdown, results)
     print(f"wrote {args.markdown} and {args.json}")
 
 

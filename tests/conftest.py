@@ -34,7 +34,6 @@ def compose_config(overrides: list[str], output_dir: Path, config_name: str = "t
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.runtime.cwd = str(ROOT)
-        cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     return cfg
 

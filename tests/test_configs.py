@@ -6,7 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import open_dict, read_write
+from omegaconf import OmegaConf, open_dict, read_write
 
 from conftest import CONF, compose_config
 from robustlab.experiment import build_classifier, build_trainer
@@ -72,7 +72,8 @@ def test_launcher_configs_compose(launcher, target, tmp_path):
 def test_gpu_trainer_gives_each_job_of_a_sweep_its_own_device(tmp_path):
     cfg = compose_config(["dataset=synthetic", "trainer=gpu"], tmp_path)
     assert cfg.trainer.precision == "bf16-mixed"
+    assert OmegaConf.is_missing(cfg.hydra.job, "num") and cfg.trainer.devices == 1  # a single run has no job number
     with read_write(cfg.hydra), open_dict(cfg.hydra):
-        cfg.hydra.job.num = 5
-    count = max(torch.cuda.device_count(), 1)
-    assert cfg.trainer.devices == [5 % count]
+        cfg.hydra.job.num = 5  # job 5 of a multirun
+    count = torch.cuda.device_count()
+    assert cfg.trainer.devices == ([5 % count] if count >= 2 else 1)

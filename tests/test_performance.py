@@ -7,6 +7,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch import nn
 
@@ -70,7 +71,8 @@ def test_channels_last_deployment_predicts_like_the_default_format(tmp_path):
 def test_resident_data_moves_once_to_the_trainers_device():
     datamodule = SyntheticDataModule(val_size=64)
     datamodule.setup()
-    datamodule.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))
+    datamodule.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")), global_rank=0,
+                                         world_size=1)
     x, y = next(iter(datamodule.train_dataloader()))
     assert x.device.type == "meta" and datamodule.train_set.tensors[0].device.type == "meta"
     datamodule.resident_on_device = False
@@ -79,16 +81,29 @@ def test_resident_data_moves_once_to_the_trainers_device():
 
 def test_benchmark_script_runs_in_tiny_mode(tmp_path):
     markdown, output = tmp_path / "BENCHMARKS.md", tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--repeats", "2",
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--matrix", "--repeats", "2",
                              "--markdown", str(markdown), "--json", str(output)],
-                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+                            capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
+    assert set(report) == {"cpu"}  # kept per device
+    report = report["cpu"]
     libraries = {name.rsplit(": ", 1)[1] for name in report["figures"] if "throughput" in name}
     assert libraries == {"robustlab", "robustlab compile=true", "torchattacks", "ART"}
-    assert all(len(figure["samples"]) == 2 for figure in report["figures"].values())
+    assert all(len(figure["samples"]) == 2 for name, figure in report["figures"].items() if "sweep=matrix" not in name)
+    assert report["figures"]["cold `python train.py sweep=matrix`, wall time"]["median"] > 0
     assert all(value > 0 for value in report["ratios"].values())
-    assert report["ratios"]["evaluation peak RSS 400 / 100 images"] <= 1.2
+    assert report["ratios"]["evaluation peak memory 400 / 100 images"] <= 1.2
     text = markdown.read_text()
-    assert "## Ratios" in text and "python scripts/bench.py --tiny --repeats 2" in text
+    assert "## CPU" in text and "python scripts/bench.py --tiny --matrix --repeats 2" in text
+    assert "## GPU" in text and "Not measured yet" in text  # never an estimate
     assert result.stdout.strip().splitlines()[-1].startswith("wrote ")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_benchmark_refuses_a_gpu_it_cannot_see(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--device", "cuda",
+                             "--json", str(tmp_path / "bench.json")], capture_output=True, text=True, timeout=120,
+                            cwd=ROOT)
+    assert result.returncode == 2 and "no CUDA GPU" in result.stderr
+    assert not (tmp_path / "bench.json").exists()

@@ -18,8 +18,14 @@ def audit_record(flagged: str = "") -> dict:
             for name, letter in LETTERS.items()}
 
 
+EVALUATION_MODULES = {"robustlab.attacks.pgd": "0a1b2c3d4e5f", "robustlab.evaluation.runner": "5f4e3d2c1b0a"}
+PROVENANCE = {"robustlab": "0.1.0", "git_commit": "065b4d4b562cb8fca405161bfe9632cac2816abe", "git_dirty": False,
+              "torch": "2.14.1", "device": "AMD EPYC", "precision": "32-true"}
+
+
 def write_cell(directory: Path, defense: str, clean: float, robust: dict, flagged: str = "", train: float = 10.0,
-               without_eot: dict | None = None, attack: str = "pgd_linf") -> None:
+               without_eot: dict | None = None, attack: str = "pgd_linf",
+               modules: dict | None = None) -> None:
     run = directory / "fashion_mnist" / "basic_net" / defense / f"{attack}-0123"
     run.mkdir(parents=True)
     record = {"dataset": "fashion_mnist", "model": "basic_net", "defense": defense, "attack": attack,
@@ -27,7 +33,9 @@ def write_cell(directory: Path, defense: str, clean: float, robust: dict, flagge
               "attack_ms_per_image": {name: 1.5 for name in robust if name != "worst_case"},
               "audit": audit_record(flagged), "curves": {"pgd_linf": {"default_eps": 0.1, "eps": [0.0, 0.1, 0.2],
                                                                       "accuracy": [clean, robust["pgd_linf"], 0.0]}},
-              "randomized": bool(without_eot), "n_eval": 1000, "train_seconds": train}
+              "randomized": bool(without_eot), "n_eval": 1000, "train_seconds": train,
+              "evaluation_code": "c0de00000001",
+              "evaluation_modules": modules or EVALUATION_MODULES, "provenance": PROVENANCE}
     (run / "metrics.json").write_text(json.dumps(record))
 
 

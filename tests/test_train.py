@@ -65,7 +65,7 @@ def test_tensorboard_has_curves_images_and_hparams(trained_run):
     events = EventAccumulator(str(output_dir / "tensorboard"), size_guidance={"tensors": 0})
     events.Reload()
     tags = events.Tags()
-    for tag in ["train/loss_epoch", "train/acc", "train/lr", "val/loss", "val/acc", "val/robust_acc", "test/clean_acc",
+    for tag in ["train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "val/robust_acc", "test/clean_acc",
                 "robust_acc/fgsm", "robust_acc/pgd_linf", "robust_acc/pgd_l2", "hparams/clean_acc"]:
         assert tag in tags["scalars"], tag
     assert {"adversarial_examples/fgsm", "adversarial_examples/pgd_l2"} <= set(tags["images"])

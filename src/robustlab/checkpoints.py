@@ -49,18 +49,14 @@ def check_checkpoint_matches(stored: dict, cfg) -> None:
                                   + "; ".join(differences))
 
 
-def _weights(checkpoint: dict) -> dict:
-    return {key: value for key, value in checkpoint["state_dict"].items() if not key.startswith("test_accuracy.")}
-
-
 def load_weights(classifier: RobustClassifier, path: str | Path) -> None:
     """Load a checkpoint's weights (model and defense) into `classifier`, e.g. a finished stage's best ones."""
-    classifier.load_state_dict(_weights(read_checkpoint(path)))
+    classifier.load_state_dict(read_checkpoint(path)["state_dict"])
 
 
 def load_model_weights(classifier: RobustClassifier, path: str | Path) -> None:
     """Load only the classifier network's weights from a robustlab checkpoint of the same model."""
-    weights = {key.removeprefix("model."): value for key, value in _weights(read_checkpoint(path)).items()
+    weights = {key.removeprefix("model."): value for key, value in read_checkpoint(path)["state_dict"].items()
                if key.startswith("model.")}
     try:
         classifier.model.load_state_dict(weights)
@@ -82,7 +78,7 @@ def classifier_from_checkpoint(checkpoint: dict, **evaluation) -> RobustClassifi
         **evaluation,
     )
     try:
-        classifier.load_state_dict(_weights(checkpoint))
+        classifier.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint does not match the model it describes: {error}") from error
     return classifier.eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,8 +19,10 @@ from robustlab.attacks.expectation import expected_correct, is_randomized, weigh
 from robustlab.defenses.base import Defense, evaluation_mode
 from robustlab.errors import TrainingDiverged
 from robustlab.evaluation.images import adversarial_grid
+from robustlab.provenance import provenance
 
 CLEAN = "clean"
+NAN_CHECK_EVERY = 50  # on a GPU, training steps between two reads of the non-finite-loss flag
 WITHOUT_EOT = "/without_eot"
 WORST_CASE = "worst_case"
 
@@ -85,13 +88,17 @@ class RobustClassifier(pl.LightningModule):
         self.build_config = build_config
         self.randomized = False
         self.test_passes: dict[str, Callable] = dict(self.attacks)
-        self.test_accuracy = self._accuracy_metrics()
+        self.allow_zero_length_dataloader_with_multiple_devices = True  # DDP: a short pass may leave a process none
+        self.test_data = None  # the datamodule whose test split `test_dataloader` serves (set by the evaluation)
         self.attack_seconds: dict[str, float] = {}
         self.defense_metrics: dict[str, dict[str, list[float]]] = {}
         self.results: dict[str, Any] | None = None
-
-    def _accuracy_metrics(self) -> nn.ModuleDict:
-        return nn.ModuleDict({name: MeanMetric().set_dtype(torch.float64) for name in [CLEAN, *self.test_passes]})
+        # Epoch means of the logged training and validation quantities. Validation runs whole in every DDP
+        # process (robustlab/data/base.py), so every process selects the same checkpoint.
+        self.epoch_means = nn.ModuleDict({name: MeanMetric(nan_strategy="disable") for name in
+                                          ("train_loss", "train_acc", "val_loss", "val_acc", "val_robust_acc")})
+        self.nonfinite_steps: torch.Tensor | None = None  # non-finite losses since the check was last read
+        self.nan_check_every = NAN_CHECK_EVERY
 
     # -- deployment -------------------------------------------------------------------------------
     def predictor(self) -> nn.Module:
@@ -123,21 +130,40 @@ class RobustClassifier(pl.LightningModule):
                     single_draw = copy.copy(attack)
                     single_draw.eot_samples = 1
                     self.test_passes[name + WITHOUT_EOT] = single_draw
-        self.test_accuracy = self._accuracy_metrics().to(self.device)
 
     # -- training ---------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss, logits = self.defense.training_loss(self.model, x, y)
-        if not torch.isfinite(loss):
-            lr = self.optimizers().param_groups[0]["lr"]
-            raise TrainingDiverged(f"train/loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}: "
-                                   f"training diverged (optimizer learning rate {lr:g}; try a lower optimizer.lr). "
-                                   "No metrics were written.")
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True,
-                 prog_bar=True, batch_size=len(y))
+        self._check_finite(loss, batch_idx)
+        self._log_mean("train/loss", loss.detach(), len(y), prog_bar=False)
+        self._log_mean("train/acc", (logits.argmax(1) == y).float().mean(), len(y))
+        self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)  # the bar's running loss
         return loss
+
+    def _log_mean(self, name: str, value: torch.Tensor, count: int, prog_bar: bool = True) -> None:
+        """An epoch mean weighted by batch size, reduced over DDP processes once per epoch, never per step."""
+        metric = self.epoch_means[name.replace("/", "_")]
+        metric.update(value, weight=count)
+        self.log(name, metric, on_step=False, on_epoch=True, prog_bar=prog_bar)
+
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Stop on a non-finite loss. Reading the check makes the host wait for the device, so on a GPU the
+        steps are counted on the device and the count is read every `nan_check_every` steps and at the epoch's
+        last step, before any checkpoint is saved; on the CPU every step is read, before its optimizer step."""
+        nonfinite = (~torch.isfinite(loss.detach())).int()
+        self.nonfinite_steps = nonfinite if self.nonfinite_steps is None else self.nonfinite_steps + nonfinite
+        every = self.nan_check_every if loss.device.type == "cuda" else 1
+        if (batch_idx + 1) % every and batch_idx + 1 != self.trainer.num_training_batches:
+            return
+        count, self.nonfinite_steps = int(self.nonfinite_steps), None
+        if count:
+            where = f"batch {batch_idx}" if every == 1 else f"{count} of the batches up to {batch_idx}"
+            value = loss.item() if every == 1 else "nan or inf"
+            lr = self.optimizers().param_groups[0]["lr"]
+            raise TrainingDiverged(f"train/loss is {value} at epoch {self.current_epoch}, {where}: training "
+                                   f"diverged (optimizer learning rate {lr:g}; try a lower optimizer.lr). "
+                                   "No metrics were written.")
 
     def on_train_epoch_start(self) -> None:
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
@@ -148,14 +174,13 @@ class RobustClassifier(pl.LightningModule):
         if batch_idx == 0:
             self.randomized = is_randomized(predictor, x)
         logits = predictor(x)
-        self.log("val/loss", nn.functional.cross_entropy(logits, y), batch_size=len(y))
-        self.log("val/acc", expected_correct(predictor, x, y, self.draws()).mean(), prog_bar=True, batch_size=len(y))
+        self._log_mean("val/loss", nn.functional.cross_entropy(logits, y), len(y), prog_bar=False)
+        self._log_mean("val/acc", expected_correct(predictor, x, y, self.draws()).mean(), len(y))
         if batch_idx == 0 and self.val_attack is not None:
             # The same fixed batch every epoch: a cheap early warning of catastrophic overfitting.
             with torch.enable_grad():
                 x_adv = self.val_attack(predictor, x, y)
-            correct = expected_correct(predictor, x_adv, y, self.draws()).mean()
-            self.log("val/robust_acc", correct, prog_bar=True, batch_size=len(y))
+            self._log_mean("val/robust_acc", expected_correct(predictor, x_adv, y, self.draws()).mean(), len(y))
 
     def configure_optimizers(self):
         parameters = [p for p in self.defense.trainable_parameters(self.model) if p.requires_grad]
@@ -169,23 +194,34 @@ class RobustClassifier(pl.LightningModule):
     def test_pass_name(self, dataloader_idx: int) -> str:
         return CLEAN if dataloader_idx == 0 else list(self.test_passes)[dataloader_idx - 1]
 
-    def test_loaders(self, datamodule) -> list:
-        """Loaders in pass order: the whole test split, then the first `n_eval` images once per attack pass."""
+    def test_dataloader(self) -> list:
+        """Loaders in pass order: the whole test split, then the first `n_eval` images once per attack pass.
+
+        Requested by the Trainer once its processes exist, so under DDP each process gets its share of the
+        batches (`InMemoryImageDataModule.test_dataloader(indexed=True)`), and the split lives on its device.
+        """
+        self.test_data.trainer = self.trainer
         limit = None if self.n_eval == -1 else self.n_eval
-        return [datamodule.test_dataloader()] + [datamodule.test_dataloader(limit) for _ in self.test_passes]
+        return [self.test_data.test_dataloader(indexed=True)] + \
+            [self.test_data.test_dataloader(limit, indexed=True) for _ in self.test_passes]
 
     def on_test_epoch_start(self) -> None:
         self.attack_seconds = {name: 0.0 for name in self.test_passes}
-        self.per_example: dict[str, list[torch.Tensor]] = {name: [] for name in [CLEAN, *self.test_passes]}
+        self.per_example: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
+            name: [] for name in [CLEAN, *self.test_passes]}
         self.defense_metrics = {}
         self.results = None
+        self.evaluation_seed = torch.initial_seed()  # the run's seed (pl.seed_everything), the same in every process
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("attacks need gradients: build the Trainer with inference_mode=False "
                                "(trainer.inference_mode=false)")
-        x, y = batch
+        x, y, index = batch
         name = self.test_pass_name(dataloader_idx)
+        # The randomness of a batch (random starts, EOT and accuracy draws) depends on the run's seed, the pass
+        # and the batch's first image only: the same numbers on one device or sharded over several processes.
+        torch.manual_seed(zlib.crc32(f"{self.evaluation_seed}/{name}/{int(index[0])}".encode()))
         predictor = self.predictor()
         x_eval = x
         if name != CLEAN:
@@ -198,19 +234,38 @@ class RobustClassifier(pl.LightningModule):
             for key, values in self.defense.test_metrics(self.model, x, x_eval).items():
                 self.defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values.tolist())
         correct = expected_correct(predictor, x_eval, y, self.draws())
-        self.test_accuracy[name].update(correct)
-        self.per_example[name].append(correct.cpu())
+        self.per_example[name].append((index, correct.cpu()))
         if batch_idx == 0 and name != CLEAN and self.image_grid > 0:
             self._log_images(name, x, x_eval)
 
+    def _gathered(self) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, list[float]]]:
+        """Per-image correctness in test-split order, attack seconds and defense metrics of all processes."""
+        local = ({name: (torch.cat([i for i, _ in parts]) if parts else torch.zeros(0, dtype=torch.long),
+                         torch.cat([c for _, c in parts]) if parts else torch.zeros(0))
+                  for name, parts in self.per_example.items()}, self.attack_seconds, self.defense_metrics)
+        shares = [local]
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
+            shares = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(shares, local)
+        per_example = {}
+        for name in local[0]:
+            indices = torch.cat([share[0][name][0] for share in shares])
+            values = torch.cat([share[0][name][1] for share in shares])
+            per_example[name] = values[indices.argsort()]
+        seconds = {name: sum(share[1][name] for share in shares) for name in self.attack_seconds}
+        defense_metrics: dict[str, dict[str, list[float]]] = {}
+        for share in shares:
+            for name, metrics in share[2].items():
+                for key, values in metrics.items():
+                    defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values)
+        return per_example, seconds, defense_metrics
+
     def on_test_epoch_end(self) -> None:
-        accuracy = {name: float(metric.compute()) for name, metric in self.test_accuracy.items()}
-        counts = {name: int(metric.weight.item()) for name, metric in self.test_accuracy.items()}
-        for metric in self.test_accuracy.values():
-            metric.reset()
+        per_example, seconds, gathered_metrics = self._gathered()
+        accuracy = {name: float(values.double().mean()) if len(values) else 0.0 for name, values in per_example.items()}
+        counts = {name: len(values) for name, values in per_example.items()}
         defense_metrics = {name: {key: sum(values) / len(values) for key, values in metrics.items()}
-                           for name, metrics in self.defense_metrics.items()}
-        per_example = {name: torch.cat(parts) if parts else torch.zeros(0) for name, parts in self.per_example.items()}
+                           for name, metrics in gathered_metrics.items()}
         if self.attacks:
             # Per example, robust only if robust to every attack (and classified right to begin with): the
             # worst case over the suite, at most each attack's accuracy on every single image.
@@ -226,23 +281,23 @@ class RobustClassifier(pl.LightningModule):
             "robust_acc_without_eot": {name.removesuffix(WITHOUT_EOT): accuracy[name] for name in self.test_passes
                                        if name.endswith(WITHOUT_EOT)},
             "n_eval": {name: counts[name] for name in self.attacks},
-            "attack_ms_per_image": {name: 1000.0 * self.attack_seconds[name] / max(counts[name], 1)
-                                    for name in self.attacks},
+            "attack_ms_per_image": {name: 1000.0 * seconds[name] / max(counts[name], 1) for name in self.attacks},
             "randomized": self.randomized,
             # Draws that accuracy was averaged over; "exact" for a mixture (Σ α_k·acc_k, no sampling at all).
             "accuracy_draws": "exact" if weighted_members(self.predictor()) is not None else self.draws(),
             "defense_metrics": defense_metrics,
             "per_example": per_example,  # correctness per evaluated image, for the audit (not written to disk)
         }
-        self.log("test/clean_acc", accuracy[CLEAN])
+        # Every process holds the same gathered numbers (so the reduction over processes changes nothing).
+        self.log("test/clean_acc", accuracy[CLEAN], sync_dist=True)
         if self.attacks:
-            self.log(f"robust_acc/{WORST_CASE}", accuracy[WORST_CASE])
+            self.log(f"robust_acc/{WORST_CASE}", accuracy[WORST_CASE], sync_dist=True)
         for name in self.test_passes:
-            self.log(f"robust_acc/{name}", accuracy[name])
-            self.log(f"attack_ms_per_image/{name}", 1000.0 * self.attack_seconds[name] / max(counts[name], 1))
+            self.log(f"robust_acc/{name}", accuracy[name], sync_dist=True)
+            self.log(f"attack_ms_per_image/{name}", 1000.0 * seconds[name] / max(counts[name], 1), sync_dist=True)
         for name, metrics in defense_metrics.items():
             for key, value in metrics.items():
-                self.log(f"defense/{key}/{name}", value)
+                self.log(f"defense/{key}/{name}", value, sync_dist=True)
 
     def _log_images(self, name: str, x: torch.Tensor, x_adv: torch.Tensor) -> None:
         experiment = getattr(self.logger, "experiment", None)
@@ -254,6 +309,7 @@ class RobustClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["robustlab"] = self.build_config
         checkpoint["rng_states"] = random_states()
+        checkpoint["provenance"] = provenance(self.device, self.trainer.precision)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Resuming a fit continues the random stream where it stopped (shuffling, random starts), so a killed

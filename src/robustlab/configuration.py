@@ -49,11 +49,18 @@ def to_plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
-def gpu_for_job(job_number: Any) -> list[int]:
-    """`${gpu_for_job:${hydra:job.num}}`: the GPU index for the k-th job of a multirun (k mod the GPU count)."""
+def gpu_for_job(job_number: Any) -> int | list[int]:
+    """`${gpu_for_job:${hydra:job.num}}`: which GPU a run uses.
+
+    In a multirun, job k gets GPU k mod the GPU count, so a launcher running several jobs at once spreads
+    them over the machine's GPUs (several jobs per GPU when there are more jobs than GPUs). A single run has
+    no job number (Hydra leaves it unset) and gets one GPU, the first visible one.
+    """
     import torch
 
-    return [int(job_number) % max(torch.cuda.device_count(), 1)]
+    if job_number is None or torch.cuda.device_count() < 2:
+        return 1
+    return [int(job_number) % torch.cuda.device_count()]
 
 
 OmegaConf.register_new_resolver("gpu_for_job", gpu_for_job, replace=True)

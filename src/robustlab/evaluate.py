@@ -6,14 +6,16 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robustlab.checkpoints import check_checkpoint_matches, classifier_from_checkpoint, read_checkpoint
+from robustlab.distributed import job_processes
 from robustlab.evaluation.runner import audit_run, evaluate, finished_run, record_run
 from robustlab.experiment import build_datamodule, build_trainer, choices, evaluation_attacks
 from robustlab.fingerprint import run_fingerprint
-from robustlab.validation import check_complete, check_step_sizes
+from robustlab.validation import check_accelerator, check_complete, check_step_sizes
 
 
 def run(cfg: DictConfig) -> dict:
     check_complete(cfg)
+    check_accelerator(cfg)
     checkpoint = read_checkpoint(cfg.ckpt_path)
     stored = checkpoint["robustlab"]
     check_checkpoint_matches(stored, cfg)
@@ -24,13 +26,17 @@ def run(cfg: DictConfig) -> dict:
     done = finished_run(cfg.paths.output_dir, run_fingerprint(cfg))
     if done is not None:
         return done
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg.dataset)
-    classifier = classifier_from_checkpoint(checkpoint, attacks=evaluation_attacks(cfg), n_eval=cfg.eval.n_samples,
-                                            image_grid=cfg.eval.image_grid, accuracy_draws=cfg.eval.accuracy_draws,
-                                            compare_without_eot=cfg.eval.compare_without_eot, **cfg.performance)
-    trainer = build_trainer(cfg)
-    results = evaluate(trainer, classifier, datamodule, checkpoint=None)
-    audit_run(cfg, trainer, classifier, datamodule, results)
-    record_run(cfg, trainer, results, cfg.ckpt_path, chosen={**stored.get("choices", {}), **choices()})
-    return results
+    with job_processes():  # DDP: this job's processes, closed when it ends
+        pl.seed_everything(cfg.seed, workers=True)
+        datamodule = build_datamodule(cfg.dataset)
+        classifier = classifier_from_checkpoint(
+            checkpoint, attacks=evaluation_attacks(cfg), n_eval=cfg.eval.n_samples, image_grid=cfg.eval.image_grid,
+            accuracy_draws=cfg.eval.accuracy_draws, compare_without_eot=cfg.eval.compare_without_eot,
+            **cfg.performance)
+        trainer = build_trainer(cfg)
+        results = evaluate(trainer, classifier, datamodule, checkpoint=None)
+        if not trainer.is_global_zero:  # DDP: every process evaluated its share; process 0 audits and writes
+            return results
+        audit_run(cfg, trainer, classifier, datamodule, results)
+        record_run(cfg, trainer, results, cfg.ckpt_path, chosen={**stored.get("choices", {}), **choices()})
+        return results

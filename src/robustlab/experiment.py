@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from robustlab.classifier import RobustClassifier
 from robustlab.configuration import instantiate, to_plain
 from robustlab.errors import InvalidValue, require
+from robustlab.fingerprint import training_code
 from robustlab.validation import check_model_fits_dataset
 
 
@@ -56,9 +57,10 @@ def attack_descriptions(cfg: DictConfig) -> dict[str, dict]:
 
 
 def build_config(cfg: DictConfig) -> dict:
-    """What a checkpoint must carry to rebuild its predictor without the original config files."""
+    """What a checkpoint must carry to rebuild its predictor without the original config files, and the hash
+    of the code that trained it."""
     return {"model": to_plain(cfg.model), "defense": to_plain(cfg.defense), "dataset": to_plain(cfg.dataset),
-            "choices": choices()}
+            "choices": choices(), "training_code": training_code(cfg)}
 
 
 def build_classifier(cfg: DictConfig) -> RobustClassifier:

@@ -1,7 +1,11 @@
-"""Config fingerprints: which runs share a trained model, and which share a result.
+"""Fingerprints: which runs share a trained model, and which share a result.
 
-`training` covers everything that changes the trained weights; `run` adds everything that changes the
-evaluation. Where files go, and whether work can be skipped or resumed, follows from these two keys:
+`training` covers everything that changes the trained weights: the training config and the robustlab code it
+runs (`provenance.code_hash`: the modules of its `_target_`s and the training loop, followed through their
+imports); `run` adds the evaluation config and the evaluation code (attacks, EOT, the evaluation passes, the
+audit). So after an upgrade that changes an attack, the same command evaluates again and keeps the trained
+model; a change to a model or defense trains again. Where files go, and whether work can be skipped or
+resumed, follows from these two keys:
 
 - checkpoints live in `paths.checkpoint_dir` (…/<training fingerprint>), so re-running a command, or
   sweeping attacks and budgets, resumes or reuses training instead of repeating it;
@@ -19,11 +23,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from robustlab.provenance import code_hash, code_modules, targets_in
+
 TRAINING_KEYS = ("dataset", "model", "defense", "optimizer", "scheduler", "seed", "performance",
                  "eval.val_attack", "trainer.max_epochs", "trainer.limit_train_batches", "trainer.limit_val_batches",
                  "trainer.precision", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val")
 EVALUATION_KEYS = ("attack", "eval.attacks", "eval.n_samples", "eval.accuracy_draws", "eval.compare_without_eot",
                    "eval.audit", "ckpt_path")
+# Code that runs whatever the config says: the training loop and stages; the evaluation passes, audit, record.
+TRAINING_CODE = ("robustlab.trained_models", "robustlab.classifier")
+EVALUATION_CODE = ("robustlab.evaluation.runner",)
 # Where the data comes from, not what it is.
 LOCATION_KEYS = ("root", "system_dir", "download", "resident_on_device")
 
@@ -46,12 +55,33 @@ def _digest(content: dict) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def training_fingerprint(cfg: DictConfig) -> str:
+def training_code(cfg: DictConfig) -> str:
+    """The hash of the robustlab code that trains this config."""
+    return code_hash(targets_in(_select(cfg, TRAINING_KEYS)), TRAINING_CODE)
+
+
+def evaluation_code(cfg: DictConfig) -> str:
+    """The hash of the robustlab code that evaluates this config (attacks, EOT, passes, audit, record)."""
+    return code_hash(targets_in(_select(cfg, EVALUATION_KEYS)), EVALUATION_CODE)
+
+
+def evaluation_modules(cfg: DictConfig) -> dict[str, str]:
+    """The modules behind `evaluation_code`, each with its digest: what the report compares across results."""
+    return code_modules(targets_in(_select(cfg, EVALUATION_KEYS)), EVALUATION_CODE)
+
+
+def training_config_fingerprint(cfg: DictConfig) -> str:
+    """The training config alone, whatever code runs it: what `reuse=any_version` matches on."""
     return _digest(_select(cfg, TRAINING_KEYS))
 
 
+def training_fingerprint(cfg: DictConfig) -> str:
+    return _digest({**_select(cfg, TRAINING_KEYS), "code": training_code(cfg)})
+
+
 def run_fingerprint(cfg: DictConfig) -> str:
-    return _digest(_select(cfg, TRAINING_KEYS + EVALUATION_KEYS))
+    return _digest({**_select(cfg, TRAINING_KEYS + EVALUATION_KEYS), "training_code": training_code(cfg),
+                    "evaluation_code": evaluation_code(cfg)})
 
 
 def _resolve(kind: str, *, _root_: DictConfig) -> str:

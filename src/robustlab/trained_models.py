@@ -5,6 +5,10 @@ optimizer, scheduler, loop and RNG state) lets the same command continue a kille
 last epoch ended, and `trained.json` (written atomically once `fit` returns) marks training as finished, so
 sweeping attacks or budgets over a trained defense never retrains it. A file lock makes this safe when a
 parallel launcher starts two runs that share a training.
+
+Under DDP every process runs this same code (Lightning starts the others by re-running the command), and
+every process must join each `fit`. Only process 0 takes the lock and writes markers; the others only read
+them, and they decide the same way, since process 0 writes a marker only after a fit they took part in.
 """
 
 from __future__ import annotations
@@ -14,32 +18,48 @@ import fcntl
 import json
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
+from pytorch_lightning.utilities import rank_zero_only
 
 from robustlab.checkpoints import load_model_weights, load_weights
 from robustlab.classifier import RobustClassifier
 from robustlab.defenses.base import Stage
-from robustlab.fingerprint import training_fingerprint
+from robustlab.fingerprint import training_code, training_config_fingerprint, training_fingerprint
+from robustlab.provenance import provenance
 
 MARKER = "trained.json"
 
 
 @dataclass
 class Training:
-    fingerprint: str
+    fingerprint: str  # training config and code (the checkpoint directory's name)
     checkpoint: str  # the checkpoint to evaluate: best by the defense's selection metric
     train_seconds: float
     epochs: int
     resumed_from: str | None = None
     reused: bool = False
+    config_fingerprint: str | None = None  # the training config alone
+    code: str | None = None  # the hash of the code that trained it (provenance.code_hash)
+    provenance: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_marker(cls, marker: Path) -> "Training":
+        record = json.loads(marker.read_text())
+        # Markers written before code hashes existed: their fingerprint was the config's alone.
+        record.setdefault("config_fingerprint", record.get("fingerprint"))
+        return cls(**{key: value for key, value in record.items() if key in {f.name for f in fields(cls)}})
 
 
 @contextmanager
 def locked(directory: Path):
+    """An exclusive file lock on `directory`, held by DDP process 0 alone (the others wait inside its fit)."""
     directory.mkdir(parents=True, exist_ok=True)
+    if rank_zero_only.rank != 0:
+        yield
+        return
     with open(directory / ".lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -52,10 +72,27 @@ def finished_training(directory: Path, fingerprint: str) -> Training | None:
     marker = directory / MARKER
     if not marker.is_file():
         return None
-    record = json.loads(marker.read_text())
-    if record.get("fingerprint") != fingerprint or not Path(record["checkpoint"]).is_file():
+    training = Training.from_marker(marker)
+    if training.fingerprint != fingerprint or not Path(training.checkpoint).is_file():
         return None
-    return Training(**{**record, "reused": True})
+    training.reused = True
+    return training
+
+
+def training_by_other_code(directory: Path, cfg: DictConfig) -> Training | None:
+    """`reuse=any_version`: a finished training of the same config by other code, beside `directory`."""
+    config_fingerprint = training_config_fingerprint(cfg)
+    candidates = [Training.from_marker(marker) for marker in sorted(directory.parent.glob(f"*/{MARKER}"),
+                                                                   key=lambda path: path.stat().st_mtime)]
+    matches = [training for training in candidates
+               if training.config_fingerprint == config_fingerprint and Path(training.checkpoint).is_file()]
+    if not matches:
+        return None
+    training = matches[-1]  # the most recent
+    print(f"training: reusing {training.checkpoint}, trained by other code (reuse=any_version): its training code "
+          f"{training.code or 'unrecorded'}, this code {training_code(cfg)}", flush=True)
+    training.reused = True
+    return training
 
 
 def stage_directory(directory: Path, stages: list[Stage], index: int) -> Path:
@@ -95,6 +132,10 @@ def fit_or_reuse(cfg: DictConfig, classifier: RobustClassifier, datamodule) -> T
         if done is not None:
             print(f"training: reusing {done.checkpoint} (fingerprint {fingerprint})", flush=True)
             return done
+        if cfg.get("reuse") == "any_version":
+            done = training_by_other_code(directory, cfg)
+            if done is not None:
+                return done
         stages = defense.stages()
         trained: list[Training] = []
         for index, stage in enumerate(stages):
@@ -116,7 +157,9 @@ def fit_or_reuse(cfg: DictConfig, classifier: RobustClassifier, datamodule) -> T
         final = Training(fingerprint=fingerprint, checkpoint=trained[-1].checkpoint,
                          train_seconds=sum(stage.train_seconds for stage in trained),
                          epochs=sum(stage.epochs for stage in trained),
-                         resumed_from=next((stage.resumed_from for stage in trained if stage.resumed_from), None))
+                         resumed_from=next((stage.resumed_from for stage in trained if stage.resumed_from), None),
+                         config_fingerprint=training_config_fingerprint(cfg), code=training_code(cfg),
+                         provenance=trained[-1].provenance)
         _write_marker(directory, final)
         return final
 
@@ -139,13 +182,16 @@ def _fit_stage(cfg, classifier, datamodule, stage: Stage, directory: Path, finge
     callback = trainer.checkpoint_callback
     training = Training(fingerprint=fingerprint, checkpoint=callback.best_model_path or callback.last_model_path,
                         train_seconds=time.perf_counter() - started, epochs=trainer.current_epoch,
-                        resumed_from=resume)
+                        resumed_from=resume, config_fingerprint=training_config_fingerprint(cfg),
+                        code=training_code(cfg), provenance=provenance(trainer.strategy.root_device, trainer.precision))
     if multi_stage:
         _write_marker(directory, training)
     return training
 
 
 def _write_marker(directory: Path, training: Training) -> None:
+    if rank_zero_only.rank != 0:
+        return
     partial = directory / f"{MARKER}.partial"
     partial.write_text(json.dumps(asdict(training), indent=2) + "\n")
     partial.replace(directory / MARKER)

@@ -14,9 +14,24 @@ from torch import nn
 from robustlab.errors import ConfigError, InvalidValue
 
 
+REUSE_OPTIONS = ("same_code", "any_version")
+
+
 def check_config(cfg: DictConfig) -> None:
     check_complete(cfg)
     check_step_sizes(cfg)
+    check_accelerator(cfg)
+    if cfg.get("reuse") not in REUSE_OPTIONS:
+        raise InvalidValue("reuse", cfg.get("reuse"), " or ".join(REUSE_OPTIONS))
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """A GPU trainer on a machine without one is refused, not silently run on the CPU."""
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default=None)
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator!r} but PyTorch sees no CUDA GPU on this machine: use "
+                          "trainer=default to run on the CPU, or add trainer.accelerator=cpu to keep the rest of "
+                          "this trainer config (e.g. trainer=ddp trainer.accelerator=cpu trainer.devices=2)")
 
 
 def check_complete(cfg: DictConfig) -> None:

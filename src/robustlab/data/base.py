@@ -3,13 +3,23 @@
 Small image datasets fit in memory; slicing tensors per batch avoids per-sample PIL and collate work on
 the hot path. The validation split is carved from the training set with a fixed seed; the test split is
 only used for the final evaluation.
+
+Under DDP (several processes) the datamodule shards the splits itself (the Trainer's
+`use_distributed_sampler` is off): training batches come from one permutation per epoch shared by every
+process, each process taking every W-th batch; the test split is dealt out the same way without padding,
+so every test image is evaluated exactly once, and its batches carry the images' indices so the
+per-image results can be put back in order; validation runs whole on every process, so checkpoint
+selection sees the same numbers everywhere and needs no reduction.
 """
 
 from __future__ import annotations
 
+import math
+import os
+
 import torch
 from pytorch_lightning import LightningDataModule
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler, TensorDataset
 
 from robustlab.errors import require
 
@@ -49,18 +59,31 @@ class InMemoryImageDataModule(LightningDataModule):
             self.test_set = TensorDataset(*_as_float_images(*self.load_split(train=False)))
 
     def train_dataloader(self) -> DataLoader:
-        return _batches(self._on_device(self.train_set), self.batch_size, shuffle=True)
+        return _batches(self._on_device(self.train_set), self.batch_size, shuffle=True, shard=self._shard())
 
     def val_dataloader(self) -> DataLoader:
         return _batches(self._on_device(self.val_set), self.eval_batch_size, shuffle=False)
 
-    def test_dataloader(self, limit: int | None = None) -> DataLoader:
-        """The test split in order; with `limit`, only its first `limit` images."""
-        dataset = self._on_device(self.test_set)
-        if limit is not None and 0 <= limit < len(dataset):
-            dataset = TensorDataset(*(tensor[:limit] for tensor in dataset.tensors))
-        return _batches(dataset, self.eval_batch_size, shuffle=False)
+    def test_dataloader(self, limit: int | None = None, indexed: bool = False) -> DataLoader:
+        """The test split in order; with `limit`, only its first `limit` images.
 
+        `indexed=True` (the evaluation passes): batches are `(images, labels, indices)`, the indices on the
+        CPU, and under DDP each process gets its share of the batches, none twice.
+        """
+        dataset = self._on_device(self.test_set)
+        tensors = dataset.tensors
+        if limit is not None and 0 <= limit < len(dataset):
+            tensors = tuple(tensor[:limit] for tensor in tensors)
+        if indexed:
+            return _batches(TensorDataset(*tensors, torch.arange(len(tensors[0]))), self.eval_batch_size,
+                            shuffle=False, shard=self._shard())
+        return _batches(TensorDataset(*tensors), self.eval_batch_size, shuffle=False)
+
+    def _shard(self) -> tuple[int, int]:
+        """(this process's rank, number of processes) of the Trainer's run; (0, 1) outside one."""
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
 
     def _on_device(self, dataset: TensorDataset) -> TensorDataset:
         """With `resident_on_device`, move a split once to the accelerator the Trainer runs on.
@@ -73,6 +96,43 @@ class InMemoryImageDataModule(LightningDataModule):
         return dataset
 
 
+class ShardedBatches(Sampler[list[int]]):
+    """Index batches for process `rank` of `world_size` (DDP).
+
+    `shuffle=True` (training): one permutation per epoch, the same in every process (seeded by the run's
+    seed and the epoch, which Lightning passes through `set_epoch`), cut into batches; process r takes
+    batches r, r + W, ...; the batch list is padded with its first batches to a multiple of W, so every
+    process takes the same number of steps, as DDP requires. `shuffle=False` (evaluation): the split's
+    batches in order, dealt out the same way with no padding, so each image is seen by exactly one process.
+    """
+
+    def __init__(self, size: int, batch_size: int, shuffle: bool, rank: int, world_size: int) -> None:
+        self.size, self.batch_size, self.shuffle = size, batch_size, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        else:
+            order = torch.arange(self.size)
+        batches = [chunk.tolist() for chunk in order.split(self.batch_size)]
+        if self.shuffle and batches:
+            padded = math.ceil(len(batches) / self.world_size) * self.world_size
+            batches += batches[: padded - len(batches)]
+        return batches[self.rank::self.world_size]
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
 def _as_float_images(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (N, H, W) / (N, H, W, C) / (N, C, H, W) or float images → float32 (N, C, H, W) in [0, 1]."""
     images = torch.as_tensor(images)
@@ -83,7 +143,12 @@ def _as_float_images(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     return images.float().contiguous(), torch.as_tensor(labels, dtype=torch.long)
 
 
-def _batches(dataset: TensorDataset, batch_size: int, shuffle: bool) -> DataLoader:
+def _batches(dataset: TensorDataset, batch_size: int, shuffle: bool, shard: tuple[int, int] = (0, 1)) -> DataLoader:
     # A sampler of index batches + batch_size=None: one tensor slice per batch, no per-sample collate.
-    order = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-    return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
+    rank, world_size = shard
+    if world_size > 1:
+        batches = ShardedBatches(len(dataset), batch_size, shuffle, rank, world_size)
+    else:
+        batches = BatchSampler(RandomSampler(dataset) if shuffle else SequentialSampler(dataset), batch_size,
+                               drop_last=False)
+    return DataLoader(dataset, sampler=batches, batch_size=None)

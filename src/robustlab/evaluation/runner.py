@@ -13,7 +13,8 @@ from robustlab.evaluation.audit import audit, flags, robustness_curves
 from robustlab.evaluation.metrics_file import read_metrics, write_metrics
 from robustlab.evaluation.plots import curves_figure, save_figure
 from robustlab.experiment import attack_descriptions, choices, evaluation_attack_configs
-from robustlab.fingerprint import run_fingerprint
+from robustlab.fingerprint import evaluation_code, evaluation_modules, run_fingerprint
+from robustlab.provenance import installed_packages, provenance
 from robustlab.trained_models import Training
 
 
@@ -25,7 +26,8 @@ def evaluate(trainer: pl.Trainer, classifier: RobustClassifier, datamodule, chec
     """Clean accuracy on the whole test split and robust accuracy per attack on the first n_eval images."""
     datamodule.setup("test")
     classifier.plan_evaluation(datamodule.test_set.tensors[0][:8].cpu())
-    trainer.test(classifier, dataloaders=classifier.test_loaders(datamodule), ckpt_path=checkpoint, verbose=False)
+    classifier.test_data = datamodule
+    trainer.test(classifier, ckpt_path=checkpoint, verbose=False)
     return classifier.results
 
 
@@ -36,6 +38,7 @@ def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier
     figure to TensorBoard. `eval.audit.enabled=false` skips it (the report then shows no flags for the cell).
     """
     settings = cfg.eval.audit
+    pl.seed_everything(cfg.seed, verbose=False)  # the same audit however the evaluation was sharded
     if not settings.enabled:
         results["curves"], results["audit"] = {}, {}
         return
@@ -110,7 +113,12 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: dict, checkpoint: 
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
         "training_fingerprint": training.fingerprint if training else None,
         "run_fingerprint": run_fingerprint(cfg),
+        "training_code": training.code if training else None,  # hashes of the code that made this result
+        "evaluation_code": evaluation_code(cfg),
+        "evaluation_modules": evaluation_modules(cfg),  # each module's digest: the report refuses to mix versions
+        "provenance": provenance(trainer.strategy.root_device, trainer.precision),
     }
+    (Path(cfg.paths.output_dir) / "packages.txt").write_text(installed_packages())
     path = write_metrics(cfg.paths.output_dir, record)
     hparams = {key: record[key] for key in ("dataset", "model", "defense", "attack", "seed", "epochs")}
     hparams.update(eps_linf=record["eps"]["linf"], eps_l2=record["eps"]["l2"], n_eval=record["n_eval"])

@@ -11,6 +11,12 @@ from robustlab.report.matrix import write_report
 
 
 class ReportCallback(Callback):
+    """`versions`: `current` (default) reports the results evaluated by the code that ran the sweep and lists
+    older ones in the sweep directory as left out; `refuse` stops on a mix; `mix` reports everything."""
+
+    def __init__(self, versions: str = "current") -> None:
+        self.versions = versions
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        written = write_report(config.hydra.sweep.dir)
+        written = write_report(config.hydra.sweep.dir, versions=self.versions)
         print(f"report: {written['markdown']}", flush=True)

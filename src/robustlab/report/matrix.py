@@ -21,10 +21,78 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from robustlab.errors import RobustlabError
 from robustlab.evaluation.audit import LETTERS
 from robustlab.evaluation.plots import heatmap_figure, plt, save_figure
+from robustlab.provenance import module_digest
 
 CLEAN, WORST_CASE = "clean", "worst_case"
+VERSIONS = ("refuse", "current", "mix")  # what to do with results evaluated by different code
+
+
+class MixedVersions(RobustlabError):
+    """The directory holds results evaluated by different versions of the evaluation code."""
+
+
+def version_conflicts(records: dict[str, dict]) -> list[str]:
+    """For each robustlab module that two results were evaluated with in different versions, one line naming
+    the versions and the results (metrics.json paths) of each. A result without recorded modules conflicts
+    with every other (its code is unknown)."""
+    unknown = sorted(source for source, record in records.items() if not record.get("evaluation_modules"))
+    digests: dict[str, dict[str, list[str]]] = {}
+    for source, record in sorted(records.items()):
+        for module, digest in (record.get("evaluation_modules") or {}).items():
+            digests.setdefault(module, {}).setdefault(digest, []).append(source)
+    lines = [f"  {module}: " + "; ".join(f"version {digest} in {', '.join(sources)}"
+                                          for digest, sources in sorted(versions.items()))
+             for module, versions in sorted(digests.items()) if len(versions) > 1]
+    if unknown and len(records) > 1:
+        lines.append("  no recorded evaluation code (written before results recorded it): " + ", ".join(unknown))
+    return lines
+
+
+def is_current(record: dict) -> bool:
+    """Whether the result was evaluated by the code installed now (every module it recorded is unchanged)."""
+    modules = record.get("evaluation_modules")
+    return bool(modules) and all(module_digest(module) == digest for module, digest in modules.items())
+
+
+def select_versions(records: dict[str, dict], versions: str) -> tuple[dict[str, dict], list[str]]:
+    """The results to report and the ones left out. `refuse`: all, or `MixedVersions` if their evaluation code
+    differs; `current`: only those evaluated by the code installed now; `mix`: all, whatever their code."""
+    if versions not in VERSIONS:
+        raise ValueError(f"versions={versions!r}: expected one of {VERSIONS}")
+    left_out = []
+    if versions == "current":
+        left_out = sorted(source for source, record in records.items() if not is_current(record))
+        records = {source: record for source, record in records.items() if source not in left_out}
+    elif versions == "refuse":
+        conflicts = version_conflicts(records)
+        if conflicts:
+            raise MixedVersions("these results were evaluated by different versions of robustlab's evaluation "
+                                "code, so their numbers are not comparable:\n" + "\n".join(conflicts) +
+                                "\nRe-run them with the current code (a re-run sweep evaluates stale cells again and "
+                                "skips current ones), then report the current results alone "
+                                "(scripts/report.py --versions current), or mix them knowingly (--versions mix)")
+    return records, left_out
+
+
+def provenance_lines(cells: list[Cell]) -> list[str]:
+    """Which code versions and devices the report is built from (sorted, so a rebuild is byte-identical)."""
+    versions: dict[str, int] = {}
+    devices: dict[str, int] = {}
+    for cell in cells:
+        for source, code in cell.evaluation_code.items():
+            record = cell.provenance[source]
+            revision = record.get("git_commit", record.get("package_sha256", "unrecorded"))[:12] + \
+                ("+uncommitted changes" if record.get("git_dirty") else "")
+            version = (f"evaluation code {code} (robustlab {record.get('robustlab', '?')}, source {revision}, "
+                       f"PyTorch {record.get('torch', '?')})")
+            versions[version] = versions.get(version, 0) + 1
+            device = f"{record.get('device', 'unrecorded')}, {record.get('precision') or 'unrecorded'} precision"
+            devices[device] = devices.get(device, 0) + 1
+    return [*(f"- {version}: {count} result(s)" for version, count in sorted(versions.items())),
+            *(f"- device {device}: {count} result(s)" for device, count in sorted(devices.items()))]
 
 
 @dataclass
@@ -45,6 +113,8 @@ class Cell:
     randomized: bool = False
     n_eval: int = 0
     sources: list[str] = field(default_factory=list)
+    evaluation_code: dict[str, str] = field(default_factory=dict)  # source → hash of the code that evaluated it
+    provenance: dict[str, dict] = field(default_factory=dict)  # source → its provenance record
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -55,11 +125,17 @@ def _flag_letters(audit: dict) -> str:
     return "".join(sorted(check["letter"] for check in audit.values() if check.get("flagged")))
 
 
-def collect_cells(directory: str | Path) -> list[Cell]:
-    """Every metrics.json under `directory`, merged per (dataset, model, defense); sorted, deterministic."""
+def read_records(directory: str | Path) -> dict[str, dict]:
+    """Every metrics.json under `directory`, keyed by its path relative to `directory`, sorted."""
+    return {str(path.relative_to(directory)): json.loads(path.read_text())
+            for path in sorted(Path(directory).rglob("metrics.json"))}
+
+
+def collect_cells(directory: str | Path, records: dict[str, dict] | None = None) -> list[Cell]:
+    """The metrics.json records under `directory` (or `records`), merged per (dataset, model, defense);
+    sorted, deterministic."""
     cells: dict[tuple[str, str, str], Cell] = {}
-    for path in sorted(Path(directory).rglob("metrics.json")):
-        record = json.loads(path.read_text())
+    for source, record in (read_records(directory) if records is None else records).items():
         key = (record["dataset"], record["model"], record["defense"])
         cell = cells.setdefault(key, Cell(*key, clean_acc=record["clean_acc"]))
         worst = min(cell.robust_acc.get(WORST_CASE, 1.0), record["robust_acc"].get(WORST_CASE, 1.0))
@@ -76,7 +152,9 @@ def collect_cells(directory: str | Path) -> list[Cell]:
         cell.n_eval = max(cell.n_eval, int(record.get("n_eval") or 0))
         if record.get("train_seconds") is not None:
             cell.train_seconds = record["train_seconds"]
-        cell.sources.append(str(path.relative_to(directory)))
+        cell.sources.append(source)
+        cell.evaluation_code[source] = record.get("evaluation_code") or "unrecorded"
+        cell.provenance[source] = record.get("provenance") or {}
     for cell in cells.values():
         cell.flags = _flag_letters(cell.audit)
     return [cells[key] for key in sorted(cells)]
@@ -120,13 +198,16 @@ def write_csv(cells: list[Cell], path: Path) -> None:
                                for name in columns if name != WORST_CASE)])
 
 
-def markdown(cells: list[Cell]) -> str:
+def markdown(cells: list[Cell], left_out: list[str] = ()) -> str:
     columns = attack_columns(cells)
     out = io.StringIO()
     out.write("# Attack × defense matrix\n\n")
     out.write("Accuracy (%) on the first n test images (clean: the whole test split). ⚑ marks the gradient-masking "
               "audit's flags for the row (letters below): such a number is likely an overestimate. Randomized "
               "predictors are attacked with EOT; mixtures exactly (expected loss and accuracy over members).\n\n")
+    out.write("Built from:\n\n" + "\n".join(provenance_lines(cells)) + "\n\n")
+    if left_out:
+        out.write("Left out, evaluated by other versions of the code: " + ", ".join(left_out) + "\n\n")
     header = ["defense", "clean", *columns, "audit", "train s"]
     out.write("| " + " | ".join(header) + " |\n|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|\n")
     for cell in cells:
@@ -223,15 +304,18 @@ def write_tensorboard(cells: list[Cell], text: str, directory: Path) -> None:
     writer.close()
 
 
-def write_report(directory: str | Path) -> dict[str, Path]:
+def write_report(directory: str | Path, versions: str = "refuse") -> dict[str, Path]:
+    """Write the report over `directory`'s metrics.json files; `versions` says what to do with results of
+    different evaluation code (`select_versions`)."""
     directory = Path(directory)
-    cells = collect_cells(directory)
+    records, left_out = select_versions(read_records(directory), versions)
+    cells = collect_cells(directory, records)
     output = directory / "report"
     output.mkdir(parents=True, exist_ok=True)
     paths = {"csv": output / "results.csv", "markdown": output / "REPORT.md", "heatmap": output / "heatmap.png",
              "curves": output / "curves.png", "tensorboard": output / "tensorboard"}
     write_csv(cells, paths["csv"])
-    text = markdown(cells)
+    text = markdown(cells, left_out)
     paths["markdown"].write_text(text)
     columns = [CLEAN, *attack_columns(cells)]
     values = [[cell.clean_acc, *(cell.robust_acc.get(name) for name in columns[1:])] for cell in cells]

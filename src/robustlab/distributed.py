@@ -1,0 +1,55 @@
+"""DDP under Hydra: how Lightning starts a job's other processes, and the clean-up between multirun jobs.
+
+Lightning's DDP launcher starts processes 1…n−1 by running a command again; each process then runs the
+whole job (`train.run`), takes part in every `fit` and `test`, and only process 0 writes (markers,
+metrics.json, figures). Lightning does this once per Python process: it leaves its variables in the
+environment and its process group open. A multirun runs its jobs one after another in one process, so
+`job_processes` closes both after each job, and the next job starts processes of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+
+# What Lightning's launcher sets in process 0's environment (lightning_fabric's subprocess_script launcher).
+LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def process_command(local_rank: int) -> tuple[list[str], str]:
+    """The command that starts DDP process `local_rank` of this Hydra job, and the directory to start it in.
+
+    Lightning's own re-runs the command line, which in a multirun is the whole sweep (and in a joblib worker
+    not the script at all). This runs this job alone: its entry script with the job's own overrides, as a
+    single run writing into the job's directory.
+    """
+    hydra = HydraConfig.get()
+    primary = next(source for source in hydra.runtime.config_sources if source.provider == "main")
+    script = Path(primary.path.removeprefix("file://")).parent / f"{hydra.job.config_name}.py"
+    overrides = [*hydra.overrides.task, "hydra.mode=RUN", f'hydra.run.dir="{hydra.runtime.output_dir}"',
+                 f"hydra.job.name={hydra.job.name}_ddp_process_{local_rank}", "hydra.output_subdir=null"]
+    return [sys.executable, str(script), *overrides], hydra.runtime.cwd
+
+
+@contextmanager
+def job_processes():
+    """Run one job; afterwards close its DDP process group and forget Lightning's launch variables."""
+    from pytorch_lightning.strategies.launchers import subprocess_script
+
+    subprocess_script._hydra_subprocess_cmd = process_command
+    saved = {name: os.environ.get(name) for name in LAUNCH_VARIABLES}
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -1,0 +1,166 @@
+"""Every trainer config runs as a user types it: `trainer=gpu` and `trainer=ddp` in their CPU forms
+(`trainer.accelerator=cpu`; DDP over gloo with 2 processes), single runs and multiruns, as subprocesses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from conftest import TINY, compose_config, run_script
+from robustlab.classifier import RobustClassifier
+from robustlab.configuration import gpu_for_job
+from robustlab.data.base import ShardedBatches, _batches
+from robustlab.defenses import Defense
+from robustlab.errors import TrainingDiverged
+from robustlab.models import BasicNet
+
+DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+
+
+def metrics_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_gpu_trainer_single_run_in_its_cpu_form(tmp_path):
+    """`python train.py trainer=gpu` has no job number outside a multirun; it once crashed on that."""
+    result = run_script("train.py", *TINY, "trainer=gpu", "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path}",
+                        output_root=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert metrics_of(tmp_path)["n_clean"] == 256
+    assert "Using bfloat16 Automatic Mixed Precision" in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("trainer", ["gpu", "ddp"])
+def test_gpu_trainer_without_a_gpu_is_refused_before_training(trainer, tmp_path):
+    result = run_script("train.py", *TINY, f"trainer={trainer}", f"hydra.run.dir={tmp_path}", output_root=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "trainer.accelerator='gpu'" in result.stderr and "trainer=default" in result.stderr
+    assert not (tmp_path / "outputs" / "checkpoints").exists()
+
+
+def test_gpu_trainer_multirun_with_the_local_gpus_launcher(tmp_path):
+    result = run_script("train.py", "-m", *TINY, "trainer.max_epochs=1", "trainer=gpu", "trainer.accelerator=cpu",
+                        "hydra/launcher=local_gpus", "hydra.launcher.n_jobs=2", "attack=fgsm,pgd_l2",
+                        output_root=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted((tmp_path / "runs" / "synthetic" / "basic_net" / "none").glob("*/metrics.json"))
+    assert [json.loads(path.read_text())["attack"] for path in runs] == ["fgsm", "pgd_l2"]
+
+
+def test_gpu_for_job_gives_a_single_run_one_gpu_and_sweep_jobs_a_gpu_each():
+    assert gpu_for_job(None) == 1
+    count = torch.cuda.device_count()
+    assert gpu_for_job(5) == ([5 % count] if count >= 2 else 1)
+
+
+def test_ddp_trains_once_and_evaluates_every_image_once(tmp_path):
+    result = run_script("train.py", *TINY, *DDP_CPU, f"hydra.run.dir={tmp_path}", output_root=tmp_path, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    metrics = metrics_of(tmp_path)
+    assert metrics["n_clean"] == 256 and metrics["n_eval"] == 64  # no padded duplicates, nothing missing
+    assert metrics["epochs"] == 2
+    checkpoint_dir = Path(metrics["checkpoint"]).parent
+    assert json.loads((checkpoint_dir / "trained.json").read_text())["checkpoint"] == metrics["checkpoint"]
+    assert "All distributed processes registered. Starting with 2 processes" in result.stdout + result.stderr
+    assert result.stdout.count("metrics: ") == 1  # process 0 alone writes and reports
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_ddp_evaluation_equals_a_single_device_evaluation(tmp_path):
+    """Same checkpoint, same images: 2 gloo processes give exactly the single-process numbers, per attack,
+    worst case and curves, even when the passes' batches do not divide evenly between the processes."""
+    train_dir = tmp_path / "train"
+    trained = run_script("train.py", *TINY, "defense=adv_train", "logger=none", f"hydra.run.dir={train_dir}",
+                         output_root=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    checkpoint = metrics_of(train_dir)["checkpoint"]
+    evaluation = ["dataset=synthetic", "dataset.datamodule.eval_batch_size=48", "eval.n_samples=100",
+                  "dataset.eps.linf=0.05", "dataset.eps.l2=0.5", "logger=none"]
+    numbers = {}
+    for name, trainer in [("single", ["trainer=default"]), ("ddp", DDP_CPU)]:
+        run_dir = tmp_path / name
+        result = run_script("evaluate.py", f"ckpt_path={checkpoint}", *evaluation, *trainer,
+                            f"hydra.run.dir={run_dir}", output_root=tmp_path, timeout=300)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        numbers[name] = metrics_of(run_dir)
+    single, ddp = numbers["single"], numbers["ddp"]
+    assert 0.05 < single["robust_acc"]["pgd_linf"] < single["clean_acc"]  # a comparison that can tell
+    for key in ("clean_acc", "n_clean", "n_eval", "robust_acc", "curves"):
+        assert ddp[key] == single[key], key
+    assert single["n_eval"] == 100 and single["n_clean"] == 256
+
+
+def test_ddp_inside_a_multirun_runs_each_cell_once(tmp_path):
+    """Lightning starts DDP process 1 by re-running the command; in a multirun that must be the cell alone."""
+    result = run_script("train.py", "-m", *TINY, "trainer.max_epochs=1", *DDP_CPU, "attack=fgsm,pgd_l2",
+                        output_root=tmp_path, timeout=400)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    runs = sorted((tmp_path / "runs" / "synthetic" / "basic_net" / "none").glob("*/metrics.json"))
+    assert [json.loads(path.read_text())["attack"] for path in runs] == ["fgsm", "pgd_l2"]
+    assert len(list((tmp_path / "checkpoints").rglob("trained.json"))) == 1  # the second cell reused it
+
+
+# -- the sharding itself ----------------------------------------------------------------------------------
+def test_evaluation_shards_cover_every_image_exactly_once():
+    shards = [list(ShardedBatches(100, 48, shuffle=False, rank=rank, world_size=2)) for rank in range(2)]
+    indices = sorted(i for shard in shards for batch in shard for i in batch)
+    assert indices == list(range(100))
+    assert [len(shard) for shard in shards] == [2, 1]
+
+
+def test_training_shards_share_one_permutation_and_take_equal_steps():
+    shards = [ShardedBatches(100, 16, shuffle=True, rank=rank, world_size=2) for rank in range(2)]
+    for shard in shards:
+        shard.set_epoch(3)
+    batches = [list(shard) for shard in shards]
+    assert len(batches[0]) == len(batches[1]) == 4  # 7 batches padded to 8
+    seen = {i for shard in batches for batch in shard for i in batch}
+    assert seen == set(range(100))
+    shards[0].set_epoch(4)
+    assert list(shards[0]) != batches[0]  # a new order every epoch
+
+
+def test_a_single_process_keeps_the_plain_batches():
+    dataset = TensorDataset(torch.arange(10))
+    assert [batch[0].tolist() for batch in _batches(dataset, 4, shuffle=False)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+# -- the GPU's non-finite-loss check ---------------------------------------------------------------------
+class FakeTrainer:
+    """What `_check_finite` reads of a Trainer in the middle of epoch 0 of a 10-batch fit."""
+    num_training_batches = 10
+    current_epoch = 0
+
+
+def nan_check_classifier(every: int) -> RobustClassifier:
+    classifier = RobustClassifier(BasicNet(1, 28, 10, [0.5], [0.25]), Defense(), optimizer=torch.optim.SGD)
+    classifier.nan_check_every = every
+    classifier._trainer = FakeTrainer()
+    classifier.optimizers = lambda: torch.optim.SGD(classifier.parameters(), lr=0.1)
+    return classifier
+
+
+def test_on_the_cpu_every_step_is_checked():
+    classifier = nan_check_classifier(every=4)
+    with pytest.raises(TrainingDiverged, match="train/loss is nan at epoch 0, batch 1"):
+        classifier._check_finite(torch.tensor(float("nan")), 1)
+
+
+def test_a_counted_check_raises_at_its_cadence_and_at_the_epoch_end(monkeypatch):
+    """The GPU form: non-finite steps are counted on the device and read every `nan_check_every` steps."""
+    classifier = nan_check_classifier(every=4)
+    nan = torch.tensor(float("nan"))
+    monkeypatch.setattr(torch.Tensor, "device", property(lambda self: torch.device("cuda")))
+    classifier._check_finite(torch.tensor(1.0), 0)
+    classifier._check_finite(nan, 1)  # counted, not read yet
+    classifier._check_finite(torch.tensor(1.0), 2)
+    with pytest.raises(TrainingDiverged, match="1 of the batches up to 3"):
+        classifier._check_finite(torch.tensor(1.0), 3)
+    classifier._check_finite(torch.tensor(1.0), 8)
+    with pytest.raises(TrainingDiverged, match="batches up to 9"):  # the epoch's last step is always read
+        classifier._check_finite(torch.tensor(float("inf")), 9)
