@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -20,6 +21,12 @@ DATA_DIR = ROOT / "data"  # the real datasets' cache, shared with `python train.
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Property-based tests: the same few examples on every run by default (CI never flakes on a new draw);
+# `--hypothesis-profile=thorough` draws many fresh ones.
+settings.register_profile("default", max_examples=8, deadline=None, derandomize=True, database=None)
+settings.register_profile("thorough", max_examples=200, deadline=None)
+settings.load_profile("default")
 
 
 def compose_config(overrides: list[str], output_dir: Path, config_name: str = "train"):

@@ -116,3 +116,38 @@ def test_matrix_sweep_writes_the_report_and_a_rerun_only_reads(tmp_path):
     assert second.returncode == 0 and second.stdout.count("run already finished") == 2
     assert (report / "REPORT.md").read_text() == text
     assert time.perf_counter() - started < first_seconds
+
+
+def test_a_hostile_sweep_directory_is_reported_from_what_is_usable(tmp_path):
+    sweep(tmp_path)
+    runs = tmp_path / "fashion_mnist" / "basic_net"
+    (runs / "trades" / "pgd_linf-1").mkdir(parents=True)
+    full = json.dumps({"dataset": "fashion_mnist", "model": "basic_net", "defense": "trades", "clean_acc": 0.8,
+                       "robust_acc": {"pgd_linf": 0.6}})
+    (runs / "trades" / "pgd_linf-1" / "metrics.json").write_text(full[: len(full) // 2])  # truncated
+    (runs / "other" / "x-1").mkdir(parents=True)
+    (runs / "other" / "x-1" / "metrics.json").write_text('{"loss": 0.1}')  # JSON, not a robustlab record
+    (runs / "old" / "pgd_linf-1").mkdir(parents=True)
+    old = {"dataset": "fashion_mnist", "model": "basic_net", "defense": "old", "clean_acc": 0.8,
+           "robust_acc": {"pgd_linf": 0.6}}  # a record from before the code version was recorded
+    (runs / "old" / "pgd_linf-1" / "metrics.json").write_text(json.dumps(old))
+    (runs / "killed" / "pgd_linf-1").mkdir(parents=True)  # an empty run directory
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "| adv_train |" in text and "| trades |" not in text and "| old |" not in text
+    assert "- fashion_mnist/basic_net/trades/pgd_linf-1/metrics.json: not valid JSON, probably truncated" in text
+    assert "- fashion_mnist/basic_net/other/x-1/metrics.json: not a robustlab record (no dataset, model, defense, " \
+           "clean_acc, robust_acc)" in text
+    assert "- fashion_mnist/basic_net/old/pgd_linf-1/metrics.json: written by an older robustlab" in text
+    assert "- fashion_mnist/basic_net/killed/pgd_linf-1/: a run directory without metrics.json" in text
+
+
+def test_a_directory_without_results_gives_one_clear_message(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), str(tmp_path / "empty")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"robustlab: no robustlab results (metrics.json) under {tmp_path / 'empty'}")
+    assert "Traceback" not in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import contextmanager
 from typing import Any
@@ -34,8 +35,22 @@ class InvalidValue(ConfigError):
         return InvalidValue(self.field, self.value, self.allowed, key_prefix)
 
 
+class DataError(RobustlabError):
+    """A dataset file that is there but unusable (truncated, corrupt); the message says how to recover."""
+
+
 class CheckpointError(ConfigError):
     """A checkpoint that is missing, unreadable, or not one robustlab wrote."""
+
+
+def is_integer(value: Any) -> bool:
+    """An int, and not a bool (a config's `steps=true` is a mistake, not one step)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float, and not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def require(condition: bool, field: str, value: Any, allowed: str) -> None:

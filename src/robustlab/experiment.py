@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from robustlab.classifier import RobustClassifier
 from robustlab.configuration import instantiate, to_plain
 from robustlab.errors import InvalidValue, require
+from robustlab.files import AtomicCheckpointIO
 from robustlab.fingerprint import training_code
 from robustlab.validation import check_model_fits_dataset
 
@@ -71,7 +72,7 @@ def build_classifier(cfg: DictConfig) -> RobustClassifier:
     check_model_fits_dataset(model, cfg)
     defense = instantiate(cfg.defense)
     with config_key(cfg.defense.get("wrapper") or cfg.defense):
-        check_model_fits_dataset(defense.wrap(model), cfg)  # e.g. noise after a layer the model does not have
+        check_model_fits_dataset(defense.wrap(model), cfg, "defense")  # e.g. noise after a layer the model lacks
     return RobustClassifier(
         model=model,
         defense=defense,
@@ -92,4 +93,5 @@ def build_classifier(cfg: DictConfig) -> RobustClassifier:
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # Checkpoints are written aside and renamed: a run killed while saving keeps its previous last.ckpt.
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])

@@ -6,6 +6,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from robustlab.distributed import job_processes
+from robustlab.files import locked
 from robustlab.evaluation.runner import audit_run, evaluate, finished_run, record_run
 from robustlab.experiment import build_classifier, build_datamodule, build_trainer, choices
 from robustlab.fingerprint import run_fingerprint
@@ -15,10 +16,12 @@ from robustlab.validation import check_config
 
 def run(cfg: DictConfig) -> dict:
     check_config(cfg)
-    done = finished_run(cfg.paths.output_dir, run_fingerprint(cfg))
-    if done is not None:
-        return done
-    with job_processes():  # DDP: this job's processes, closed when it ends
+    # The same command started twice at once: the second waits here, then finds the run finished. DDP: this
+    # job's processes, closed when it ends.
+    with locked(cfg.paths.output_dir), job_processes():
+        done = finished_run(cfg.paths.output_dir, run_fingerprint(cfg))
+        if done is not None:
+            return done
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg.dataset)
         classifier = build_classifier(cfg)

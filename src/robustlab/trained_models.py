@@ -14,10 +14,9 @@ them, and they decide the same way, since process 0 writes a marker only after a
 from __future__ import annotations
 
 import copy
-import fcntl
 import json
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from robustlab.checkpoints import load_model_weights, load_weights
 from robustlab.classifier import RobustClassifier
 from robustlab.defenses.base import Stage
+from robustlab.files import locked, write_text_atomically
 from robustlab.fingerprint import training_code, training_config_fingerprint, training_fingerprint
 from robustlab.provenance import provenance
 
@@ -51,21 +51,6 @@ class Training:
         # Markers written before code hashes existed: their fingerprint was the config's alone.
         record.setdefault("config_fingerprint", record.get("fingerprint"))
         return cls(**{key: value for key, value in record.items() if key in {f.name for f in fields(cls)}})
-
-
-@contextmanager
-def locked(directory: Path):
-    """An exclusive file lock on `directory`, held by DDP process 0 alone (the others wait inside its fit)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    if rank_zero_only.rank != 0:
-        yield
-        return
-    with open(directory / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def finished_training(directory: Path, fingerprint: str) -> Training | None:
@@ -190,8 +175,5 @@ def _fit_stage(cfg, classifier, datamodule, stage: Stage, directory: Path, finge
 
 
 def _write_marker(directory: Path, training: Training) -> None:
-    if rank_zero_only.rank != 0:
-        return
-    partial = directory / f"{MARKER}.partial"
-    partial.write_text(json.dumps(asdict(training), indent=2) + "\n")
-    partial.replace(directory / MARKER)
+    if rank_zero_only.rank == 0:
+        write_text_atomically(directory / MARKER, json.dumps(asdict(training), indent=2) + "\n")

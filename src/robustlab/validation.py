@@ -62,14 +62,20 @@ def _check_step_sizes(node, prefix: str) -> None:
     for key, value in items:
         if not prefix and key in {"hydra", "paths"}:  # Hydra's own settings and file locations
             continue
-        if key == "step_size" and isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+        zero_budget = isinstance(node, DictConfig) and node.get("eps") == 0  # ε = 0: no attack, any step is exact
+        if key == "step_size" and isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 \
+                and not (value == 0 and zero_budget):
             raise InvalidValue("step_size", value, "a number > 0, or null for 2.5·eps/steps", prefix)
         if isinstance(value, (DictConfig, ListConfig)):
             _check_step_sizes(value, f"{prefix}.{key}" if prefix else str(key))
 
 
-def check_model_fits_dataset(model: nn.Module, cfg: DictConfig) -> None:
-    """One forward pass of a dataset-shaped batch: a channel or class mismatch fails here, not mid-training."""
+def check_model_fits_dataset(model: nn.Module, cfg: DictConfig, key: str = "model") -> None:
+    """One forward pass of a dataset-shaped batch: a channel or class mismatch fails here, not mid-training.
+
+    `key` is the config node that built `model` (`defense` for what a defense deploys); the message starts with it.
+    """
+    subject = "the model" if key == "model" else "what the defense deploys"
     dataset = cfg.dataset
     shape = (2, dataset.channels, dataset.image_size, dataset.image_size)
     description = (f"dataset {dataset.name} ({dataset.channels}×{dataset.image_size}×{dataset.image_size}, "
@@ -79,11 +85,11 @@ def check_model_fits_dataset(model: nn.Module, cfg: DictConfig) -> None:
         with torch.no_grad():
             logits = model.eval()(torch.zeros(shape))
     except RuntimeError as error:
-        raise ConfigError(f"the model does not accept images of {description}: model.in_channels="
+        raise ConfigError(f"{key}: {subject} does not accept images of {description}: model.in_channels="
                           f"{cfg.model.get('in_channels')}, dataset.channels={dataset.channels} "
                           f"({str(error).splitlines()[0]})") from None
     finally:
         model.train(was_training)
     if logits.shape != (2, dataset.num_classes):
-        raise ConfigError(f"the model predicts {logits.shape[-1]} classes but {description}: model.num_classes="
+        raise ConfigError(f"{key}: {subject} predicts {logits.shape[-1]} classes but {description}: model.num_classes="
                           f"{cfg.model.get('num_classes')}, dataset.num_classes={dataset.num_classes}")

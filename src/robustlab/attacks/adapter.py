@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.norms import ball, project_image
-from robustlab.errors import ConfigError, InvalidValue
+from robustlab.errors import ConfigError, InvalidValue, require
 
 
 def _torchattacks():
@@ -36,7 +36,9 @@ class TorchAttacks:
     def __init__(self, name: str, eps: float | None = None, norm: str = "linf",
                  kwargs: Mapping[str, Any] | None = None) -> None:
         library = _torchattacks()
-        attack_class = getattr(library, name, None)
+        require(isinstance(kwargs, Mapping) or kwargs is None, "kwargs", kwargs,
+                "keyword arguments of the torchattacks class, e.g. {steps: 20}")
+        attack_class = getattr(library, name, None) if isinstance(name, str) else None
         if not inspect.isclass(attack_class) or name.startswith("_") or name in ("Attack", "MultiAttack"):
             known = sorted(n for n, c in vars(library).items() if inspect.isclass(c) and n[:1].isupper()
                            and n not in ("Attack", "MultiAttack"))

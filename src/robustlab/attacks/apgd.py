@@ -15,7 +15,7 @@ from robustlab.attacks.batching import in_chunks
 from robustlab.attacks.expectation import check_eot_samples, cross_entropy, eot_draws, expected_correct
 from robustlab.attacks.gradient import loss_and_gradient
 from robustlab.attacks.norms import ball, project_image
-from robustlab.errors import InvalidValue, require
+from robustlab.errors import InvalidValue, is_integer, is_number, require
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -51,10 +51,10 @@ class APGD:
         self.threat = ball(norm, eps)
         if loss not in LOSSES:
             raise InvalidValue("loss", loss, f"one of {sorted(LOSSES)}")
-        require(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer ≥ 1")
-        require(isinstance(restarts, int) and restarts >= 1, "restarts", restarts, "an integer ≥ 1")
-        require(0 < rho <= 1, "rho", rho, "a number in (0, 1]")
-        require(0 <= momentum <= 1, "momentum", momentum, "a number in [0, 1]")
+        require(is_integer(steps) and steps >= 1, "steps", steps, "an integer ≥ 1")
+        require(is_integer(restarts) and restarts >= 1, "restarts", restarts, "an integer ≥ 1")
+        require(is_number(rho) and 0 < rho <= 1, "rho", rho, "a number in (0, 1]")
+        require(is_number(momentum) and 0 <= momentum <= 1, "momentum", momentum, "a number in [0, 1]")
         check_eot_samples(eot_samples)
         self.eps, self.norm, self.loss, self.steps, self.restarts = float(eps), norm, loss, steps, restarts
         self.rho, self.momentum, self.chunk_size, self.eot_samples = rho, momentum, chunk_size, eot_samples

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.errors import require
+from robustlab.errors import is_integer, require
 
 DEFAULT_EOT_DRAWS = 10
 
@@ -70,7 +70,7 @@ def expected_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: 
 
 def check_eot_samples(eot_samples: int | None) -> None:
     """The `eot_samples` argument every attack takes: draws per gradient or score, or None for automatic."""
-    require(eot_samples is None or (isinstance(eot_samples, int) and eot_samples >= 1), "eot_samples", eot_samples,
+    require(eot_samples is None or (is_integer(eot_samples) and eot_samples >= 1), "eot_samples", eot_samples,
             "an integer ≥ 1, or null to choose by detecting a randomized predictor")
 
 

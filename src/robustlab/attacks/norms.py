@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from robustlab.errors import InvalidValue
+from robustlab.errors import InvalidValue, is_number
 
 _TINY = 1e-12
 
@@ -73,7 +73,7 @@ def ball(norm: str, eps: float) -> type[LinfBall] | type[L2Ball]:
     if norm not in NORMS:
         raise InvalidValue("norm", norm, f"one of {sorted(NORMS)}")
     chosen = NORMS[norm]
-    if not isinstance(eps, (int, float)) or not 0 <= eps <= chosen.max_eps:
+    if not is_number(eps) or not 0 <= eps <= chosen.max_eps:
         upper = "" if chosen.max_eps == float("inf") else f" and ≤ {chosen.max_eps:g}"
         raise InvalidValue("eps", eps, f"a number ≥ 0{upper} (pixel units, images in [0, 1])")
     return chosen

@@ -9,7 +9,7 @@ from robustlab.attacks.batching import in_chunks
 from robustlab.attacks.expectation import check_eot_samples, eot_draws
 from robustlab.attacks.gradient import input_gradient, loss_and_correct
 from robustlab.attacks.norms import ball, project_image
-from robustlab.errors import require
+from robustlab.errors import is_integer, is_number, require
 
 
 class PGD:
@@ -33,14 +33,15 @@ class PGD:
         eot_samples: int | None = None,
     ) -> None:
         self.threat = ball(norm, eps)
-        require(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer ≥ 1")
-        require(isinstance(restarts, int) and restarts >= 1, "restarts", restarts, "an integer ≥ 1")
-        require(chunk_size is None or (isinstance(chunk_size, int) and chunk_size >= 1), "chunk_size", chunk_size,
+        require(is_integer(steps) and steps >= 1, "steps", steps, "an integer ≥ 1")
+        require(is_integer(restarts) and restarts >= 1, "restarts", restarts, "an integer ≥ 1")
+        require(chunk_size is None or (is_integer(chunk_size) and chunk_size >= 1), "chunk_size", chunk_size,
                 "an integer ≥ 1, or null for whole batches")
         check_eot_samples(eot_samples)
+        require(isinstance(random_start, bool), "random_start", random_start, "true or false")
         if step_size is None:
             step_size = 2.5 * eps / steps
-        require(isinstance(step_size, (int, float)) and step_size >= 0, "step_size", step_size,
+        require(is_number(step_size) and step_size >= 0, "step_size", step_size,
                 "a number ≥ 0, or null for 2.5·eps/steps")
         self.eps = float(eps)
         self.norm = norm

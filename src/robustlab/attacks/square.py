@@ -14,7 +14,7 @@ from torch import nn
 from robustlab.attacks.batching import in_chunks
 from robustlab.attacks.expectation import check_eot_samples, eot_draws, weighted_members
 from robustlab.attacks.norms import ball, project_image
-from robustlab.errors import require
+from robustlab.errors import is_integer, is_number, require
 
 # Fraction of the image a square covers, halved at these shares of a 10,000-query budget (the paper's schedule).
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -52,8 +52,8 @@ class Square:
     def __init__(self, eps: float, norm: str = "linf", queries: int = 1000, p_init: float = 0.8,
                  chunk_size: int | None = 256, eot_samples: int | None = None) -> None:
         self.threat = ball(norm, eps)
-        require(isinstance(queries, int) and queries >= 1, "queries", queries, "an integer ≥ 1")
-        require(0 < p_init <= 1, "p_init", p_init, "a number in (0, 1]")
+        require(is_integer(queries) and queries >= 1, "queries", queries, "an integer ≥ 1")
+        require(is_number(p_init) and 0 < p_init <= 1, "p_init", p_init, "a number in (0, 1]")
         check_eot_samples(eot_samples)
         self.eps, self.norm, self.queries, self.p_init = float(eps), norm, queries, p_init
         self.chunk_size, self.eot_samples = chunk_size, eot_samples

@@ -12,7 +12,7 @@ import torch
 import torchvision
 
 from robustlab.data.base import InMemoryImageDataModule
-from robustlab.errors import InvalidValue
+from robustlab.errors import DataError, InvalidValue
 
 
 class IdxDataModule(InMemoryImageDataModule):
@@ -52,6 +52,8 @@ class IdxDataModule(InMemoryImageDataModule):
                 for path in gz_files:
                     with gzip.open(path, "rb") as source, open(self.raw_dir / path.stem, "wb") as target:
                         shutil.copyfileobj(source, target)
+                print(f"data: dataset.datamodule.root={self.root} held no {self.torchvision_class.__name__}; "
+                      f"extracted it there from the system copy in {self.system_dir}", flush=True)
                 return
             tried.append(f"2. system copy {self.system_dir}/*-ubyte.gz: not there{self.install_hint}")
         if self.download:
@@ -69,8 +71,26 @@ class IdxDataModule(InMemoryImageDataModule):
 
     def load_split(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         self.prepare_data()
+        for name in self._raw_files():
+            self._check_idx_file(self.raw_dir / name)
         dataset = self.torchvision_class(self.root, train=train, download=False)
         return dataset.data, dataset.targets
+
+    def _check_idx_file(self, path: Path) -> None:
+        """An idx file's size must match what its header promises; else say which file and how to recover."""
+        with open(path, "rb") as handle:
+            header = handle.read(4)
+            dimensions = header[3] if len(header) == 4 and header[:2] == b"\x00\x00" else 0
+            sizes = np.frombuffer(handle.read(4 * dimensions), dtype=">u4") if dimensions else np.zeros(0)
+        expected = 4 + 4 * dimensions + int(np.prod(sizes, dtype=np.int64)) if len(sizes) == dimensions > 0 else None
+        actual = path.stat().st_size
+        if expected == actual:
+            return
+        found = "not an idx file" if expected is None else f"{actual:,} bytes where its header promises {expected:,}"
+        source = f"re-extracted from {self.system_dir}" if self.system_dir and Path(self.system_dir).is_dir() else \
+            "downloaded again" if self.download else "restored (copy it again, or set download=true)"
+        raise DataError(f"{path} is truncated or corrupt ({found}): delete it and run the same command again; "
+                        f"it is {source}")
 
 
 class MNISTDataModule(IdxDataModule):
@@ -119,8 +139,16 @@ class CIFAR10DataModule(InMemoryImageDataModule):
         self.prepare_data()
         images, labels = [], []
         for name in self.train_files if train else self.test_files:
-            with open(Path(self.root) / self.folder / name, "rb") as handle:
-                batch = pickle.load(handle, encoding="latin1")
+            path = Path(self.root) / self.folder / name
+            try:
+                with open(path, "rb") as handle:
+                    batch = pickle.load(handle, encoding="latin1")
+                if not isinstance(batch, dict) or len(batch.get("data", ())) != len(batch.get("labels", (None,))):
+                    raise ValueError("not a CIFAR-10 batch")
+            except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+                source = "downloaded again" if self.download else "restored (copy it again, or set download=true)"
+                raise DataError(f"{path} is truncated or corrupt ({type(error).__name__}: {error}): delete it and "
+                                f"run the same command again; it is {source}") from None
             images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.extend(batch["labels"])
         return torch.from_numpy(np.concatenate(images)), torch.tensor(labels)

@@ -10,6 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustlab.errors import is_integer, require
+
+# Validation metrics a checkpoint can be selected by (the higher the better).
+SELECTION_METRICS = ("val/acc", "val/robust_acc")
+
+
+def check_epochs(**epochs: int | None) -> None:
+    """A multi-stage defense's epochs per stage: each an integer ≥ 1, or None for `trainer.max_epochs`."""
+    for field, value in epochs.items():
+        require(value is None or (is_integer(value) and value >= 1), field, value,
+                "an integer ≥ 1, or null for trainer.max_epochs")
+
 
 class TrainingLoss(NamedTuple):
     loss: torch.Tensor
@@ -60,6 +72,11 @@ class Defense(nn.Module):
     def __init__(self, selection_metric: str = "val/acc", attack: Callable | None = None,
                  wrapper: Callable[[nn.Module], nn.Module] | None = None) -> None:
         super().__init__()
+        require(isinstance(selection_metric, str) and selection_metric in SELECTION_METRICS, "selection_metric",
+                selection_metric, f"one of {', '.join(SELECTION_METRICS)}")
+        require(attack is None or callable(attack), "attack", attack, "an attack config (an option of conf/attack), or null")
+        require(wrapper is None or callable(wrapper), "wrapper", wrapper,
+                "a partial module config (_partial_: true) that wraps the model, or null")
         self.selection_metric = selection_metric
         self.attack = attack
         self.wrapper = wrapper

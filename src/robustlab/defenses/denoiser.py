@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.defenses.base import Defense, Stage, TrainingLoss, evaluation_mode
+from robustlab.defenses.base import Defense, Stage, TrainingLoss, check_epochs, evaluation_mode
+from robustlab.errors import require
 
 
 def psnr(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -31,9 +34,12 @@ class DenoiserDefense(Defense):
     def __init__(self, denoiser: nn.Module, attack: Callable, classifier_epochs: int | None = None,
                  denoiser_epochs: int | None = None, classifier_checkpoint: str | None = None,
                  selection_metric: str = "val/robust_acc") -> None:
-        super().__init__(selection_metric)
+        super().__init__(selection_metric, attack)
+        check_epochs(classifier_epochs=classifier_epochs, denoiser_epochs=denoiser_epochs)
+        require(isinstance(denoiser, nn.Module), "denoiser", denoiser, "a model config (e.g. robustlab.models.DnCNN)")
+        require(classifier_checkpoint is None or Path(str(classifier_checkpoint)).is_file(), "classifier_checkpoint",
+                classifier_checkpoint, "the path of an existing robustlab checkpoint, or null to train the classifier")
         self.denoiser = denoiser
-        self.attack = attack
         self.classifier_epochs = classifier_epochs
         self.denoiser_epochs = denoiser_epochs
         self.classifier_checkpoint = classifier_checkpoint

@@ -21,9 +21,10 @@ class MixedAdversarialTraining(Defense):
     def __init__(self, attacks: Mapping[str, Callable], strategy: str = "max",
                  selection_metric: str = "val/robust_acc") -> None:
         super().__init__(selection_metric)
-        if strategy not in STRATEGIES:
+        if not isinstance(strategy, str) or strategy not in STRATEGIES:
             raise InvalidValue("strategy", strategy, f"one of {list(STRATEGIES)}")
-        require(len(attacks) >= 1, "attacks", dict(attacks), "at least one training attack")
+        require(isinstance(attacks, Mapping) and len(attacks) >= 1 and all(callable(a) for a in attacks.values()),
+                "attacks", attacks, "at least one training attack config")
         self.attacks = dict(attacks)
         self.strategy = strategy
 

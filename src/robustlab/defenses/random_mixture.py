@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.defenses.base import Defense, Stage, TrainingLoss, evaluation_mode
-from robustlab.errors import require
+from robustlab.defenses.base import Defense, Stage, TrainingLoss, check_epochs, evaluation_mode
+from robustlab.errors import is_number, require
 
 
 class MixturePredictor(nn.Module):
@@ -52,14 +52,16 @@ class RandomMixture(Defense):
 
     def __init__(self, member: nn.Module, weights: Sequence[float], attack: Callable,
                  epochs_per_member: int | None = None, selection_metric: str = "val/robust_acc") -> None:
-        super().__init__(selection_metric)
-        weights = [float(weight) for weight in weights]
-        require(len(weights) >= 1 and all(weight > 0 for weight in weights) and abs(sum(weights) - 1) < 1e-6,
+        super().__init__(selection_metric, attack)
+        check_epochs(epochs_per_member=epochs_per_member)
+        require(isinstance(member, nn.Module), "member", member, "a model config (the default: ${model})")
+        require(isinstance(weights, Sequence) and not isinstance(weights, str) and len(weights) >= 1
+                and all(is_number(weight) and weight > 0 for weight in weights) and abs(sum(weights) - 1) < 1e-6,
                 "weights", weights, "a list of K ≥ 1 positive numbers summing to 1")
+        weights = [float(weight) for weight in weights]
         others = [] if len(weights) == 1 else [member] + [_fresh_copy(member) for _ in range(len(weights) - 2)]
         self.others = nn.ModuleList(others)
         self.weights = weights
-        self.attack = attack
         self.epochs_per_member = epochs_per_member
 
     def stages(self) -> list[Stage]:

@@ -8,7 +8,7 @@ from torch import nn
 
 from robustlab.attacks.norms import ball, project_image
 from robustlab.defenses.base import Defense, TrainingLoss
-from robustlab.errors import require
+from robustlab.errors import is_integer, is_number, require
 
 
 def _kl_to(target_probabilities: torch.Tensor, logits: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -25,10 +25,10 @@ class TRADES(Defense):
                  step_size: float | None = None, selection_metric: str = "val/robust_acc") -> None:
         super().__init__(selection_metric)
         self.threat = ball(norm, eps)
-        require(isinstance(beta, (int, float)) and beta >= 0, "beta", beta, "a number ≥ 0")
-        require(isinstance(steps, int) and steps >= 1, "steps", steps, "an integer ≥ 1")
+        require(is_number(beta) and beta >= 0, "beta", beta, "a number ≥ 0")
+        require(is_integer(steps) and steps >= 1, "steps", steps, "an integer ≥ 1")
         step_size = 2.5 * eps / steps if step_size is None else step_size
-        require(isinstance(step_size, (int, float)) and step_size > 0, "step_size", step_size,
+        require(is_number(step_size) and step_size > 0, "step_size", step_size,
                 "a number > 0, or null for 2.5·eps/steps")
         self.eps, self.beta, self.norm, self.steps, self.step_size = float(eps), float(beta), norm, steps, float(step_size)
 

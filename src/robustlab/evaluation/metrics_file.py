@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from robustlab.files import write_text_atomically
+
 
 def _finite(value: Any, key: str) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -20,12 +22,8 @@ def _finite(value: Any, key: str) -> Any:
 
 def write_metrics(directory: str | Path, record: dict) -> Path:
     """Write `record` as `<directory>/metrics.json` atomically (a killed run leaves no half file)."""
-    path = Path(directory) / "metrics.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(_finite(record, "metrics"), indent=2, sort_keys=False) + "\n")
-    partial.replace(path)
-    return path
+    return write_text_atomically(Path(directory) / "metrics.json",
+                                 json.dumps(_finite(record, "metrics"), indent=2, sort_keys=False) + "\n")
 
 
 def read_metrics(path: str | Path) -> dict:

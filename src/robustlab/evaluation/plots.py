@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from robustlab.files import write_atomically  # noqa: E402
+
 
 def curves_figure(curves: Mapping[str, Mapping], title: str = "") -> plt.Figure:
     """Accuracy vs ε, one line per attack; L2 and L∞ budgets share the axis as multiples of the default ε."""
@@ -49,10 +51,7 @@ def heatmap_figure(rows: Sequence[str], columns: Sequence[str], values: Sequence
 
 def save_figure(figure: plt.Figure, path: str | Path) -> Path:
     """Write a PNG (written aside and renamed, so a killed run leaves no half image) and free the figure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial.png")
-    figure.savefig(partial, dpi=120)
-    plt.close(figure)
-    partial.replace(path)
-    return path
+    try:
+        return write_atomically(path, lambda partial: figure.savefig(partial, dpi=120))
+    finally:
+        plt.close(figure)

@@ -13,6 +13,7 @@ from robustlab.evaluation.audit import audit, flags, robustness_curves
 from robustlab.evaluation.metrics_file import read_metrics, write_metrics
 from robustlab.evaluation.plots import curves_figure, save_figure
 from robustlab.experiment import attack_descriptions, choices, evaluation_attack_configs
+from robustlab.files import write_text_atomically
 from robustlab.fingerprint import evaluation_code, evaluation_modules, run_fingerprint
 from robustlab.provenance import installed_packages, provenance
 from robustlab.trained_models import Training
@@ -25,6 +26,10 @@ RESULT_KEYS = ("clean_acc", "n_clean", "robust_acc", "robust_acc_without_eot", "
 def evaluate(trainer: pl.Trainer, classifier: RobustClassifier, datamodule, checkpoint: str | None) -> dict:
     """Clean accuracy on the whole test split and robust accuracy per attack on the first n_eval images."""
     datamodule.setup("test")
+    available = len(datamodule.test_set)
+    if classifier.n_eval > available:
+        print(f"evaluation: eval.n_samples={classifier.n_eval} but the test split has {available} images: "
+              f"attacking all {available}", flush=True)
     classifier.plan_evaluation(datamodule.test_set.tensors[0][:8].cpu())
     classifier.test_data = datamodule
     trainer.test(classifier, ckpt_path=checkpoint, verbose=False)
@@ -118,7 +123,7 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: dict, checkpoint: 
         "evaluation_modules": evaluation_modules(cfg),  # each module's digest: the report refuses to mix versions
         "provenance": provenance(trainer.strategy.root_device, trainer.precision),
     }
-    (Path(cfg.paths.output_dir) / "packages.txt").write_text(installed_packages())
+    write_text_atomically(Path(cfg.paths.output_dir) / "packages.txt", installed_packages())
     path = write_metrics(cfg.paths.output_dir, record)
     hparams = {key: record[key] for key in ("dataset", "model", "defense", "attack", "seed", "epochs")}
     hparams.update(eps_linf=record["eps"]["linf"], eps_l2=record["eps"]["l2"], n_eval=record["n_eval"])

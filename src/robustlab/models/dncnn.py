@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustlab.errors import require
+from robustlab.errors import is_integer, require
 
 
 class DnCNN(nn.Module):
@@ -17,8 +17,9 @@ class DnCNN(nn.Module):
 
     def __init__(self, channels: int, depth: int = 17, features: int = 64) -> None:
         super().__init__()
-        require(isinstance(depth, int) and depth >= 3, "depth", depth, "an integer ≥ 3")
-        require(isinstance(features, int) and features >= 1, "features", features, "an integer ≥ 1")
+        require(is_integer(channels) and channels >= 1, "channels", channels, "an integer ≥ 1")
+        require(is_integer(depth) and depth >= 3, "depth", depth, "an integer ≥ 3")
+        require(is_integer(features) and features >= 1, "features", features, "an integer ≥ 1")
         layers: list[nn.Module] = [nn.Conv2d(channels, features, 3, padding=1), nn.ReLU()]
         for _ in range(depth - 2):
             layers += [nn.Conv2d(features, features, 3, padding=1, bias=False), nn.BatchNorm2d(features), nn.ReLU()]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from robustlab.errors import InvalidValue, require
+from robustlab.errors import InvalidValue, is_number, require
 
 
 class NoisyModel(nn.Module):
@@ -20,9 +20,11 @@ class NoisyModel(nn.Module):
 
     def __init__(self, model: nn.Module, sigma: float, layers: Sequence[str] = ()) -> None:
         super().__init__()
-        require(isinstance(sigma, (int, float)) and sigma >= 0, "sigma", sigma, "a number ≥ 0 (pixel units)")
+        require(is_number(sigma) and sigma >= 0, "sigma", sigma, "a number ≥ 0 (pixel units)")
         self.model = model
         self.sigma = float(sigma)
+        require(isinstance(layers, Sequence) and not isinstance(layers, str) and all(isinstance(name, str) for name in layers),
+                "layers", layers, "a list of the model's submodule names, e.g. [layer1]")
         self.layers = list(layers)
         modules = dict(model.named_modules())
         for name in self.layers:

@@ -36,25 +36,21 @@ class MixedVersions(RobustlabError):
 
 def version_conflicts(records: dict[str, dict]) -> list[str]:
     """For each robustlab module that two results were evaluated with in different versions, one line naming
-    the versions and the results (metrics.json paths) of each. A result without recorded modules conflicts
-    with every other (its code is unknown)."""
-    unknown = sorted(source for source, record in records.items() if not record.get("evaluation_modules"))
+    the versions and the results (metrics.json paths) of each."""
     digests: dict[str, dict[str, list[str]]] = {}
     for source, record in sorted(records.items()):
-        for module, digest in (record.get("evaluation_modules") or {}).items():
+        for module, digest in record["evaluation_modules"].items():
             digests.setdefault(module, {}).setdefault(digest, []).append(source)
     lines = [f"  {module}: " + "; ".join(f"version {digest} in {', '.join(sources)}"
                                           for digest, sources in sorted(versions.items()))
              for module, versions in sorted(digests.items()) if len(versions) > 1]
-    if unknown and len(records) > 1:
-        lines.append("  no recorded evaluation code (written before results recorded it): " + ", ".join(unknown))
     return lines
 
 
 def is_current(record: dict) -> bool:
     """Whether the result was evaluated by the code installed now (every module it recorded is unchanged)."""
-    modules = record.get("evaluation_modules")
-    return bool(modules) and all(module_digest(module) == digest for module, digest in modules.items())
+    modules = record["evaluation_modules"]
+    return all(module_digest(module) == digest for module, digest in modules.items())
 
 
 def select_versions(records: dict[str, dict], versions: str) -> tuple[dict[str, dict], list[str]]:
@@ -125,17 +121,51 @@ def _flag_letters(audit: dict) -> str:
     return "".join(sorted(check["letter"] for check in audit.values() if check.get("flagged")))
 
 
-def read_records(directory: str | Path) -> dict[str, dict]:
-    """Every metrics.json under `directory`, keyed by its path relative to `directory`, sorted."""
-    return {str(path.relative_to(directory)): json.loads(path.read_text())
-            for path in sorted(Path(directory).rglob("metrics.json"))}
+class NoResults(RobustlabError):
+    """A directory without a single usable metrics.json."""
+
+
+RECORD_KEYS = ("dataset", "model", "defense", "clean_acc", "robust_acc")
+
+
+def read_records(directory: str | Path) -> tuple[dict[str, dict], list[str]]:
+    """Every usable metrics.json under `directory`, keyed by its path relative to `directory` and sorted, and
+    one line for each thing skipped and why: a file that is not JSON (truncated), JSON that is not a robustlab
+    record, a record from an older robustlab, a run directory without metrics.json (a run that did not end)."""
+    directory = Path(directory)
+    records, skipped = {}, []
+    for path in sorted(directory.rglob("metrics.json")):
+        source = str(path.relative_to(directory))
+        try:
+            record = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            skipped.append(f"{source}: not valid JSON, probably truncated ({error})")
+            continue
+        missing = [key for key in RECORD_KEYS if not isinstance(record, dict) or key not in record]
+        if missing:
+            skipped.append(f"{source}: not a robustlab record (no {', '.join(missing)})")
+        elif "evaluation_modules" not in record:
+            skipped.append(f"{source}: written by an older robustlab that did not record its code version; "
+                           "re-run it to include it")
+        else:
+            records[source] = record
+    for run_dir in sorted(path for path in directory.rglob("*") if path.is_dir() and "report" not in
+                          path.relative_to(directory).parts):
+        is_run = (run_dir / ".hydra").is_dir() or not any(run_dir.iterdir())
+        if is_run and not (run_dir / "metrics.json").exists():
+            skipped.append(f"{run_dir.relative_to(directory)}/: a run directory without metrics.json "
+                           "(the run did not finish)")
+    if not records:
+        raise NoResults(f"no robustlab results (metrics.json) under {directory}"
+                        + "".join(f"\n  skipped {line}" for line in skipped))
+    return records, skipped
 
 
 def collect_cells(directory: str | Path, records: dict[str, dict] | None = None) -> list[Cell]:
     """The metrics.json records under `directory` (or `records`), merged per (dataset, model, defense);
     sorted, deterministic."""
     cells: dict[tuple[str, str, str], Cell] = {}
-    for source, record in (read_records(directory) if records is None else records).items():
+    for source, record in (read_records(directory)[0] if records is None else records).items():
         key = (record["dataset"], record["model"], record["defense"])
         cell = cells.setdefault(key, Cell(*key, clean_acc=record["clean_acc"]))
         worst = min(cell.robust_acc.get(WORST_CASE, 1.0), record["robust_acc"].get(WORST_CASE, 1.0))
@@ -153,7 +183,7 @@ def collect_cells(directory: str | Path, records: dict[str, dict] | None = None)
         if record.get("train_seconds") is not None:
             cell.train_seconds = record["train_seconds"]
         cell.sources.append(source)
-        cell.evaluation_code[source] = record.get("evaluation_code") or "unrecorded"
+        cell.evaluation_code[source] = record.get("evaluation_code", "unrecorded")
         cell.provenance[source] = record.get("provenance") or {}
     for cell in cells.values():
         cell.flags = _flag_letters(cell.audit)
@@ -198,7 +228,7 @@ def write_csv(cells: list[Cell], path: Path) -> None:
                                for name in columns if name != WORST_CASE)])
 
 
-def markdown(cells: list[Cell], left_out: list[str] = ()) -> str:
+def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = ()) -> str:
     columns = attack_columns(cells)
     out = io.StringIO()
     out.write("# Attack × defense matrix\n\n")
@@ -208,6 +238,8 @@ def markdown(cells: list[Cell], left_out: list[str] = ()) -> str:
     out.write("Built from:\n\n" + "\n".join(provenance_lines(cells)) + "\n\n")
     if left_out:
         out.write("Left out, evaluated by other versions of the code: " + ", ".join(left_out) + "\n\n")
+    if skipped:
+        out.write("Skipped:\n\n" + "".join(f"- {line}\n" for line in skipped) + "\n")
     header = ["defense", "clean", *columns, "audit", "train s"]
     out.write("| " + " | ".join(header) + " |\n|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|\n")
     for cell in cells:
@@ -308,14 +340,15 @@ def write_report(directory: str | Path, versions: str = "refuse") -> dict[str, P
     """Write the report over `directory`'s metrics.json files; `versions` says what to do with results of
     different evaluation code (`select_versions`)."""
     directory = Path(directory)
-    records, left_out = select_versions(read_records(directory), versions)
+    records, skipped = read_records(directory)
+    records, left_out = select_versions(records, versions)
     cells = collect_cells(directory, records)
     output = directory / "report"
     output.mkdir(parents=True, exist_ok=True)
     paths = {"csv": output / "results.csv", "markdown": output / "REPORT.md", "heatmap": output / "heatmap.png",
              "curves": output / "curves.png", "tensorboard": output / "tensorboard"}
     write_csv(cells, paths["csv"])
-    text = markdown(cells, left_out)
+    text = markdown(cells, left_out, skipped)
     paths["markdown"].write_text(text)
     columns = [CLEAN, *attack_columns(cells)]
     values = [[cell.clean_acc, *(cell.robust_acc.get(name) for name in columns[1:])] for cell in cells]
