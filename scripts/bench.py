@@ -327,7 +327,8 @@ def device_section(device: str, entry: dict | None) -> list[str]:
     return [
         title, "",
         f"Measured by `{entry['command']}` (one run, up to {repetitions} repetitions per figure; median, min, max) "
-        f"on {where}, PyTorch {info['torch']}, Python {info['python']}.", "",
+        f"on {where}, PyTorch {info['torch']}, Python {info['python']}." + (f" {entry['note']}" if "note" in entry else ""),
+        "",
         "| figure | median | min | max | unit |", "| --- | ---: | ---: | ---: | --- |",
         *[Figure(name, figure["unit"], figure["samples"]).row() for name, figure in figures.items()], "",
         "| ratio | value | target |", "| --- | ---: | --- |",

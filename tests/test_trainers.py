@@ -72,8 +72,8 @@ def test_ddp_trains_once_and_evaluates_every_image_once(tmp_path):
 
 
 def test_ddp_evaluation_equals_a_single_device_evaluation(tmp_path):
-    """Same checkpoint, same images: 2 gloo processes give exactly the single-process numbers, per attack,
-    worst case and curves, even when the passes' batches do not divide evenly between the processes."""
+    """Same checkpoint, same images, same precision: 2 gloo processes give exactly the single-process numbers,
+    per attack, worst case and curves, even when the passes' batches do not divide evenly between them."""
     train_dir = tmp_path / "train"
     trained = run_script("train.py", *TINY, "defense=adv_train", "logger=none", f"hydra.run.dir={train_dir}",
                          output_root=tmp_path)
@@ -82,7 +82,7 @@ def test_ddp_evaluation_equals_a_single_device_evaluation(tmp_path):
     evaluation = ["dataset=synthetic", "dataset.datamodule.eval_batch_size=48", "eval.n_samples=100",
                   "dataset.eps.linf=0.05", "dataset.eps.l2=0.5", "logger=none"]
     numbers = {}
-    for name, trainer in [("single", ["trainer=default"]), ("ddp", DDP_CPU)]:
+    for name, trainer in [("single", ["trainer=default"]), ("ddp", [*DDP_CPU, "trainer.precision=32-true"])]:
         run_dir = tmp_path / name
         result = run_script("evaluate.py", f"ckpt_path={checkpoint}", *evaluation, *trainer,
                             f"hydra.run.dir={run_dir}", output_root=tmp_path, timeout=300)
@@ -164,3 +164,22 @@ def test_a_counted_check_raises_at_its_cadence_and_at_the_epoch_end(monkeypatch)
     classifier._check_finite(torch.tensor(1.0), 8)
     with pytest.raises(TrainingDiverged, match="batches up to 9"):  # the epoch's last step is always read
         classifier._check_finite(torch.tensor(float("inf")), 9)
+
+
+# -- the progress bar on a GPU ------------------------------------------------------------------------------
+def test_the_progress_bar_redraws_less_often_on_a_gpu():
+    """Each redraw reads the shown loss back from the device: on a GPU the automatic rate is at most every
+    `GPU_REFRESH_RATE` batches; a rate the user chose is kept."""
+    from types import SimpleNamespace
+
+    from robustlab.evaluation.progress import GPU_REFRESH_RATE, EvaluationProgressBar
+
+    def trainer_on(device: str):
+        return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), is_global_zero=True)
+
+    automatic, chosen, on_cpu = EvaluationProgressBar(), EvaluationProgressBar(refresh_rate=2), EvaluationProgressBar()
+    automatic.setup(trainer_on("cuda"), None, "fit")
+    chosen.setup(trainer_on("cuda"), None, "fit")
+    on_cpu.setup(trainer_on("cpu"), None, "fit")
+    assert automatic.refresh_rate >= GPU_REFRESH_RATE and chosen.refresh_rate == 2
+    assert on_cpu.refresh_rate == EvaluationProgressBar().refresh_rate

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import Any
 
@@ -91,6 +92,9 @@ def build_classifier(cfg: DictConfig) -> RobustClassifier:
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    # A checkpoint directory is shared by design (it holds the lock, the marker, other stages, a run to resume):
+    # Lightning's warning that it "exists and is not empty" is nothing a user could act on.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
     # Checkpoints are written aside and renamed: a run killed while saving keeps its previous last.ckpt.

@@ -54,13 +54,14 @@ def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier
     draws = classifier.draws()
     factories = {name: ((lambda eps, node=node: instantiate(node, eps=eps)), float(node.eps))
                  for name, node in evaluation_attack_configs(cfg).items() if "eps" in node and float(node.eps) > 0}
-    results["curves"] = robustness_curves(factories, predictor, x, y, draws, list(settings.curve_factors))
     eot_samples = {name: getattr(attack, "eot_samples", 1) for name, attack in classifier.attacks.items()
                    if getattr(attack, "eps", 1) > 0}
-    results["audit"] = audit(predictor, x, y, eps_linf=float(cfg.dataset.eps.linf),
-                             num_classes=int(cfg.dataset.num_classes), curves=results["curves"], draws=draws,
-                             randomized=classifier.randomized, eot_samples=eot_samples, pgd_steps=settings.pgd_steps,
-                             square_queries=settings.square_queries)
+    with trainer.precision_plugin.forward_context():  # the evaluation's precision (bf16 autocast on a GPU)
+        results["curves"] = robustness_curves(factories, predictor, x, y, draws, list(settings.curve_factors))
+        results["audit"] = audit(predictor, x, y, eps_linf=float(cfg.dataset.eps.linf),
+                                 num_classes=int(cfg.dataset.num_classes), curves=results["curves"], draws=draws,
+                                 randomized=classifier.randomized, eot_samples=eot_samples,
+                                 pgd_steps=settings.pgd_steps, square_queries=settings.square_queries)
     figure = curves_figure(results["curves"], title=" / ".join(f"{k}={v}" for k, v in choices().items()
                                                                if k in ("dataset", "model", "defense")))
     for logger in trainer.loggers:
