@@ -248,26 +248,28 @@ def test_denoiser_logs_psnr_before_and_after_denoising(denoiser_run):
     assert (output / "tensorboard" / "classifier").is_dir() and (output / "tensorboard" / "denoiser").is_dir()
 
 
-def test_a_killed_multi_stage_training_resumes_at_its_stage(denoiser_run, tmp_path, capsys):
+def test_a_killed_multi_stage_training_resumes_at_its_stage(denoiser_run, tmp_path, caplog):
     output, overrides, results = denoiser_run
     checkpoint_root = Path(json.loads((output / "metrics.json").read_text())["checkpoint"]).parents[1]
     (checkpoint_root / "trained.json").unlink()
     (checkpoint_root / "stage2-denoiser" / "trained.json").unlink()
     (output / "metrics.json").unlink()
-    rerun = robustlab.train.run(compose_config(overrides, output))
-    printed = capsys.readouterr().out
+    with caplog.at_level("INFO", logger="robustlab"):
+        rerun = robustlab.train.run(compose_config(overrides, output))
+    printed = caplog.text
     assert "stage classifier: reusing" in printed and "stage denoiser: resuming" in printed
     assert rerun["clean_acc"] == results["clean_acc"]
 
 
-def test_denoiser_can_load_its_classifier_instead_of_training_it(denoiser_run, tmp_path, capsys):
+def test_denoiser_can_load_its_classifier_instead_of_training_it(denoiser_run, tmp_path, caplog):
     output, _, _ = denoiser_run
     classifier_checkpoint = next((Path(json.loads((output / "metrics.json").read_text())["checkpoint"]).parents[1]
                                   / "stage1-classifier").glob("epoch_*.ckpt"))
     cfg = compose_config([*TINY, "defense=denoiser", f"defense.classifier_checkpoint={classifier_checkpoint}",
                           "defense.denoiser_epochs=1", "eval=quick", "attack=fgsm"], tmp_path)
-    robustlab.train.run(cfg)
-    assert "stage classifier: loading the classifier" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="robustlab"):
+        robustlab.train.run(cfg)
+    assert "stage classifier: loading the classifier" in caplog.text
     checkpoint_root = Path(json.loads((tmp_path / "metrics.json").read_text())["checkpoint"]).parents[1]
     assert not (checkpoint_root / "stage1-classifier").exists()
     trained = torch.load(classifier_checkpoint, weights_only=True)["state_dict"]

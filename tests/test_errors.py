@@ -122,4 +122,4 @@ def test_non_finite_loss_stops_training_with_a_clear_error(tmp_path):
     assert not (tmp_path / "metrics.json").exists()
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
-    assert not [tag for tag in events.Tags()["scalars"] if tag.startswith(("hparams/", "robust_acc/", "test/"))]
+    assert not [tag for tag in events.Tags()["scalars"] if tag.startswith(("final/", "hparams/", "robust_acc/", "test/"))]

@@ -148,13 +148,14 @@ def test_a_truncated_data_file_is_named_with_its_remedy_before_training(tmp_path
 
 # -- no silent fallbacks: where robustlab does other than asked, it says so in one line naming the key ------
 @pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs the dataset-fashion-mnist package")
-def test_data_taken_from_the_system_copy_is_announced(tmp_path, capsys):
+def test_data_taken_from_the_system_copy_is_announced(tmp_path, caplog):
     from robustlab.data import FashionMNISTDataModule
 
-    FashionMNISTDataModule(root=str(tmp_path), system_dir=str(FASHION_MNIST_SYSTEM_DIR), download=False).prepare_data()
-    line = capsys.readouterr().out.strip()
-    assert line == (f"data: dataset.datamodule.root={tmp_path} held no FashionMNIST; extracted it there from the "
-                    f"system copy in {FASHION_MNIST_SYSTEM_DIR}")
+    with caplog.at_level("INFO", logger="robustlab"):
+        FashionMNISTDataModule(root=str(tmp_path), system_dir=str(FASHION_MNIST_SYSTEM_DIR),
+                               download=False).prepare_data()
+    assert caplog.messages == [(f"data: dataset.datamodule.root={tmp_path} held no FashionMNIST; extracted it there from the "
+                    f"system copy in {FASHION_MNIST_SYSTEM_DIR}")]
 
 
 def test_more_evaluation_images_than_the_test_split_has_is_announced(tmp_path):

@@ -60,18 +60,39 @@ def test_best_and_last_checkpoints_are_written(trained_run):
     assert "last.ckpt" in names and any(name.startswith("epoch_") for name in names)
 
 
-def test_tensorboard_has_curves_images_and_hparams(trained_run):
+def test_tensorboard_has_one_tag_per_quantity_and_the_final_numbers_once_at_the_last_step(trained_run):
+    """Read with TensorBoard's own loader: learning curves, `epoch` with all its training points, each final
+    number once under `final/` at the last training step, images, and HParams with the swept settings."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
     output_dir, _ = trained_run
-    events = EventAccumulator(str(output_dir / "tensorboard"), size_guidance={"tensors": 0})
+    record = json.loads((output_dir / "metrics.json").read_text())
+    events = EventAccumulator(str(output_dir / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
-    for tag in ["train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "val/robust_acc", "test/clean_acc",
-                "robust_acc/fgsm", "robust_acc/pgd_linf", "robust_acc/pgd_l2", "hparams/clean_acc"]:
-        assert tag in tags["scalars"], tag
+    learning = {"train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "val/robust_acc", "epoch"}
+    attacks = ("fgsm", "pgd_linf", "pgd_l2")
+    final = {"final/clean_acc", "final/audit_flags", "final/train_seconds", "final/best_val_robust_acc",
+             *(f"final/robust_acc/{name}" for name in (*attacks, "worst_case")),
+             *(f"final/attack_ms_per_image/{name}" for name in attacks)}
+    assert set(tags["scalars"]) == learning | final  # one tag per quantity: no loss_step/_epoch, no copies
+    last_step = max(event.step for tag in learning for event in events.Scalars(tag))
+    for tag in final:
+        (event,) = events.Scalars(tag)  # logged once
+        assert event.step == last_step, tag
+    assert events.Scalars("final/clean_acc")[0].value == pytest.approx(record["clean_acc"])
+    epoch_steps = [event.step for event in events.Scalars("epoch")]  # Lightning adds `epoch` to each log call
+    assert sorted(set(epoch_steps)) == [event.step for event in events.Scalars("val/acc")] and len(set(epoch_steps)) == 2
     assert {"adversarial_examples/fgsm", "adversarial_examples/pgd_l2"} <= set(tags["images"])
-    assert len(events.Scalars("val/acc")) == 2  # once per epoch
-    plugin_tags = {tag for tag in tags["tensors"]} | set(events.summary_metadata)
-    assert "_hparams_/experiment" in plugin_tags and "_hparams_/session_start_info" in plugin_tags
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.summary_metadata["_hparams_/session_start_info"].plugin_data.content).session_start_info
+    assert {"dataset", "model", "defense", "attack", "seed", "epochs", "n_eval", "eps_linf", "eps_l2", "optimizer",
+            "lr", "batch_size", "max_epochs", "attack.steps", "attack.restarts", "defense.attack.steps",
+            "defense.attack.eps"} <= set(start.hparams)
+    assert start.hparams["optimizer"].string_value == "adam" and start.hparams["defense.attack.steps"].number_value == 7
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        events.summary_metadata["_hparams_/experiment"].plugin_data.content).experiment
+    assert {info.name.tag for info in experiment.metric_infos} == final
 
 
 def test_load_predictor_round_trips(trained_run):
@@ -118,6 +139,8 @@ def test_train_script_on_a_real_fashion_mnist_subset(tmp_path):
     assert metrics["dataset"] == "fashion_mnist" and metrics["n_clean"] == 10000 and metrics["n_eval"] == 200
     assert metrics["clean_acc"] > 0.5  # 40 batches of real data already learn most of the task
     assert "Evaluating pgd_linf" in result.stdout + result.stderr  # the per-attack progress bar
+    log = (tmp_path / "train.log").read_text()  # the run's log lines, as Hydra keeps them
+    assert f"][robustlab.evaluation.runner][INFO] - metrics: {tmp_path / 'metrics.json'}" in log
 
 
 def test_worst_case_is_at_most_every_attack_on_every_image(trained_run):

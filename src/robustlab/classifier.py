@@ -288,16 +288,8 @@ class RobustClassifier(pl.LightningModule):
             "defense_metrics": defense_metrics,
             "per_example": per_example,  # correctness per evaluated image, for the audit (not written to disk)
         }
-        # Every process holds the same gathered numbers (so the reduction over processes changes nothing).
-        self.log("test/clean_acc", accuracy[CLEAN], sync_dist=True)
-        if self.attacks:
-            self.log(f"robust_acc/{WORST_CASE}", accuracy[WORST_CASE], sync_dist=True)
-        for name in self.test_passes:
-            self.log(f"robust_acc/{name}", accuracy[name], sync_dist=True)
-            self.log(f"attack_ms_per_image/{name}", 1000.0 * seconds[name] / max(counts[name], 1), sync_dist=True)
-        for name, metrics in defense_metrics.items():
-            for key, value in metrics.items():
-                self.log(f"defense/{key}/{name}", value, sync_dist=True)
+        # TensorBoard gets these numbers once, at the last training step, from the run's record
+        # (robustlab/evaluation/tensorboard.py), not here: a test stage logs at step 0, before the curves.
 
     def _log_images(self, name: str, x: torch.Tensor, x_adv: torch.Tensor) -> None:
         experiment = getattr(self.logger, "experiment", None)

@@ -41,5 +41,6 @@ def run(cfg: DictConfig) -> dict:
         if not trainer.is_global_zero:  # DDP: every process evaluated its share; process 0 audits and writes
             return results
         audit_run(cfg, trainer, classifier, datamodule, results)
-        record_run(cfg, trainer, results, cfg.ckpt_path, chosen={**stored.get("choices", {}), **choices()})
+        record_run(cfg, trainer, results, cfg.ckpt_path, chosen={**stored.get("choices", {}), **choices()},
+                   steps=int(checkpoint.get("global_step", 0)))
         return results

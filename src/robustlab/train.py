@@ -32,5 +32,5 @@ def run(cfg: DictConfig) -> dict:
         if not trainer.is_global_zero:  # DDP: every process evaluated its share; process 0 audits and writes
             return results
         audit_run(cfg, trainer, classifier, datamodule, results)
-        record_run(cfg, trainer, results, training.checkpoint, choices(), training)
+        record_run(cfg, trainer, results, training.checkpoint, choices(), training, steps=training.steps)
         return results

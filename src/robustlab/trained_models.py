@@ -13,6 +13,7 @@ them, and they decide the same way, since process 0 writes a marker only after a
 
 from __future__ import annotations
 
+import logging
 import copy
 import json
 import time
@@ -30,6 +31,8 @@ from robustlab.files import locked, write_text_atomically
 from robustlab.fingerprint import training_code, training_config_fingerprint, training_fingerprint
 from robustlab.provenance import provenance
 
+log = logging.getLogger(__name__)
+
 MARKER = "trained.json"
 
 
@@ -44,6 +47,8 @@ class Training:
     config_fingerprint: str | None = None  # the training config alone
     code: str | None = None  # the hash of the code that trained it (provenance.code_hash)
     provenance: dict = field(default_factory=dict)
+    steps: int = 0  # optimizer steps of the (last stage's) fit: where its final numbers go in TensorBoard
+    selection: dict | None = None  # {"metric": the selection metric, "best": its best value}
 
     @classmethod
     def from_marker(cls, marker: Path) -> "Training":
@@ -74,8 +79,8 @@ def training_by_other_code(directory: Path, cfg: DictConfig) -> Training | None:
     if not matches:
         return None
     training = matches[-1]  # the most recent
-    print(f"training: reusing {training.checkpoint}, trained by other code (reuse=any_version): its training code "
-          f"{training.code or 'unrecorded'}, this code {training_code(cfg)}", flush=True)
+    log.info(f"training: reusing {training.checkpoint}, trained by other code (reuse=any_version): its training code "
+          f"{training.code or 'unrecorded'}, this code {training_code(cfg)}")
     training.reused = True
     return training
 
@@ -115,7 +120,7 @@ def fit_or_reuse(cfg: DictConfig, classifier: RobustClassifier, datamodule) -> T
     with locked(directory):
         done = finished_training(directory, fingerprint)
         if done is not None:
-            print(f"training: reusing {done.checkpoint} (fingerprint {fingerprint})", flush=True)
+            log.info(f"training: reusing {done.checkpoint} (fingerprint {fingerprint})")
             return done
         if cfg.get("reuse") == "any_version":
             done = training_by_other_code(directory, cfg)
@@ -127,7 +132,7 @@ def fit_or_reuse(cfg: DictConfig, classifier: RobustClassifier, datamodule) -> T
             defense.begin_stage(index)
             stage_dir = stage_directory(directory, stages, index)
             if stage.weights_from:
-                print(f"training: stage {stage.name}: loading the classifier from {stage.weights_from}", flush=True)
+                log.info(f"training: stage {stage.name}: loading the classifier from {stage.weights_from}")
                 load_model_weights(classifier, stage.weights_from)
                 continue
             with locked(stage_dir) if stage_dir != directory else nullcontext():
@@ -135,7 +140,7 @@ def fit_or_reuse(cfg: DictConfig, classifier: RobustClassifier, datamodule) -> T
                 if training is None:
                     training = _fit_stage(cfg, classifier, datamodule, stage, stage_dir, fingerprint, len(stages) > 1)
                 else:
-                    print(f"training: stage {stage.name}: reusing {training.checkpoint}", flush=True)
+                    log.info(f"training: stage {stage.name}: reusing {training.checkpoint}")
             load_weights(classifier, training.checkpoint)
             trained.append(training)
         defense.begin_stage(None)
@@ -144,7 +149,8 @@ def fit_or_reuse(cfg: DictConfig, classifier: RobustClassifier, datamodule) -> T
                          epochs=sum(stage.epochs for stage in trained),
                          resumed_from=next((stage.resumed_from for stage in trained if stage.resumed_from), None),
                          config_fingerprint=training_config_fingerprint(cfg), code=training_code(cfg),
-                         provenance=trained[-1].provenance)
+                         provenance=trained[-1].provenance, steps=trained[-1].steps,
+                         selection=trained[-1].selection)
         _write_marker(directory, final)
         return final
 
@@ -159,16 +165,19 @@ def _fit_stage(cfg, classifier, datamodule, stage: Stage, directory: Path, finge
     resume = str(last) if last.is_file() else None
     label = f"stage {stage.name}: " if multi_stage else ""
     if resume:
-        print(f"training: {label}resuming from {resume}", flush=True)
+        log.info(f"training: {label}resuming from {resume}")
     elif multi_stage:
-        print(f"training: stage {stage.name}", flush=True)
+        log.info(f"training: stage {stage.name}")
     started = time.perf_counter()
     trainer.fit(classifier, datamodule=datamodule, ckpt_path=resume)
     callback = trainer.checkpoint_callback
     training = Training(fingerprint=fingerprint, checkpoint=callback.best_model_path or callback.last_model_path,
                         train_seconds=time.perf_counter() - started, epochs=trainer.current_epoch,
                         resumed_from=resume, config_fingerprint=training_config_fingerprint(cfg),
-                        code=training_code(cfg), provenance=provenance(trainer.strategy.root_device, trainer.precision))
+                        code=training_code(cfg), provenance=provenance(trainer.strategy.root_device, trainer.precision),
+                        steps=trainer.global_step,
+                        selection={"metric": stage.selection_metric, "best": None if callback.best_model_score is None
+                                   else float(callback.best_model_score)})
     if multi_stage:
         _write_marker(directory, training)
     return training

@@ -62,9 +62,11 @@ def _check_step_sizes(node, prefix: str) -> None:
     for key, value in items:
         if not prefix and key in {"hydra", "paths"}:  # Hydra's own settings and file locations
             continue
-        zero_budget = isinstance(node, DictConfig) and node.get("eps") == 0  # ε = 0: no attack, any step is exact
+        # A step derived from ε (fgsm: ${.eps}) is ε's to check; ε = 0 means no attack, where any step is exact.
+        derived = isinstance(node, DictConfig) and OmegaConf.is_interpolation(node, key)
+        zero_budget = isinstance(node, DictConfig) and node.get("eps") == 0
         if key == "step_size" and isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 \
-                and not (value == 0 and zero_budget):
+                and not derived and not (value == 0 and zero_budget):
             raise InvalidValue("step_size", value, "a number > 0, or null for 2.5·eps/steps", prefix)
         if isinstance(value, (DictConfig, ListConfig)):
             _check_step_sizes(value, f"{prefix}.{key}" if prefix else str(key))

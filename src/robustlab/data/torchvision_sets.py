@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import gzip
 import pickle
 import shutil
@@ -13,6 +14,8 @@ import torchvision
 
 from robustlab.data.base import InMemoryImageDataModule
 from robustlab.errors import DataError, InvalidValue
+
+log = logging.getLogger(__name__)
 
 
 class IdxDataModule(InMemoryImageDataModule):
@@ -52,8 +55,8 @@ class IdxDataModule(InMemoryImageDataModule):
                 for path in gz_files:
                     with gzip.open(path, "rb") as source, open(self.raw_dir / path.stem, "wb") as target:
                         shutil.copyfileobj(source, target)
-                print(f"data: dataset.datamodule.root={self.root} held no {self.torchvision_class.__name__}; "
-                      f"extracted it there from the system copy in {self.system_dir}", flush=True)
+                log.info(f"data: dataset.datamodule.root={self.root} held no {self.torchvision_class.__name__}; "
+                      f"extracted it there from the system copy in {self.system_dir}")
                 return
             tried.append(f"2. system copy {self.system_dir}/*-ubyte.gz: not there{self.install_hint}")
         if self.download:

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from robustlab.classifier import RobustClassifier
-from robustlab.configuration import instantiate
+from robustlab.configuration import instantiate, to_plain
 from robustlab.evaluation.audit import audit, flags, robustness_curves
 from robustlab.evaluation.metrics_file import read_metrics, write_metrics
 from robustlab.evaluation.plots import curves_figure, save_figure
+from robustlab.evaluation.tensorboard import log_record
 from robustlab.experiment import attack_descriptions, choices, evaluation_attack_configs
 from robustlab.files import write_text_atomically
 from robustlab.fingerprint import evaluation_code, evaluation_modules, run_fingerprint
 from robustlab.provenance import installed_packages, provenance
 from robustlab.trained_models import Training
+
+log = logging.getLogger(__name__)
 
 
 RESULT_KEYS = ("clean_acc", "n_clean", "robust_acc", "robust_acc_without_eot", "attack_ms_per_image", "randomized",
@@ -28,8 +32,8 @@ def evaluate(trainer: pl.Trainer, classifier: RobustClassifier, datamodule, chec
     datamodule.setup("test")
     available = len(datamodule.test_set)
     if classifier.n_eval > available:
-        print(f"evaluation: eval.n_samples={classifier.n_eval} but the test split has {available} images: "
-              f"attacking all {available}", flush=True)
+        log.info(f"evaluation: eval.n_samples={classifier.n_eval} but the test split has {available} images: "
+              f"attacking all {available}")
     classifier.plan_evaluation(datamodule.test_set.tensors[0][:8].cpu())
     classifier.test_data = datamodule
     trainer.test(classifier, ckpt_path=checkpoint, verbose=False)
@@ -68,7 +72,7 @@ def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier
         if hasattr(getattr(logger, "experiment", None), "add_figure"):
             logger.experiment.add_figure("robustness_curves", figure, close=False)
     save_figure(figure, Path(cfg.paths.output_dir) / "robustness_curves.png")
-    print(f"audit: {flags(results['audit']) or 'no flags'}", flush=True)
+    log.info(f"audit: {flags(results['audit']) or 'no flags'}")
 
 
 def finished_run(output_dir: str | Path, fingerprint: str) -> dict | None:
@@ -79,14 +83,35 @@ def finished_run(output_dir: str | Path, fingerprint: str) -> dict | None:
     record = read_metrics(path)
     if record.get("run_fingerprint") != fingerprint:
         return None
-    print(f"run already finished (fingerprint {fingerprint}); nothing to do", flush=True)
-    print(f"metrics: {path}", flush=True)
+    log.info(f"run already finished (fingerprint {fingerprint}); nothing to do")
+    log.info(f"metrics: {path}")
     return {key: record[key] for key in RESULT_KEYS}
 
 
+def swept_settings(cfg: DictConfig, chosen: dict[str, str]) -> dict:
+    """The settings a researcher sweeps, flat (HParams shows them): optimizer, learning rate, batch size,
+    epochs, and every scalar setting of the evaluated attack and of the defense (its training attack's too)."""
+    def flat(node, prefix: str) -> dict:
+        values = {}
+        for key, value in (to_plain(node) or {}).items():
+            if key in ("_target_", "_partial_", "member"):  # `member` is the model, listed on its own
+                continue
+            if isinstance(value, dict):
+                values.update(flat(value, f"{prefix}.{key}"))
+            elif value is None or isinstance(value, (int, float, str, bool)):
+                values[f"{prefix}.{key}"] = value
+        return values
+
+    return {"optimizer": chosen.get("optimizer"), "lr": OmegaConf.select(cfg, "optimizer.lr"),
+            "batch_size": OmegaConf.select(cfg, "dataset.datamodule.batch_size"),
+            "max_epochs": OmegaConf.select(cfg, "trainer.max_epochs"),
+            **flat(cfg.get("attack"), "attack"), **flat(cfg.get("defense"), "defense")}
+
+
 def record_run(cfg: DictConfig, trainer: pl.Trainer, results: dict, checkpoint: str | None,
-               chosen: dict[str, str], training: Training | None = None) -> Path:
-    """Write metrics.json into the run directory, log the HParams summary, print where the file is.
+               chosen: dict[str, str], training: Training | None = None, steps: int = 0) -> Path:
+    """Write metrics.json into the run directory, log its final numbers and HParams to TensorBoard at the last
+    training step (of `steps`; Lightning logs step k's numbers at index k − 1), print where the file is.
 
     `chosen` is the option of each config group that produced the evaluated model and attack; `training`
     is None when the run only evaluated a checkpoint. metrics.json is written last and atomically, and
@@ -112,6 +137,8 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: dict, checkpoint: 
         "curves": results["curves"],        # accuracy vs ε per attack on the audit's images
         "attack_ms_per_image": results["attack_ms_per_image"],
         "attacks": attack_descriptions(cfg),
+        "settings": swept_settings(cfg, chosen),
+        "selection": training.selection if training else None,  # the selection metric and its best value
         "train_seconds": training.train_seconds if training else None,
         "epochs": training.epochs if training else None,
         "training_reused": training.reused if training else None,
@@ -126,13 +153,6 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: dict, checkpoint: 
     }
     write_text_atomically(Path(cfg.paths.output_dir) / "packages.txt", installed_packages())
     path = write_metrics(cfg.paths.output_dir, record)
-    hparams = {key: record[key] for key in ("dataset", "model", "defense", "attack", "seed", "epochs")}
-    hparams.update(eps_linf=record["eps"]["linf"], eps_l2=record["eps"]["l2"], n_eval=record["n_eval"])
-    final = {"hparams/clean_acc": record["clean_acc"]}
-    final.update({f"hparams/robust_acc/{name}": value for name, value in record["robust_acc"].items()})
-    final["hparams/audit_flags"] = float(len(flags(record["audit"])))
-    for logger in trainer.loggers:
-        logger.log_hyperparams({k: v if v is not None else "none" for k, v in hparams.items()}, metrics=final)
-        logger.save()
-    print(f"metrics: {path}", flush=True)
+    log_record(trainer.loggers, record, step=max(steps - 1, 0))
+    log.info(f"metrics: {path}")
     return path

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from robustlab.report.matrix import write_report
+
+log = logging.getLogger(__name__)
 
 
 class ReportCallback(Callback):
@@ -19,4 +22,4 @@ class ReportCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         written = write_report(config.hydra.sweep.dir, versions=self.versions)
-        print(f"report: {written['markdown']}", flush=True)
+        log.info(f"report: {written['markdown']}")

@@ -24,6 +24,7 @@ from pathlib import Path
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.audit import LETTERS
 from robustlab.evaluation.plots import heatmap_figure, plt, save_figure
+from robustlab.evaluation.tensorboard import write_hparams
 from robustlab.provenance import module_digest
 
 CLEAN, WORST_CASE = "clean", "worst_case"
@@ -315,23 +316,19 @@ def curves_grid(cells: list[Cell]) -> plt.Figure:
 
 
 def write_tensorboard(cells: list[Cell], text: str, directory: Path) -> None:
+    """The report as text, and one HParams run per cell (its choices and flags; its final numbers)."""
     from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams
 
     if directory.exists():
         shutil.rmtree(directory)  # one summary per report, not one more per re-run
     writer = SummaryWriter(str(directory))
     writer.add_text("report", text)
     for index, cell in enumerate(cells):
-        metrics = {"hparams/clean_acc": cell.clean_acc, "hparams/audit_flags": float(len(cell.flags))}
-        metrics.update({f"hparams/robust_acc/{name}": value for name, value in cell.robust_acc.items()})
-        experiment, start, end = hparams({"dataset": cell.dataset, "model": cell.model, "defense": cell.defense,
-                                          "flags": cell.flags or "none"}, metrics)
+        metrics = {"final/clean_acc": cell.clean_acc, "final/audit_flags": float(len(cell.flags))}
+        metrics.update({f"final/robust_acc/{name}": value for name, value in cell.robust_acc.items()})
         run = SummaryWriter(str(directory / f"{index:03d}-{cell.dataset}-{cell.model}-{cell.defense}"))
-        for summary in (experiment, start, end):
-            run.file_writer.add_summary(summary)
-        for name, value in metrics.items():
-            run.add_scalar(name, value)
+        write_hparams(run, {"dataset": cell.dataset, "model": cell.model, "defense": cell.defense,
+                            "flags": cell.flags or "none"}, metrics, step=0)
         run.close()
     writer.close()
 
