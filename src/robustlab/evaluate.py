@@ -6,11 +6,8 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robustlab.checkpoints import check_checkpoint_matches, classifier_from_checkpoint, read_checkpoint
-from robustlab.distributed import job_processes
-from robustlab.files import locked
-from robustlab.evaluation.runner import audit_run, evaluate, finished_run, record_run
+from robustlab.evaluation.runner import audit_run, evaluate, record_run, run_directory
 from robustlab.experiment import build_datamodule, build_trainer, choices, evaluation_attacks
-from robustlab.fingerprint import run_fingerprint
 from robustlab.validation import check_accelerator, check_complete, check_step_sizes
 
 
@@ -24,10 +21,7 @@ def run(cfg: DictConfig) -> dict:
         if cfg.get("dataset") is None:  # evaluate on the data the checkpoint was trained on
             cfg.dataset = OmegaConf.create(stored["dataset"])
     check_step_sizes(cfg)  # attack budgets interpolate from the dataset, so only now
-    # The same command started twice at once: the second waits here, then finds the run finished. DDP: this
-    # job's processes, closed when it ends.
-    with locked(cfg.paths.output_dir), job_processes():
-        done = finished_run(cfg.paths.output_dir, run_fingerprint(cfg))
+    with run_directory(cfg) as done:
         if done is not None:
             return done
         pl.seed_everything(cfg.seed, workers=True)

@@ -5,21 +5,15 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from robustlab.distributed import job_processes
-from robustlab.files import locked
-from robustlab.evaluation.runner import audit_run, evaluate, finished_run, record_run
+from robustlab.evaluation.runner import audit_run, evaluate, record_run, run_directory
 from robustlab.experiment import build_classifier, build_datamodule, build_trainer, choices
-from robustlab.fingerprint import run_fingerprint
 from robustlab.trained_models import fit_or_reuse
 from robustlab.validation import check_config
 
 
 def run(cfg: DictConfig) -> dict:
     check_config(cfg)
-    # The same command started twice at once: the second waits here, then finds the run finished. DDP: this
-    # job's processes, closed when it ends.
-    with locked(cfg.paths.output_dir), job_processes():
-        done = finished_run(cfg.paths.output_dir, run_fingerprint(cfg))
+    with run_directory(cfg) as done:
         if done is not None:
             return done
         pl.seed_everything(cfg.seed, workers=True)

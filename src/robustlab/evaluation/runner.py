@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -15,7 +16,8 @@ from robustlab.evaluation.metrics_file import read_metrics, write_metrics
 from robustlab.evaluation.plots import curves_figure, save_figure
 from robustlab.evaluation.tensorboard import log_record
 from robustlab.experiment import attack_descriptions, choices, evaluation_attack_configs
-from robustlab.files import write_text_atomically
+from robustlab.distributed import job_processes
+from robustlab.files import locked, write_text_atomically
 from robustlab.fingerprint import evaluation_code, evaluation_modules, run_fingerprint
 from robustlab.provenance import installed_packages, provenance
 from robustlab.trained_models import Training
@@ -73,6 +75,17 @@ def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier
             logger.experiment.add_figure("robustness_curves", figure, close=False)
     save_figure(figure, Path(cfg.paths.output_dir) / "robustness_curves.png")
     log.info(f"audit: {flags(results['audit']) or 'no flags'}")
+
+
+@contextmanager
+def run_directory(cfg: DictConfig):
+    """Hold the run directory for the whole run; yield the finished run's results, or None if it must run.
+
+    The same command started twice at once runs once: the second waits on the lock, then finds the run
+    finished. Under DDP, the job's processes are closed when the run ends (`distributed.job_processes`).
+    """
+    with locked(cfg.paths.output_dir), job_processes():
+        yield finished_run(cfg.paths.output_dir, run_fingerprint(cfg))
 
 
 def finished_run(output_dir: str | Path, fingerprint: str) -> dict | None:
