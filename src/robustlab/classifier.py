@@ -13,7 +13,6 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
 
 from robustlab.attacks.expectation import expected_correct, is_randomized, weighted_members
 from robustlab.defenses.base import Defense, evaluation_mode
@@ -93,10 +92,6 @@ class RobustClassifier(pl.LightningModule):
         self.attack_seconds: dict[str, float] = {}
         self.defense_metrics: dict[str, dict[str, list[float]]] = {}
         self.results: dict[str, Any] | None = None
-        # Epoch means of the logged training and validation quantities. Validation runs whole in every DDP
-        # process (robustlab/data/base.py), so every process selects the same checkpoint.
-        self.epoch_means = nn.ModuleDict({name: MeanMetric(nan_strategy="disable") for name in
-                                          ("train_loss", "train_acc", "val_loss", "val_acc", "val_robust_acc")})
         self.nonfinite_steps: torch.Tensor | None = None  # non-finite losses since the check was last read
         self.nan_check_every = NAN_CHECK_EVERY
 
@@ -142,10 +137,9 @@ class RobustClassifier(pl.LightningModule):
         return loss
 
     def _log_mean(self, name: str, value: torch.Tensor, count: int, prog_bar: bool = True) -> None:
-        """An epoch mean weighted by batch size, reduced over DDP processes once per epoch, never per step."""
-        metric = self.epoch_means[name.replace("/", "_")]
-        metric.update(value, weight=count)
-        self.log(name, metric, on_step=False, on_epoch=True, prog_bar=prog_bar)
+        """An epoch mean weighted by batch size, reduced over DDP processes once, at the epoch's end (an
+        epoch-only value is synchronised then, never per step)."""
+        self.log(name, value, on_step=False, on_epoch=True, prog_bar=prog_bar, batch_size=count, sync_dist=True)
 
     def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         """Stop on a non-finite loss. Reading the check makes the host wait for the device, so on a GPU the
