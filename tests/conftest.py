@@ -53,14 +53,22 @@ def compose_train(tmp_path):
     GlobalHydra.instance().clear()
 
 
+def script_command(script: str, *overrides: str, output_root: Path) -> list[str]:
+    """`python <script> <overrides>` as a user types it, its outputs and checkpoints under `output_root`."""
+    flags = [argument for argument in overrides if argument.startswith("-")]  # e.g. -m, before any override
+    overrides = [argument for argument in overrides if not argument.startswith("-")]
+    return [sys.executable, str(ROOT / script), *flags, f"paths.output_root={output_root}", *overrides]
+
+
+def script_environment() -> dict:
+    return {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
+
+
 def run_script(script: str, *overrides: str, output_root: Path, cwd: Path = ROOT,
                timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python <script> <overrides>` as a user would, its outputs and checkpoints under `output_root`."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
-    flags = [argument for argument in overrides if argument.startswith("-")]  # e.g. -m, before any override
-    overrides = [argument for argument in overrides if not argument.startswith("-")]
-    return subprocess.run([sys.executable, str(ROOT / script), *flags, f"paths.output_root={output_root}", *overrides],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(script_command(script, *overrides, output_root=output_root), cwd=cwd,
+                          env=script_environment(), capture_output=True, text=True, timeout=timeout)
 
 
 # Small, fast runs on the synthetic dataset.

@@ -15,26 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FASHION_MNIST_SYSTEM_DIR, ROOT, TINY
+from conftest import FASHION_MNIST_SYSTEM_DIR, ROOT, TINY, run_script, script_command, script_environment
 
 SWEEP = ["-m", *TINY, "trainer.max_epochs=3", "logger=none", "eval.audit.n_samples=32", "hydra/launcher=local_gpus",
          "hydra.launcher.n_jobs=2", "attack=fgsm,pgd_l2", "defense=none,adv_train"]
 TIMING_COLUMNS = ("train_seconds", "attack_ms_per_image")
-
-
-def command(script: str, *overrides: str, output_root: Path) -> list[str]:
-    flags = [argument for argument in overrides if argument.startswith("-")]
-    overrides = [argument for argument in overrides if not argument.startswith("-")]
-    return [sys.executable, str(ROOT / script), *flags, f"paths.output_root={output_root}", *overrides]
-
-
-def environment() -> dict:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-
-
-def run(script: str, *overrides: str, output_root: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(command(script, *overrides, output_root=output_root), cwd=ROOT, env=environment(),
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def kill_session(session: int) -> None:
@@ -68,11 +53,12 @@ def report_of(output_root: Path) -> Path:
 def test_a_killed_sweep_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
     """`python -m pytest -m slow tests/test_faults.py`: SIGKILL a joblib sweep (2 jobs, 4 cells) after its first
     cell finishes; the same command finishes it: finished cells are skipped, killed trainings resume."""
-    reference = run("train.py", *SWEEP, output_root=tmp_path / "reference")
+    reference = run_script("train.py", *SWEEP, output_root=tmp_path / "reference")
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     killed_root = tmp_path / "killed"
-    launcher = subprocess.Popen(command("train.py", *SWEEP, output_root=killed_root), cwd=ROOT, env=environment(),
+    launcher = subprocess.Popen(script_command("train.py", *SWEEP, output_root=killed_root), cwd=ROOT,
+                                env=script_environment(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     while not list(killed_root.glob("runs/**/metrics.json")):
@@ -83,7 +69,7 @@ def test_a_killed_sweep_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
     finished = {path.parent.name for path in killed_root.glob("runs/**/metrics.json")}
     assert 1 <= len(finished) < 4
 
-    resumed = run("train.py", *SWEEP, output_root=killed_root)
+    resumed = run_script("train.py", *SWEEP, output_root=killed_root)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stdout.count("run already finished") == len(finished)
     assert "training: resuming from" in resumed.stdout  # the adversarial training was killed mid-way
@@ -99,7 +85,8 @@ def test_a_killed_sweep_resumes_and_ends_like_an_uninterrupted_one(tmp_path):
 
 def test_two_identical_runs_at_once_train_once_and_agree(tmp_path):
     overrides = [*TINY, "trainer.max_epochs=3", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
-    processes = [subprocess.Popen(command("train.py", *overrides, output_root=tmp_path), cwd=ROOT, env=environment(),
+    processes = [subprocess.Popen(script_command("train.py", *overrides, output_root=tmp_path), cwd=ROOT,
+                                  env=script_environment(),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [process.communicate(timeout=300) for process in processes]
     assert [process.returncode for process in processes] == [0, 0], [err[-2000:] for _, err in outputs]
@@ -120,7 +107,7 @@ def test_two_identical_runs_at_once_train_once_and_agree(tmp_path):
 @pytest.mark.slow
 def test_a_real_submitit_launch_runs_the_sweep(tmp_path):
     """`hydra/launcher=submitit_local`, the plugin behind `hydra/launcher=slurm`, runs two cells end to end."""
-    result = run("train.py", "-m", *TINY, "trainer.max_epochs=1", "logger=none", "hydra/launcher=submitit_local",
+    result = run_script("train.py", "-m", *TINY, "trainer.max_epochs=1", "logger=none", "hydra/launcher=submitit_local",
                  "hydra.launcher.timeout_min=10", "attack=fgsm,pgd_l2", output_root=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     cells = sorted(json.loads(path.read_text())["attack"] for path in tmp_path.glob("runs/**/metrics.json"))
@@ -137,7 +124,7 @@ def test_a_truncated_data_file_is_named_with_its_remedy_before_training(tmp_path
             (raw / archive.stem).write_bytes(source.read())
     broken = raw / "train-images-idx3-ubyte"
     broken.write_bytes(broken.read_bytes()[: 1_000_000])
-    result = run("train.py", f"paths.data_dir={tmp_path / 'data'}", "trainer.max_epochs=1",
+    result = run_script("train.py", f"paths.data_dir={tmp_path / 'data'}", "trainer.max_epochs=1",
                  f"hydra.run.dir={tmp_path / 'run'}", output_root=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     message = result.stderr.strip().splitlines()[-1]
@@ -159,7 +146,7 @@ def test_data_taken_from_the_system_copy_is_announced(tmp_path, caplog):
 
 
 def test_more_evaluation_images_than_the_test_split_has_is_announced(tmp_path):
-    result = run("train.py", *TINY, "trainer.max_epochs=1", "logger=none", "eval.n_samples=5000",
+    result = run_script("train.py", *TINY, "trainer.max_epochs=1", "logger=none", "eval.n_samples=5000",
                  f"hydra.run.dir={tmp_path / 'run'}", output_root=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "evaluation: eval.n_samples=5000 but the test split has 256 images: attacking all 256" in result.stdout

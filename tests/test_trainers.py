@@ -125,6 +125,12 @@ def test_training_shards_share_one_permutation_and_take_equal_steps():
     assert list(shards[0]) != batches[0]  # a new order every epoch
 
 
+
+def test_more_processes_than_training_batches_still_take_equal_steps():
+    shards = [ShardedBatches(30, 10, shuffle=True, rank=rank, world_size=8) for rank in range(8)]
+    assert [len(list(shard)) for shard in shards] == [len(shard) for shard in shards] == [1] * 8
+
+
 def test_a_single_process_keeps_the_plain_batches():
     dataset = TensorDataset(torch.arange(10))
     assert [batch[0].tolist() for batch in _batches(dataset, 4, shuffle=False)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

@@ -124,14 +124,17 @@ def code_modules(targets: Iterable[str], entry_modules: Iterable[str]) -> dict[s
     return {module: module_digest(module) for module in sorted(modules)}
 
 
-def code_hash(targets: Iterable[str], entry_modules: Iterable[str]) -> str:
-    """A short hash of the robustlab code that runs `targets` and `entry_modules`."""
-    modules = code_modules(targets, entry_modules)
+def modules_hash(modules: dict[str, str]) -> str:
+    """A short hash of `code_modules`' result."""
     return hashlib.sha256("".join(f"{m}:{d}\n" for m, d in modules.items()).encode()).hexdigest()[:12]
 
 
+def code_hash(targets: Iterable[str], entry_modules: Iterable[str]) -> str:
+    """A short hash of the robustlab code that runs `targets` and `entry_modules`."""
+    return modules_hash(code_modules(targets, entry_modules))
+
+
 # -- provenance --------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
 def source_revision() -> dict:
     """The git commit (and whether the checkout has uncommitted changes) when robustlab runs from a checkout;
     otherwise a hash of the installed package's sources."""
@@ -164,6 +167,11 @@ def device_name(device: Any) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    return _cpu_name()
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_name() -> str:
     try:
         return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                     if line.startswith("model name"))
@@ -171,15 +179,18 @@ def device_name(device: Any) -> str:
         return platform.processor() or platform.machine()
 
 
+@functools.lru_cache(maxsize=None)
+def _versions() -> dict:
+    """What stays the same for a whole process (read once: checkpoints ask every epoch)."""
+    return {"robustlab": _version(PACKAGE), **source_revision(), "python": platform.python_version(),
+            "torch": _version("torch"), "pytorch_lightning": _version("pytorch-lightning"),
+            "hydra": _version("hydra-core")}
+
+
 def provenance(device: Any = "cpu", precision: Any = None) -> dict:
     """What produced a result: robustlab and library versions, source revision, device, precision, command."""
     return {
-        "robustlab": _version(PACKAGE),
-        **source_revision(),
-        "python": platform.python_version(),
-        "torch": _version("torch"),
-        "pytorch_lightning": _version("pytorch-lightning"),
-        "hydra": _version("hydra-core"),
+        **_versions(),
         "device": device_name(device),
         "precision": str(precision) if precision is not None else None,
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else None,

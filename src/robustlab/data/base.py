@@ -101,8 +101,8 @@ class ShardedBatches(Sampler[list[int]]):
 
     `shuffle=True` (training): one permutation per epoch, the same in every process (seeded by the run's
     seed and the epoch, which Lightning passes through `set_epoch`), cut into batches; process r takes
-    batches r, r + W, ...; the batch list is padded with its first batches to a multiple of W, so every
-    process takes the same number of steps, as DDP requires. `shuffle=False` (evaluation): the split's
+    batches r, r + W, ...; the batch list is padded, cyclically, with its first batches to a multiple of W, so
+    every process takes the same number of steps, as DDP requires. `shuffle=False` (evaluation): the split's
     batches in order, dealt out the same way with no padding, so each image is seen by exactly one process.
     """
 
@@ -120,17 +120,20 @@ class ShardedBatches(Sampler[list[int]]):
             order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         else:
             order = torch.arange(self.size)
-        batches = [chunk.tolist() for chunk in order.split(self.batch_size)]
+        batches = [chunk.tolist() for chunk in order.split(self.batch_size) if len(chunk)]
         if self.shuffle and batches:
             padded = math.ceil(len(batches) / self.world_size) * self.world_size
-            batches += batches[: padded - len(batches)]
+            batches += [batches[i % len(batches)] for i in range(padded - len(batches))]  # cyclic: W may exceed them
         return batches[self.rank::self.world_size]
 
     def __iter__(self):
         return iter(self._batches())
 
-    def __len__(self) -> int:
-        return len(self._batches())
+    def __len__(self) -> int:  # without drawing the permutation
+        total = math.ceil(self.size / self.batch_size)
+        if self.shuffle and total:
+            total = math.ceil(total / self.world_size) * self.world_size
+        return len(range(self.rank, total, self.world_size))
 
 
 def _as_float_images(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,8 +18,8 @@ from robustlab.evaluation.tensorboard import log_record
 from robustlab.experiment import attack_descriptions, choices, evaluation_attack_configs
 from robustlab.distributed import job_processes
 from robustlab.files import locked, write_text_atomically
-from robustlab.fingerprint import evaluation_code, evaluation_modules, run_fingerprint
-from robustlab.provenance import installed_packages, provenance
+from robustlab.fingerprint import evaluation_modules, run_fingerprint
+from robustlab.provenance import installed_packages, modules_hash, provenance
 from robustlab.trained_models import Training
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: dict, checkpoint: 
     holds the run's fingerprint: its presence marks the run as finished.
     """
     dataset = cfg.dataset
+    modules = evaluation_modules(cfg)
     record = {
         "dataset": chosen.get("dataset"),
         "model": chosen.get("model"),
@@ -160,8 +161,8 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: dict, checkpoint: 
         "training_fingerprint": training.fingerprint if training else None,
         "run_fingerprint": run_fingerprint(cfg),
         "training_code": training.code if training else None,  # hashes of the code that made this result
-        "evaluation_code": evaluation_code(cfg),
-        "evaluation_modules": evaluation_modules(cfg),  # each module's digest: the report refuses to mix versions
+        "evaluation_code": modules_hash(modules),
+        "evaluation_modules": modules,  # each module's digest: the report refuses to mix versions
         "provenance": provenance(trainer.strategy.root_device, trainer.precision),
     }
     write_text_atomically(Path(cfg.paths.output_dir) / "packages.txt", installed_packages())
