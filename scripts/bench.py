@@ -48,8 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from robustlab.attacks import PGD  # noqa: E402
-from robustlab.experiment import build_classifier, build_datamodule, build_trainer  # noqa: E402
-from robustlab.evaluation.runner import evaluate  # noqa: E402
+from robustlab.builders import build_classifier, build_datamodule, build_trainer  # noqa: E402
+from robustlab.evaluation.engine import Evaluation  # noqa: E402
 
 
 @dataclass
@@ -223,9 +223,8 @@ def measure_evaluation_memory(count: int, dataset: list[str], output_dir: str, d
                           "logger=none", "callbacks=evaluate", "~callbacks.progress_bar",
                           "+trainer.enable_progress_bar=false"], output_dir)
     datamodule = build_datamodule(cfg.dataset)
-    classifier = build_classifier(cfg)
-    evaluate(build_trainer(cfg), classifier, datamodule, checkpoint=None)
-    assert list(classifier.results["n_eval"].values()) == [count]
+    results = Evaluation.from_config(cfg).run(build_trainer(cfg), build_classifier(cfg), datamodule)
+    assert list(results.n_eval.values()) == [count]
     return torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else peak_rss_mib()
 
 

@@ -1,4 +1,4 @@
-"""The README's measured figures, as tests: real Fashion-MNIST, default configs, minutes each.
+"""The README's measured accuracies, as tests: real Fashion-MNIST, default configs (their time: scripts/bench.py).
 
 Run with `.venv/bin/python -m pytest -m slow` (about 4 minutes on 2 CPU cores).
 """
@@ -6,7 +6,6 @@ Run with `.venv/bin/python -m pytest -m slow` (about 4 minutes on 2 CPU cores).
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -19,17 +18,15 @@ from robustlab.data import FashionMNISTDataModule
 pytestmark = pytest.mark.slow
 
 
-def train(tmp_path, *overrides: str) -> tuple[dict, float]:
-    started = time.perf_counter()
+def train(tmp_path, *overrides: str) -> dict:
     result = run_script("train.py", f"hydra.run.dir={tmp_path}", f"paths.data_dir={DATA_DIR}", *overrides,
                         timeout=900, output_root=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads((tmp_path / "metrics.json").read_text()), time.perf_counter() - started
+    return json.loads((tmp_path / "metrics.json").read_text())
 
 
-def test_default_run_reaches_88_percent_in_3_minutes(tmp_path):
-    metrics, seconds = train(tmp_path)
-    assert seconds <= 180
+def test_default_run_reaches_88_percent(tmp_path):
+    metrics = train(tmp_path)
     assert metrics["clean_acc"] >= 0.88
 
 
@@ -39,9 +36,8 @@ def adversarially_trained(tmp_path_factory):
     return train(directory, "defense=adv_train", "attack=pgd_linf")
 
 
-def test_pgd_adversarial_training_reaches_60_percent_robust_in_8_minutes(adversarially_trained):
-    metrics, seconds = adversarially_trained
-    assert seconds <= 480
+def test_pgd_adversarial_training_reaches_60_percent_robust(adversarially_trained):
+    metrics = adversarially_trained
     assert metrics["clean_acc"] >= 0.73
     assert metrics["n_eval"] == 1000 and metrics["attacks"]["pgd_linf"]["steps"] == 20
     assert metrics["eps"]["linf"] == 0.1 and metrics["robust_acc"]["pgd_linf"] >= 0.60
@@ -49,7 +45,7 @@ def test_pgd_adversarial_training_reaches_60_percent_robust_in_8_minutes(adversa
 
 def test_t6_more_compute_barely_helps_against_the_adversarially_trained_model(adversarially_trained):
     """A converged defense: doubling PGD's steps or adding restarts lowers robust accuracy by ≤ 0.5 pp."""
-    predictor = robustlab.load_predictor(adversarially_trained[0]["checkpoint"])
+    predictor = robustlab.load_predictor(adversarially_trained["checkpoint"])
     data = FashionMNISTDataModule(root=str(DATA_DIR), system_dir=str(FASHION_MNIST_SYSTEM_DIR))
     data.setup()
     x, y = data.test_set.tensors[0][:1000], data.test_set.tensors[1][:1000]

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import robustlab.evaluation.runner
 from conftest import DATA_DIR, FASHION_MNIST_SYSTEM_DIR, TINY, accuracy, compose_config, train_standard
 from robustlab.attacks import PGD
 from robustlab.data import FashionMNISTDataModule
-from robustlab.experiment import build_classifier, build_datamodule, build_trainer
+from robustlab.builders import build_classifier, build_datamodule, build_trainer
+from robustlab.evaluation.engine import Evaluation
 from robustlab.models import BasicNet
 
 
@@ -127,12 +127,13 @@ def test_parity_lightning_test_loop_equals_a_direct_evaluation(tmp_path):
             if isinstance(module, nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
-    results = robustlab.evaluation.runner.evaluate(build_trainer(cfg), classifier, datamodule, checkpoint=None)
+    evaluation = Evaluation.from_config(cfg)
+    results = evaluation.run(build_trainer(cfg), classifier, datamodule)
 
     predictor = classifier.predictor().eval()
     limit = cfg.eval.n_samples
     direct = {}
-    for name, attack in classifier.attacks.items():
+    for name, attack in evaluation.attacks.items():
         correct = []
         for x, y in datamodule.test_dataloader(limit):
             x_adv = attack(predictor, x, y)
@@ -141,6 +142,6 @@ def test_parity_lightning_test_loop_equals_a_direct_evaluation(tmp_path):
         direct[name] = torch.cat(correct).float().mean().item()
     with torch.no_grad():
         clean = torch.cat([predictor(x).argmax(1) == y for x, y in datamodule.test_dataloader()]).float().mean().item()
-    assert results["clean_acc"] == pytest.approx(clean, abs=1e-12)
+    assert results.clean_acc == pytest.approx(clean, abs=1e-12)
     for name in direct:
-        assert results["robust_acc"][name] == pytest.approx(direct[name], abs=1e-12), name
+        assert results.robust_acc[name] == pytest.approx(direct[name], abs=1e-12), name

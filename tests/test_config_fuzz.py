@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from conftest import CONF, compose_config
 from robustlab.errors import ConfigError
-from robustlab.experiment import build_classifier
+from robustlab.builders import build_classifier
 from robustlab.validation import check_config
 
 GROUPS = {group: sorted(path.stem for path in (CONF / group).glob("*.yaml")) for group in ("attack", "defense")}

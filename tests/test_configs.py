@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict, read_write
 
 from conftest import CONF, compose_config
-from robustlab.experiment import build_classifier, build_trainer
+from robustlab.builders import build_classifier, build_trainer
 
 GROUPS = {group.name: sorted(path.stem for path in group.glob("*.yaml"))
           for group in sorted(CONF.iterdir()) if group.is_dir() and group.name not in {"hydra", "paths"}}
@@ -37,9 +37,14 @@ def test_option_instantiates(group, option, tmp_path):
     classifier = build_classifier(cfg)
     x = torch.rand(2, cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
     assert classifier.predictor()(x).shape == (2, cfg.dataset.num_classes)
-    assert classifier.configure_optimizers() is not None
+    configured = classifier.configure_optimizers()
+    optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in classifier.defense.trainable_parameters(classifier.model) if p.requires_grad}
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(cfg.optimizer.lr)
     trainer = build_trainer(cfg)
-    assert isinstance(trainer, pl.Trainer) and not trainer.predicting
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+    assert (trainer.checkpoint_callback is not None) == ("model_checkpoint" in (cfg.get("callbacks") or {}))
 
 
 def test_experiment_switches_the_training_attack(tmp_path):

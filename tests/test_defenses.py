@@ -8,21 +8,23 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 import robustlab.train
 from robustlab.checkpoints import load_classifier
-from conftest import TINY, compose_config
+from conftest import ROOT, TINY, compose_config
 from robustlab.attacks import PGD
 from robustlab.attacks.expectation import eot_draws, expected_correct, is_randomized
 from robustlab.attacks.gradient import input_gradient
 from robustlab.data import SyntheticDataModule
 from robustlab.defenses import MixturePredictor
+from robustlab.defenses.mixed_adversarial_training import per_attack_losses
 from robustlab.errors import InvalidValue
-from robustlab.experiment import build_classifier
+from robustlab.builders import build_classifier
 from robustlab.models import BasicNet, NoisyModel
 
-DEFENSES = ["none", "adv_train", "fast_adv_train", "trades", "noise_injection", "denoiser", "mixed_adv_train",
-            "mixed_adv_train_avg", "mixed_adv_train_random", "random_mixture"]
+# The zoo, as sweep=zoo and sweep=matrix run it (written once, in conf/sweep/zoo.yaml).
+DEFENSES = OmegaConf.load(ROOT / "conf" / "sweep" / "zoo.yaml").hydra.sweeper.params.defense.split(",")
 RANDOMIZED = {"noise_injection", "random_mixture"}
 
 
@@ -38,6 +40,10 @@ def batch():
 def build(defense: str, tmp_path: Path, *overrides: str):
     torch.manual_seed(0)
     return build_classifier(compose_config(["dataset=synthetic", f"defense={defense}", *overrides], tmp_path))
+
+
+def test_the_zoo_sweeps_every_defense_config():
+    assert sorted(DEFENSES) == sorted(path.stem for path in (ROOT / "conf" / "defense").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("defense", DEFENSES)
@@ -148,8 +154,8 @@ def test_random_mixture_reports_the_expectation_in_a_real_run(tmp_path):
     x, y = datamodule.test_set.tensors
     with torch.no_grad():
         per_member = [(member.eval()(x).argmax(1) == y).float().mean().item() for member in members]
-    assert results["randomized"] and results["robust_acc_without_eot"] == {}  # exact: no EOT to compare with
-    assert results["clean_acc"] == pytest.approx(0.3 * per_member[0] + 0.7 * per_member[1], abs=1e-6)
+    assert results.randomized and results.robust_acc_without_eot == {}  # exact: no EOT to compare with
+    assert results.clean_acc == pytest.approx(0.3 * per_member[0] + 0.7 * per_member[1], abs=1e-6)
 
 
 def test_max_strategy_loss_is_at_least_each_single_norm_loss(batch, tmp_path):
@@ -157,7 +163,8 @@ def test_max_strategy_loss_is_at_least_each_single_norm_loss(batch, tmp_path):
     classifier = build("mixed_adv_train", tmp_path)
     defense, model = classifier.defense, classifier.model
     torch.manual_seed(1)
-    single = {name: loss.mean().item() for name, (loss, _) in defense.adversarial_losses(model, x, y).items()}
+    losses, _ = per_attack_losses(defense.attacks, model, x, y)
+    single = {name: loss.mean().item() for name, loss in zip(defense.attacks, losses)}
     torch.manual_seed(1)
     worst = defense.training_loss(model, x, y).loss.item()  # the same adversarial examples (same random starts)
     assert set(single) == {"linf", "l2"}
@@ -214,7 +221,7 @@ def test_noisy_model_is_evaluated_with_eot_and_the_single_draw_number_apart(tmp_
     assert metrics["randomized"] and metrics["accuracy_draws"] == 10
     assert set(metrics["robust_acc_without_eot"]) == {"pgd_linf"}
     assert set(metrics["robust_acc"]) == {"pgd_linf", "worst_case"}
-    assert results["robust_acc"] == metrics["robust_acc"]
+    assert results.robust_acc == metrics["robust_acc"]
 
 
 def test_deterministic_runs_report_no_eot_numbers(tmp_path):
@@ -225,7 +232,7 @@ def test_deterministic_runs_report_no_eot_numbers(tmp_path):
 
 def test_adversarial_training_of_the_noisy_model_is_a_composition(tmp_path):
     classifier = build_classifier(compose_config(["dataset=synthetic", "experiment=adv_train_noisy"], tmp_path))
-    assert type(classifier.defense).__name__ == "Defense"
+    assert type(classifier.defense).__name__ == "AdversarialTraining"
     assert classifier.defense.attack.steps == 7 and classifier.defense.selection_metric == "val/robust_acc"
     assert isinstance(classifier.predictor(), NoisyModel)
 
@@ -241,7 +248,7 @@ def denoiser_run(tmp_path_factory):
 
 def test_denoiser_logs_psnr_before_and_after_denoising(denoiser_run):
     output, _, results = denoiser_run
-    psnr = results["defense_metrics"]["fgsm"]
+    psnr = results.defense_metrics["fgsm"]
     assert set(psnr) == {"psnr_adversarial", "psnr_denoised"}
     # FGSM at ε = 0.1 moves every pixel by 0.1 unless clipped at 0 or 1: PSNR of 20 dB or a little more.
     assert 20 - 1e-3 <= psnr["psnr_adversarial"] < 25 and psnr["psnr_denoised"] > 0
@@ -258,7 +265,7 @@ def test_a_killed_multi_stage_training_resumes_at_its_stage(denoiser_run, tmp_pa
         rerun = robustlab.train.run(compose_config(overrides, output))
     printed = caplog.text
     assert "stage classifier: reusing" in printed and "stage denoiser: resuming" in printed
-    assert rerun["clean_acc"] == results["clean_acc"]
+    assert rerun.clean_acc == results.clean_acc
 
 
 def test_denoiser_can_load_its_classifier_instead_of_training_it(denoiser_run, tmp_path, caplog):
@@ -286,6 +293,6 @@ def test_evaluate_attacks_a_multi_stage_checkpoint_whole(denoiser_run, tmp_path)
     cfg = compose_config([f"ckpt_path={checkpoint}", "attack=apgd_ce", "attack.steps=10", "eval=quick",
                           "eval.audit.enabled=false"], tmp_path, config_name="evaluate")
     evaluated = robustlab.evaluate.run(cfg)
-    assert evaluated["clean_acc"] == results["clean_acc"]
-    assert set(evaluated["defense_metrics"]["apgd_ce"]) == {"psnr_adversarial", "psnr_denoised"}
+    assert evaluated.clean_acc == results.clean_acc
+    assert set(evaluated.defense_metrics["apgd_ce"]) == {"psnr_adversarial", "psnr_denoised"}
     assert json.loads((tmp_path / "metrics.json").read_text())["defense"] == "denoiser"

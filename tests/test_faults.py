@@ -96,7 +96,7 @@ def test_two_identical_runs_at_once_train_once_and_agree(tmp_path):
     assert sum("run already finished" in out for out in stdouts) == 1  # the other waited for it, then reused it
     record = json.loads(metrics.read_text())
     checkpoint_dir = Path(record["checkpoint"]).parent
-    assert len(list((tmp_path / "checkpoints").rglob("trained.json"))) == 1
+    assert len(list((tmp_path / "checkpoints").rglob("stage*/trained.json"))) == 1
     assert not [path for path in tmp_path.rglob("*") if "partial" in path.name]
     import torch
 

@@ -28,7 +28,7 @@ def test_wide_and_residual_nets_train_one_epoch_on_cifar_shaped_data(model, tmp_
                                                  tmp_path))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and metrics["model"] == model
-    assert results["clean_acc"] > 0.2  # ten well-separated prototypes: one epoch is far above chance
+    assert results.clean_acc > 0.2  # ten well-separated prototypes: one epoch is far above chance
 
 
 @pytest.mark.slow
@@ -36,7 +36,7 @@ def test_wide_and_residual_nets_train_one_epoch_on_cifar_shaped_data(model, tmp_
 def test_wide_and_residual_nets_train_one_epoch_on_fashion_mnist(model, tmp_path):
     results = robustlab.train.run(compose_config([f"paths.data_dir={DATA_DIR}", f"model={model}", *TINY_WIDTHS[model],
                                                   *ONE_EPOCH], tmp_path))
-    assert results["n_clean"] == 10_000 and results["clean_acc"] > 0.7
+    assert results.n_clean == 10_000 and results.clean_acc > 0.7
 
 
 def test_paper_sizes():

@@ -14,7 +14,7 @@ from torch import nn
 from conftest import ROOT, compose_config
 from robustlab.attacks import PGD
 from robustlab.data import SyntheticDataModule
-from robustlab.experiment import build_classifier
+from robustlab.builders import build_classifier
 from robustlab.models import BasicNet
 
 

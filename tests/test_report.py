@@ -18,7 +18,7 @@ def audit_record(flagged: str = "") -> dict:
             for name, letter in LETTERS.items()}
 
 
-EVALUATION_MODULES = {"robustlab.attacks.pgd": "0a1b2c3d4e5f", "robustlab.evaluation.runner": "5f4e3d2c1b0a"}
+EVALUATION_MODULES = {"robustlab.attacks.pgd": "0a1b2c3d4e5f", "robustlab.runs": "5f4e3d2c1b0a"}
 PROVENANCE = {"robustlab": "0.1.0", "git_commit": "065b4d4b562cb8fca405161bfe9632cac2816abe", "git_dirty": False,
               "torch": "2.14.1", "device": "AMD EPYC", "precision": "32-true"}
 

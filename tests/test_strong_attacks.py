@@ -9,7 +9,9 @@ import torch
 
 from conftest import accuracy
 from robustlab.attacks import APGD, PGD, Square, WorstCase
-from robustlab.attacks.apgd import checkpoints, dlr_loss
+from robustlab.attacks.apgd import checkpoints
+from robustlab.attacks.base import Attack
+from robustlab.attacks.losses import dlr as dlr_loss
 from robustlab.attacks.square import square_fraction
 from robustlab.errors import InvalidValue
 
@@ -91,11 +93,14 @@ def test_worst_case_only_attacks_points_still_standing(model, batch):
     x, y = batch
     seen = []
 
-    def recording(model_, x_, y_):
-        seen.append(len(x_))
-        return x_.clone()
+    class Recording(Attack):
+        eps = 0.02
 
-    WorstCase({"pgd": PGD(eps=0.02, steps=10), "recording": recording})(model, x, y)
+        def attack(self, model_, x_, y_, draws):
+            seen.append(len(x_))
+            return x_.clone()
+
+    WorstCase({"pgd": PGD(eps=0.02, steps=10), "recording": Recording()})(model, x, y)
     with torch.no_grad():
         standing = (model(PGD(eps=0.02, steps=10)(model, x, y)).argmax(1) == y).sum().item()
     assert 0 < seen[0] < len(x) and abs(seen[0] - standing) <= 3  # only the points PGD did not break
@@ -138,8 +143,7 @@ def test_torchattacks_minimal_perturbation_attacks_run_unbounded(model, batch):
 def test_worst_case_eot_follows_its_attacks():
     automatic = WorstCase({"pgd": PGD(eps=0.1), "square": Square(eps=0.1)})
     assert automatic.eot_samples is None
-    single = copy.copy(automatic)
-    single.eot_samples = 1  # as evaluation does for the labelled no-EOT pass
+    single = automatic.with_eot_samples(1)  # as evaluation does for the labelled no-EOT pass
     assert all(attack.eot_samples == 1 for attack in single.attacks.values())
     assert automatic.eot_samples is None  # the original cascade keeps EOT
     assert WorstCase({"pgd": PGD(eps=0.1, eot_samples=1)}).eot_samples == 1

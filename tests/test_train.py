@@ -49,7 +49,7 @@ def test_metrics_json_has_the_promised_keys(trained_run):
     assert metrics["epochs"] == 2
     assert metrics["train_seconds"] > 0 and all(ms > 0 for ms in metrics["attack_ms_per_image"].values())
     assert Path(metrics["checkpoint"]).is_file()
-    assert results["robust_acc"] == metrics["robust_acc"]
+    assert results.robust_acc == metrics["robust_acc"]
 
 
 def test_best_and_last_checkpoints_are_written(trained_run):
@@ -114,8 +114,8 @@ def test_evaluate_reproduces_the_training_run_numbers(trained_run, tmp_path):
     cfg = compose_config([f"ckpt_path={checkpoint}", "attack=pgd_l2", "eval.n_samples=64"], tmp_path,
                          config_name="evaluate")
     evaluated = robustlab.evaluate.run(cfg)
-    assert evaluated["clean_acc"] == results["clean_acc"]
-    assert evaluated["robust_acc"]["fgsm"] == results["robust_acc"]["fgsm"]  # deterministic attack
+    assert evaluated.clean_acc == results.clean_acc
+    assert evaluated.robust_acc["fgsm"] == results.robust_acc["fgsm"]  # deterministic attack
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["defense"] == "adv_train" and metrics["dataset"] == "synthetic"
     assert metrics["train_seconds"] is None and metrics["epochs"] is None
@@ -124,8 +124,8 @@ def test_evaluate_reproduces_the_training_run_numbers(trained_run, tmp_path):
 def test_standard_training_learns_the_synthetic_task(tmp_path):
     cfg = compose_config([*TINY, "trainer.max_epochs=3", "logger=none"], tmp_path)
     results = robustlab.train.run(cfg)
-    assert results["clean_acc"] > 0.9
-    assert results["robust_acc"]["pgd_linf"] < results["clean_acc"]
+    assert results.clean_acc > 0.9
+    assert results.robust_acc["pgd_linf"] < results.clean_acc
 
 
 def test_train_script_on_a_real_fashion_mnist_subset(tmp_path):
@@ -140,14 +140,14 @@ def test_train_script_on_a_real_fashion_mnist_subset(tmp_path):
     assert metrics["clean_acc"] > 0.5  # 40 batches of real data already learn most of the task
     assert "Evaluating pgd_linf" in result.stdout + result.stderr  # the per-attack progress bar
     log = (tmp_path / "train.log").read_text()  # the run's log lines, as Hydra keeps them
-    assert f"][robustlab.evaluation.runner][INFO] - metrics: {tmp_path / 'metrics.json'}" in log
+    assert f"][robustlab.runs][INFO] - metrics: {tmp_path / 'metrics.json'}" in log
 
 
 def test_worst_case_is_at_most_every_attack_on_every_image(trained_run):
     _, results = trained_run
-    per_example = results["per_example"]
+    per_example = results.per_example
     worst = per_example["worst_case"]
     assert len(worst) == 64
     for name in ("clean", "fgsm", "pgd_linf", "pgd_l2"):
         assert (worst <= per_example[name][:64]).all(), name
-    assert results["robust_acc"]["worst_case"] == pytest.approx(worst.double().mean().item())
+    assert results.robust_acc["worst_case"] == pytest.approx(worst.double().mean().item())

@@ -14,7 +14,7 @@ from conftest import TINY, compose_config, run_script
 from robustlab.classifier import RobustClassifier
 from robustlab.configuration import gpu_for_job
 from robustlab.data.base import ShardedBatches, _batches
-from robustlab.defenses import Defense
+from robustlab.defenses import AdversarialTraining
 from robustlab.errors import TrainingDiverged
 from robustlab.models import BasicNet
 
@@ -102,7 +102,7 @@ def test_ddp_inside_a_multirun_runs_each_cell_once(tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     runs = sorted((tmp_path / "runs" / "synthetic" / "basic_net" / "none").glob("*/metrics.json"))
     assert [json.loads(path.read_text())["attack"] for path in runs] == ["fgsm", "pgd_l2"]
-    assert len(list((tmp_path / "checkpoints").rglob("trained.json"))) == 1  # the second cell reused it
+    assert len(list((tmp_path / "checkpoints").rglob("stage*/trained.json"))) == 1  # the second cell reused it
 
 
 # -- the sharding itself ----------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ class FakeTrainer:
 
 
 def nan_check_classifier(every: int) -> RobustClassifier:
-    classifier = RobustClassifier(BasicNet(1, 28, 10, [0.5], [0.25]), Defense(), optimizer=torch.optim.SGD)
+    classifier = RobustClassifier(BasicNet(1, 28, 10, [0.5], [0.25]), AdversarialTraining(), optimizer=torch.optim.SGD)
     classifier.nan_check_every = every
     classifier._trainer = FakeTrainer()
     classifier.optimizers = lambda: torch.optim.SGD(classifier.parameters(), lr=0.1)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from robustlab.classifier import RobustClassifier
+from robustlab.classifier import RobustClassifier, speed_up
 from robustlab.configuration import instantiate
 from robustlab.errors import CheckpointError
 
@@ -26,6 +26,13 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(checkpoint, dict) or not checkpoint.get("robustlab") or "state_dict" not in checkpoint:
         raise CheckpointError(f"checkpoint {str(path)!r} was not written by robustlab (no 'robustlab' entry)")
     return checkpoint
+
+
+def with_checkpoint_dataset(cfg: DictConfig, stored: dict) -> None:
+    """Where no dataset is chosen (`python evaluate.py ckpt_path=...`), the one the checkpoint was trained on."""
+    if cfg.get("dataset") is None:
+        with open_dict(cfg):
+            cfg.dataset = OmegaConf.create(stored["dataset"])
 
 
 def check_checkpoint_matches(stored: dict, cfg) -> None:
@@ -64,19 +71,20 @@ def load_model_weights(classifier: RobustClassifier, path: str | Path) -> None:
         raise CheckpointError(f"checkpoint {str(path)!r} does not hold this model's weights: {error}") from error
 
 
-def classifier_from_checkpoint(checkpoint: dict, **evaluation) -> RobustClassifier:
-    """The trained model and defense, weights loaded, in eval mode; `evaluation` sets attacks, n_eval, ...
+# Defense classes renamed since: checkpoints keep the `_target_` they were written with.
+RENAMED_TARGETS = {"robustlab.defenses.Defense": "robustlab.defenses.AdversarialTraining"}
 
-    No optimizer is restored: the classifier is for evaluation and deployment.
-    """
+
+def classifier_from_checkpoint(checkpoint: dict, performance: dict | None = None) -> RobustClassifier:
+    """The trained model and defense, weights loaded, in eval mode, for evaluation and deployment (no optimizer).
+
+    `performance`: `channels_last` / `compile` as in the run's `performance` config."""
     stored = checkpoint["robustlab"]
-    classifier = RobustClassifier(
-        model=instantiate(OmegaConf.create(stored["model"])),
-        defense=instantiate(OmegaConf.create(stored["defense"])),
-        optimizer=torch.optim.SGD,
-        build_config=stored,
-        **evaluation,
-    )
+    defense = dict(stored["defense"])
+    defense["_target_"] = RENAMED_TARGETS.get(defense["_target_"], defense["_target_"])
+    model, defense = instantiate(OmegaConf.create(stored["model"])), instantiate(OmegaConf.create(defense))
+    speed_up(model, defense, **(performance or {}))
+    classifier = RobustClassifier(model=model, defense=defense, build_config=stored)
     try:
         classifier.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:

@@ -1,12 +1,9 @@
-"""The one LightningModule: trains any model under any defense and evaluates it against every attack."""
+"""The one LightningModule: trains any model under any defense; its test hooks hand batches to the evaluation."""
 
 from __future__ import annotations
 
-import copy
 import random
-import time
-import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,16 +11,12 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from robustlab.attacks.expectation import expected_correct, is_randomized, weighted_members
-from robustlab.defenses.base import Defense, evaluation_mode
+from robustlab.attacks.expectation import expected_correct, is_randomized
+from robustlab.defenses.base import Defense
 from robustlab.errors import TrainingDiverged
-from robustlab.evaluation.images import adversarial_grid
 from robustlab.provenance import provenance
 
-CLEAN = "clean"
 NAN_CHECK_EVERY = 50  # on a GPU, training steps between two reads of the non-finite-loss flag
-WITHOUT_EOT = "/without_eot"
-WORST_CASE = "worst_case"
 
 
 def random_states() -> dict:
@@ -45,53 +38,45 @@ def restore_random_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-class RobustClassifier(pl.LightningModule):
-    """`training_step` asks the defense for its loss; `test_step` attacks the deployed predictor.
+def speed_up(model: nn.Module, defense: Defense, channels_last: bool = False, compile: bool = False) -> None:
+    """`performance.*`: NHWC convolutions (faster on CPUs' oneDNN and GPUs' tensor cores); `torch.compile` in
+    place, so state-dict keys (and checkpoints) are unchanged."""
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        defense.to(memory_format=torch.channels_last)
+    if compile:
+        model.compile()
 
-    Test pass 0 is clean accuracy on the whole test split; pass k ≥ 1 runs the k-th attack of `attacks`
-    on the first `n_eval` test images (see `test_loaders`). Attacks always see `defense.wrap(model)`.
+
+class RobustClassifier(pl.LightningModule):
+    """`training_step` asks the defense for its loss; validation measures the deployed predictor.
+
+    Attacks and the evaluation always see `defense.wrap(model)` (`predictor()`). Testing is the evaluation's:
+    `robustlab.evaluation.engine.Evaluation.run` sets `evaluation`, and the test hooks hand it their batches.
+    `optimizer` is None for a classifier loaded for evaluation or deployment.
     """
 
     def __init__(
         self,
         model: nn.Module,
         defense: Defense,
-        optimizer: Callable[..., torch.optim.Optimizer],
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
-        attacks: Mapping[str, Callable] | None = None,
         val_attack: Callable | None = None,
-        n_eval: int = 1000,
-        image_grid: int = 8,
         accuracy_draws: int = 10,
-        compare_without_eot: bool = True,
         build_config: dict | None = None,
-        channels_last: bool = False,
-        compile: bool = False,
     ) -> None:
         super().__init__()
-        if channels_last:  # NHWC convolutions: faster on CPUs (oneDNN) and on GPUs' tensor cores
-            model = model.to(memory_format=torch.channels_last)
-            defense = defense.to(memory_format=torch.channels_last)
-        if compile:  # in place, so state_dict keys (and checkpoints) are unchanged
-            model.compile()
         self.model = model
         self.defense = defense
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.attacks = dict(attacks or {})
         self.val_attack = val_attack
-        self.n_eval = n_eval
-        self.image_grid = image_grid
         self.accuracy_draws = accuracy_draws
-        self.compare_without_eot = compare_without_eot
         self.build_config = build_config
         self.randomized = False
-        self.test_passes: dict[str, Callable] = dict(self.attacks)
+        self.evaluation = None  # the `Evaluation` that the test hooks serve
         self.allow_zero_length_dataloader_with_multiple_devices = True  # DDP: a short pass may leave a process none
-        self.test_data = None  # the datamodule whose test split `test_dataloader` serves (set by the evaluation)
-        self.attack_seconds: dict[str, float] = {}
-        self.defense_metrics: dict[str, dict[str, list[float]]] = {}
-        self.results: dict[str, Any] | None = None
         self.nonfinite_steps: torch.Tensor | None = None  # non-finite losses since the check was last read
         self.nan_check_every = NAN_CHECK_EVERY
 
@@ -104,27 +89,8 @@ class RobustClassifier(pl.LightningModule):
         return self.predictor()(x)
 
     def draws(self) -> int:
-        """Forward passes that accuracy is averaged over: several for a randomized predictor, never one lucky draw."""
+        """Forward passes that validation accuracy is averaged over: several for a randomized predictor."""
         return self.accuracy_draws if self.randomized else 1
-
-    def plan_evaluation(self, probe: torch.Tensor) -> None:
-        """Detect whether the deployed predictor is randomized (on a few test images) and fix the test passes.
-
-        A randomized predictor's accuracy is averaged over `accuracy_draws` draws (exact for a mixture), and
-        its attacks use EOT unless their config says otherwise. With `compare_without_eot`, every attack that
-        would use EOT runs a second time with one draw per gradient: that number is reported apart, as
-        `robust_acc_without_eot`, never as the robust accuracy.
-        """
-        predictor = self.predictor()
-        with evaluation_mode(predictor):
-            self.randomized = is_randomized(predictor, probe.to(self.device))
-        self.test_passes = dict(self.attacks)
-        if self.randomized and self.compare_without_eot and weighted_members(predictor) is None:  # mixtures: exact
-            for name, attack in self.attacks.items():
-                if getattr(attack, "eot_samples", 1) is None:  # chosen automatically, so EOT on this predictor
-                    single_draw = copy.copy(attack)
-                    single_draw.eot_samples = 1
-                    self.test_passes[name + WITHOUT_EOT] = single_draw
 
     # -- training ---------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -177,6 +143,8 @@ class RobustClassifier(pl.LightningModule):
             self._log_mean("val/robust_acc", expected_correct(predictor, x_adv, y, self.draws()).mean(), len(y))
 
     def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise RuntimeError("this classifier was loaded for evaluation: it has no optimizer to train with")
         parameters = [p for p in self.defense.trainable_parameters(self.model) if p.requires_grad]
         optimizer = self.optimizer_factory(params=parameters)
         if self.scheduler_factory is None:
@@ -184,112 +152,20 @@ class RobustClassifier(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
                                                           "interval": "epoch"}}
 
-    # -- evaluation -------------------------------------------------------------------------------
-    def test_pass_name(self, dataloader_idx: int) -> str:
-        return CLEAN if dataloader_idx == 0 else list(self.test_passes)[dataloader_idx - 1]
-
+    # -- evaluation (robustlab.evaluation.engine) ---------------------------------------------------
     def test_dataloader(self) -> list:
-        """Loaders in pass order: the whole test split, then the first `n_eval` images once per attack pass.
-
-        Requested by the Trainer once its processes exist, so under DDP each process gets its share of the
-        batches (`InMemoryImageDataModule.test_dataloader(indexed=True)`), and the split lives on its device.
-        """
-        self.test_data.trainer = self.trainer
-        limit = None if self.n_eval == -1 else self.n_eval
-        return [self.test_data.test_dataloader(indexed=True)] + \
-            [self.test_data.test_dataloader(limit, indexed=True) for _ in self.test_passes]
+        return self.evaluation.loaders(self.trainer)
 
     def on_test_epoch_start(self) -> None:
-        self.attack_seconds = {name: 0.0 for name in self.test_passes}
-        self.per_example: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
-            name: [] for name in [CLEAN, *self.test_passes]}
-        self.defense_metrics = {}
-        self.results = None
-        self.evaluation_seed = torch.initial_seed()  # the run's seed (pl.seed_everything), the same in every process
+        self.evaluation.start()
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError("attacks need gradients: build the Trainer with inference_mode=False "
-                               "(trainer.inference_mode=false)")
-        x, y, index = batch
-        name = self.test_pass_name(dataloader_idx)
-        # The randomness of a batch (random starts, EOT and accuracy draws) depends on the run's seed, the pass
-        # and the batch's first image only: the same numbers on one device or sharded over several processes.
-        torch.manual_seed(zlib.crc32(f"{self.evaluation_seed}/{name}/{int(index[0])}".encode()))
-        predictor = self.predictor()
-        x_eval = x
-        if name != CLEAN:
-            started = time.perf_counter()
-            with torch.enable_grad():
-                x_eval = self.test_passes[name](predictor, x, y)
-            if x.is_cuda:
-                torch.cuda.synchronize(x.device)
-            self.attack_seconds[name] += time.perf_counter() - started
-            for key, values in self.defense.test_metrics(self.model, x, x_eval).items():
-                self.defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values.tolist())
-        correct = expected_correct(predictor, x_eval, y, self.draws())
-        self.per_example[name].append((index, correct.cpu()))
-        if batch_idx == 0 and name != CLEAN and self.image_grid > 0:
-            self._log_images(name, x, x_eval)
-
-    def _gathered(self) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, list[float]]]:
-        """Per-image correctness in test-split order, attack seconds and defense metrics of all processes."""
-        local = ({name: (torch.cat([i for i, _ in parts]) if parts else torch.zeros(0, dtype=torch.long),
-                         torch.cat([c for _, c in parts]) if parts else torch.zeros(0))
-                  for name, parts in self.per_example.items()}, self.attack_seconds, self.defense_metrics)
-        shares = [local]
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.trainer.world_size > 1:
-            shares = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(shares, local)
-        per_example = {}
-        for name in local[0]:
-            indices = torch.cat([share[0][name][0] for share in shares])
-            values = torch.cat([share[0][name][1] for share in shares])
-            per_example[name] = values[indices.argsort()]
-        seconds = {name: sum(share[1][name] for share in shares) for name in self.attack_seconds}
-        defense_metrics: dict[str, dict[str, list[float]]] = {}
-        for share in shares:
-            for name, metrics in share[2].items():
-                for key, values in metrics.items():
-                    defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values)
-        return per_example, seconds, defense_metrics
+        self.evaluation.step(self, batch, batch_idx, dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
-        per_example, seconds, gathered_metrics = self._gathered()
-        accuracy = {name: float(values.double().mean()) if len(values) else 0.0 for name, values in per_example.items()}
-        counts = {name: len(values) for name, values in per_example.items()}
-        defense_metrics = {name: {key: sum(values) / len(values) for key, values in metrics.items()}
-                           for name, metrics in gathered_metrics.items()}
-        if self.attacks:
-            # Per example, robust only if robust to every attack (and classified right to begin with): the
-            # worst case over the suite, at most each attack's accuracy on every single image.
-            columns = [per_example[name] for name in self.attacks]
-            n = min(len(column) for column in columns)
-            worst = torch.stack([per_example[CLEAN][:n], *(column[:n] for column in columns)]).min(dim=0).values
-            per_example[WORST_CASE] = worst
-            accuracy[WORST_CASE], counts[WORST_CASE] = float(worst.double().mean()) if n else 0.0, n
-        self.results = {
-            "clean_acc": accuracy[CLEAN],
-            "n_clean": counts[CLEAN],
-            "robust_acc": {name: accuracy[name] for name in [*self.attacks, *([WORST_CASE] if self.attacks else [])]},
-            "robust_acc_without_eot": {name.removesuffix(WITHOUT_EOT): accuracy[name] for name in self.test_passes
-                                       if name.endswith(WITHOUT_EOT)},
-            "n_eval": {name: counts[name] for name in self.attacks},
-            "attack_ms_per_image": {name: 1000.0 * seconds[name] / max(counts[name], 1) for name in self.attacks},
-            "randomized": self.randomized,
-            # Draws that accuracy was averaged over; "exact" for a mixture (Σ α_k·acc_k, no sampling at all).
-            "accuracy_draws": "exact" if weighted_members(self.predictor()) is not None else self.draws(),
-            "defense_metrics": defense_metrics,
-            "per_example": per_example,  # correctness per evaluated image, for the audit (not written to disk)
-        }
-        # TensorBoard gets these numbers once, at the last training step, from the run's record
+        # TensorBoard gets the numbers once, at the last training step, from the run's record
         # (robustlab/evaluation/tensorboard.py), not here: a test stage logs at step 0, before the curves.
-
-    def _log_images(self, name: str, x: torch.Tensor, x_adv: torch.Tensor) -> None:
-        experiment = getattr(self.logger, "experiment", None)
-        if hasattr(experiment, "add_image"):
-            experiment.add_image(f"adversarial_examples/{name}", adversarial_grid(x, x_adv, self.image_grid),
-                                 self.global_step)
+        self.evaluation.finish(self.trainer, self.predictor())
 
     # -- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

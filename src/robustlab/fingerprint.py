@@ -17,6 +17,7 @@ Data locations, loggers, progress bars and output paths are not part of either k
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from typing import Any
@@ -31,8 +32,8 @@ TRAINING_KEYS = ("dataset", "model", "defense", "optimizer", "scheduler", "seed"
 EVALUATION_KEYS = ("attack", "eval.attacks", "eval.n_samples", "eval.accuracy_draws", "eval.compare_without_eot",
                    "eval.audit", "ckpt_path")
 # Code that runs whatever the config says: the training loop and stages; the evaluation passes, audit, record.
-TRAINING_CODE = ("robustlab.trained_models", "robustlab.classifier")
-EVALUATION_CODE = ("robustlab.evaluation.runner",)
+TRAINING_CODE = ("robustlab.stages", "robustlab.classifier")
+EVALUATION_CODE = ("robustlab.runs",)
 # Where the data comes from, not what it is.
 LOCATION_KEYS = ("root", "system_dir", "download", "resident_on_device")
 
@@ -85,10 +86,26 @@ def run_fingerprint(cfg: DictConfig) -> str:
 
 
 def _resolve(kind: str, *, _root_: DictConfig) -> str:
-    """`${fingerprint:training}` or `${fingerprint:run}` anywhere in a config."""
+    """`${fingerprint:training}` or `${fingerprint:run}` anywhere in a config.
+
+    `python evaluate.py ckpt_path=...` chooses no dataset: the run directory's fingerprint then takes the
+    checkpoint's, as the evaluation will. If the checkpoint cannot be read, the fingerprint says so, and the
+    evaluation stops with the reason before anything else is done.
+    """
     functions = {"training": training_fingerprint, "run": run_fingerprint}
     if kind not in functions:
         raise ValueError(f"${{fingerprint:{kind}}}: expected one of {sorted(functions)}")
+    if OmegaConf.select(_root_, "dataset", throw_on_missing=False) is None and "ckpt_path" in _root_.keys():
+        from robustlab.checkpoints import read_checkpoint, with_checkpoint_dataset
+        from robustlab.errors import CheckpointError
+
+        path = OmegaConf.select(_root_, "ckpt_path", throw_on_missing=False)
+        try:
+            stored = read_checkpoint(str(path))["robustlab"]
+        except CheckpointError:
+            return "unreadable-checkpoint"
+        _root_ = copy.deepcopy(_root_)
+        with_checkpoint_dataset(_root_, stored)
     return functions[kind](_root_)
 
 

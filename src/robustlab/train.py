@@ -5,13 +5,16 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from robustlab.evaluation.runner import audit_run, evaluate, record_run, run_directory
-from robustlab.experiment import build_classifier, build_datamodule, build_trainer, choices
-from robustlab.trained_models import fit_or_reuse
+from robustlab.builders import build_classifier, build_datamodule, choices
+from robustlab.evaluation.engine import Evaluation
+from robustlab.evaluation.record import RunRecord
+from robustlab.runs import evaluate_and_record, run_directory
+from robustlab.stages import fit_or_reuse
 from robustlab.validation import check_config
 
 
-def run(cfg: DictConfig) -> dict:
+def run(cfg: DictConfig) -> RunRecord | None:
+    """The run's record (None in a DDP process other than 0)."""
     check_config(cfg)
     with run_directory(cfg) as done:
         if done is not None:
@@ -19,12 +22,8 @@ def run(cfg: DictConfig) -> dict:
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg.dataset)
         classifier = build_classifier(cfg)
+        evaluation = Evaluation.from_config(cfg)  # its attacks are built (and checked) before training
         training = fit_or_reuse(cfg, classifier, datamodule)
         pl.seed_everything(cfg.seed, workers=True)  # the evaluation's randomness does not depend on how training went
-        trainer = build_trainer(cfg)
-        results = evaluate(trainer, classifier, datamodule, training.checkpoint)
-        if not trainer.is_global_zero:  # DDP: every process evaluated its share; process 0 audits and writes
-            return results
-        audit_run(cfg, trainer, classifier, datamodule, results)
-        record_run(cfg, trainer, results, training.checkpoint, choices(), training, steps=training.steps)
-        return results
+        return evaluate_and_record(cfg, classifier, datamodule, evaluation, training.checkpoint, choices(), training,
+                                   steps=training.steps)

@@ -1,10 +1,11 @@
-"""Attacks: `attack(model, x, y) -> x_adv`, images in [0, 1], the model passed at call time."""
+"""Attacks: `attack(model, x, y) -> x_adv`, images in [0, 1], the model passed at call time (contract: `base`)."""
 
 from robustlab.attacks.adapter import TorchAttacks
 from robustlab.attacks.apgd import APGD
+from robustlab.attacks.base import Attack
 from robustlab.attacks.cascade import WorstCase
 from robustlab.attacks.identity import NoAttack
 from robustlab.attacks.pgd import PGD
 from robustlab.attacks.square import Square
 
-__all__ = ["APGD", "NoAttack", "PGD", "Square", "TorchAttacks", "WorstCase"]
+__all__ = ["APGD", "Attack", "NoAttack", "PGD", "Square", "TorchAttacks", "WorstCase"]

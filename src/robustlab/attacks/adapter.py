@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustlab.attacks.base import Attack
 from robustlab.attacks.norms import ball, project_image
 from robustlab.errors import ConfigError, InvalidValue, require
 
@@ -22,7 +23,7 @@ def _torchattacks():
     return torchattacks
 
 
-class TorchAttacks:
+class TorchAttacks(Attack):
     """`torchattacks.<name>(model, **kwargs)`, with `eps` passed on when the class takes one.
 
     With `eps` set, the result is also projected onto the ε-ball of `norm` and into [0, 1], so the robustlab
@@ -30,8 +31,6 @@ class TorchAttacks:
     the attack returns it. The model's train/eval mode is restored afterwards (torchattacks switches to eval).
     No EOT: `eot_samples` is 1, so the audit flags its use against a randomized predictor.
     """
-
-    eot_samples = 1
 
     def __init__(self, name: str, eps: float | None = None, norm: str = "linf",
                  kwargs: Mapping[str, Any] | None = None) -> None:
@@ -46,13 +45,14 @@ class TorchAttacks:
         self.threat = None if eps is None else ball(norm, eps)
         self.name, self.norm, self.kwargs = name, norm, dict(kwargs or {})
         self.eps = 0.0 if eps is None else float(eps)
+        self.eot_samples = 1
         self.attack_class = attack_class
         self.takes_eps = "eps" in inspect.signature(attack_class.__init__).parameters
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = x.detach()
-        if self.threat is not None and self.eps == 0:
-            return x.clone()
+    def does_nothing(self) -> bool:
+        return self.threat is not None and self.eps == 0
+
+    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
         extra = {"eps": self.eps} if self.takes_eps and self.threat is not None else {}
         was_training = model.training
         try:

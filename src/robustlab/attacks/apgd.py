@@ -7,26 +7,17 @@ and rescaling the logits and so does not vanish on saturated softmax outputs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from robustlab.attacks.batching import in_chunks
-from robustlab.attacks.expectation import check_eot_samples, cross_entropy, eot_draws, expected_correct
+from robustlab.attacks.base import Attack, WorstSoFar, per_example
+from robustlab.attacks.expectation import check_eot_samples, expected_correct
 from robustlab.attacks.gradient import loss_and_gradient
+from robustlab.attacks.losses import loss_function
 from robustlab.attacks.norms import ball, project_image
-from robustlab.errors import InvalidValue, is_integer, is_number, require
-
-
-def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """−(z_y − max_{i≠y} z_i) / (z_π1 − z_π3): the margin, scaled by the spread of the top logits."""
-    ordered, _ = logits.sort(dim=1, descending=True)
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    best_other = torch.where(ordered[:, 0] == true, ordered[:, 1], ordered[:, 0])
-    return -(true - best_other) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
-
-
-LOSSES = {"ce": cross_entropy, "dlr": dlr_loss}
+from robustlab.errors import is_integer, is_number, require
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -37,20 +28,20 @@ def checkpoints(steps: int) -> list[int]:
     return sorted({math.ceil(fraction * steps) for fraction in fractions[1:] if fraction <= 1})
 
 
-class APGD:
+class APGD(Attack):
     """`steps` iterations from a random start (per restart); each example keeps its worst point found.
 
     Per example: the step starts at 2ε; at each checkpoint it is halved (and the iterate reset to the best
     point) if fewer than ρ = 75% of the steps since the last checkpoint raised the loss, or if neither the
-    step size nor the best loss changed since then. Momentum α = 0.75. `eot_samples` as in `PGD`.
+    step size nor the best loss changed since then. Momentum α = 0.75. `eot_samples` as in `PGD`; `loss` a
+    name of `losses.LOSSES` ("ce": APGD-CE, "dlr": APGD-DLR) or a per-example loss function.
     """
 
-    def __init__(self, eps: float, norm: str = "linf", loss: str = "ce", steps: int = 100, restarts: int = 1,
-                 rho: float = 0.75, momentum: float = 0.75, chunk_size: int | None = 256,
+    def __init__(self, eps: float, norm: str = "linf", loss: str | Callable = "ce", steps: int = 100,
+                 restarts: int = 1, rho: float = 0.75, momentum: float = 0.75, chunk_size: int | None = 256,
                  eot_samples: int | None = None) -> None:
         self.threat = ball(norm, eps)
-        if loss not in LOSSES:
-            raise InvalidValue("loss", loss, f"one of {sorted(LOSSES)}")
+        self.loss_fn = loss_function(loss)
         require(is_integer(steps) and steps >= 1, "steps", steps, "an integer ≥ 1")
         require(is_integer(restarts) and restarts >= 1, "restarts", restarts, "an integer ≥ 1")
         require(is_number(rho) and 0 < rho <= 1, "rho", rho, "a number in (0, 1]")
@@ -59,38 +50,27 @@ class APGD:
         self.eps, self.norm, self.loss, self.steps, self.restarts = float(eps), norm, loss, steps, restarts
         self.rho, self.momentum, self.chunk_size, self.eot_samples = rho, momentum, chunk_size, eot_samples
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = x.detach()
-        if self.eps == 0:
-            return x.clone()
-        draws = eot_draws(self.eot_samples, model, x)
-        return in_chunks(lambda *batch: self._attack(*batch, draws), model, x, y, self.chunk_size)
-
-    def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
-        best, best_correct = x.clone(), expected_correct(model, x, y, draws)
+    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
+        worst = WorstSoFar(x, expected_correct(model, x, y, draws))
         for _ in range(self.restarts):
-            if not (best_correct > 0).any():
+            if not (worst.score > 0).any():
                 break
             candidate = self._run(model, x, y, draws)
-            correct = expected_correct(model, candidate, y, draws)
-            better = correct < best_correct
-            best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), candidate, best)
-            best_correct = torch.minimum(best_correct, correct)
-        return best
+            worst.offer(candidate, expected_correct(model, candidate, y, draws))
+        return worst.x
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
         predictions: list[torch.Tensor] = []
 
         def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             predictions.append(logits.detach().argmax(1) == labels)  # every forward pass's answer, for free
-            return LOSSES[self.loss](logits, labels)
+            return self.loss_fn(logits, labels)
 
         def fooled_by_all_draws() -> torch.Tensor:
             fooled = ~torch.stack(predictions).any(dim=0)
             predictions.clear()
             return fooled
 
-        shape = (-1, *([1] * (x.dim() - 1)))
         project = lambda point: project_image(x, point, self.threat, self.eps)  # noqa: E731
         x_k = project(x + self.threat.random(x, self.eps))
         loss, grad = loss_and_gradient(model, x_k, y, draws, loss_fn)
@@ -103,16 +83,16 @@ class APGD:
         best_loss_at_checkpoint, step_reduced = best_loss.clone(), torch.ones(len(x), dtype=torch.bool, device=x.device)
         marks, last_mark = set(checkpoints(self.steps)), 0
         for k in range(self.steps):
-            z = project(x_k + step.view(shape) * self.threat.ascent_direction(grad))
+            z = project(x_k + per_example(step, x) * self.threat.ascent_direction(grad))
             alpha = 1.0 if k == 0 else self.momentum
             x_next = project(x_k + alpha * (z - x_k) + (1 - alpha) * (x_k - x_prev))
             new_loss, new_grad = loss_and_gradient(model, x_next, y, draws, loss_fn)
             fooled = fooled_by_all_draws() & ~found
-            adversarial = torch.where(fooled.view(shape), x_next, adversarial)
+            adversarial = torch.where(per_example(fooled, x), x_next, adversarial)
             found |= fooled
             increases += (new_loss > loss).float()
             improved = new_loss > best_loss
-            best_x = torch.where(improved.view(shape), x_next, best_x)
+            best_x = torch.where(per_example(improved, x), x_next, best_x)
             best_loss = torch.where(improved, new_loss, best_loss)
             x_prev, x_k, loss, grad = x_k, x_next, new_loss, new_grad
             if k + 1 in marks:
@@ -120,18 +100,18 @@ class APGD:
                 stalled = ~step_reduced & (best_loss <= best_loss_at_checkpoint)
                 reduce = too_few | stalled
                 step = torch.where(reduce, step / 2, step)
-                x_k = torch.where(reduce.view(shape), best_x, x_k)  # restart from the best point
+                x_k = torch.where(per_example(reduce, x), best_x, x_k)  # restart from the best point
                 if reduce.any():
                     loss_at_best, grad_at_best = loss_and_gradient(model, x_k, y, draws, loss_fn)
                     predictions.clear()
                     loss = torch.where(reduce, loss_at_best, loss)
-                    grad = torch.where(reduce.view(shape), grad_at_best, grad)
-                    x_prev = torch.where(reduce.view(shape), x_k, x_prev)
+                    grad = torch.where(per_example(reduce, x), grad_at_best, grad)
+                    x_prev = torch.where(per_example(reduce, x), x_k, x_prev)
                 step_reduced, best_loss_at_checkpoint = reduce, best_loss.clone()
                 increases.zero_()
                 last_mark = k + 1
         # A point misclassified on every draw where one was found, else the highest-loss point.
-        return torch.where(found.view(shape), adversarial, best_x)
+        return torch.where(per_example(found, x), adversarial, best_x)
 
     def __repr__(self) -> str:
         return (f"APGD(loss={self.loss}, norm={self.norm}, eps={self.eps:g}, steps={self.steps}, "

@@ -2,63 +2,48 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from robustlab.attacks.base import Attack, WorstSoFar
 from robustlab.attacks.expectation import eot_draws, expected_correct
 from robustlab.errors import require
 
 
-class WorstCase:
+class WorstCase(Attack):
     """Run `attacks` in order; each sees only the points that every earlier attack failed to break.
 
     Per example, the returned point is the one with the lowest (expected) correctness found by any attack,
     so its accuracy is at most each attack's own on the same run, and the later, costlier attacks only
-    spend time on the points that still stand.
+    spend time on the points that still stand. Its `eps` is the largest of the attacks', its `norm` theirs
+    when they share one ("mixed" otherwise), its `eot_samples` None (automatic) only if all of theirs are.
     """
 
-    def __init__(self, attacks: Mapping[str, Callable]) -> None:
-        require(len(attacks) >= 1, "attacks", dict(attacks), "at least one attack")
+    def __init__(self, attacks: Mapping[str, Attack]) -> None:
+        require(len(attacks) >= 1 and all(isinstance(a, Attack) for a in attacks.values()), "attacks",
+                dict(attacks), "at least one attack config")
         self.attacks = dict(attacks)
-        norms = {getattr(attack, "norm", None) for attack in self.attacks.values()}
-        self.norm = norms.pop() if len(norms) == 1 else "mixed"  # the threat model, when all attacks share one
-        self.eps = max(float(getattr(attack, "eps", 0.0)) for attack in self.attacks.values())
+        norms = {attack.norm for attack in self.attacks.values()}
+        self.norm = norms.pop() if len(norms) == 1 else "mixed"
+        self.eps = max(attack.eps for attack in self.attacks.values())
+        self.eot_samples = None if all(a.eot_samples is None for a in self.attacks.values()) else 1
 
+    def with_eot_samples(self, eot_samples: int | None) -> "WorstCase":
+        """The cascade with every attack's draws set (copies: other holders of the attacks are unaffected)."""
+        return WorstCase({name: attack.with_eot_samples(eot_samples) for name, attack in self.attacks.items()})
 
-    @property
-    def eot_samples(self) -> int | None:
-        """None (automatic) only if every attack of the cascade chooses its EOT draws automatically."""
-        automatic = all(getattr(attack, "eot_samples", 1) is None for attack in self.attacks.values())
-        return None if automatic else 1
-
-    @eot_samples.setter
-    def eot_samples(self, value: int | None) -> None:
-        """Set the draws of every attack of the cascade (on copies: other holders of the attacks are unaffected)."""
-        attacks = {}
-        for name, attack in self.attacks.items():
-            attack = copy.copy(attack)
-            if hasattr(attack, "eot_samples"):
-                attack.eot_samples = value
-            attacks[name] = attack
-        self.attacks = attacks
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = x.detach()
-        draws = eot_draws(None, model, x)
-        best, correct = x.clone(), expected_correct(model, x, y, draws)
+    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
+        draws = eot_draws(None, model, x)  # points are judged over the predictor's randomness, whatever the attacks' draws
+        worst = WorstSoFar(x, expected_correct(model, x, y, draws))
         for attack in self.attacks.values():
-            standing = (correct > 0).nonzero().squeeze(1)
+            standing = (worst.score > 0).nonzero().squeeze(1)
             if len(standing) == 0:
                 break
             candidate = attack(model, x[standing], y[standing])
-            candidate_correct = expected_correct(model, candidate, y[standing], draws)
-            better = candidate_correct < correct[standing]
-            best[standing[better]] = candidate[better]
-            correct[standing[better]] = candidate_correct[better]
-        return best
+            worst.offer(candidate, expected_correct(model, candidate, y[standing], draws), standing)
+        return worst.x
 
     def __repr__(self) -> str:
         return f"WorstCase({', '.join(self.attacks)})"

@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from robustlab.attacks.losses import cross_entropy
 from robustlab.errors import is_integer, require
 
 DEFAULT_EOT_DRAWS = 10
@@ -38,10 +38,6 @@ def is_randomized(model: nn.Module, x: torch.Tensor, probes: int = 8) -> bool:
         return True
     probe = x[:probes]
     return not torch.equal(model(probe), model(probe))
-
-
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, y, reduction="none")
 
 
 def per_example_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1,

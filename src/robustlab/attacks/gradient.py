@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustlab.attacks.expectation import cross_entropy, expected_correct, per_example_loss
+from robustlab.attacks.expectation import expected_correct, per_example_loss
+from robustlab.attacks.losses import cross_entropy
 
 
 def loss_and_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1, loss=cross_entropy

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from robustlab.attacks.base import Attack
 
 
-class NoAttack:
-    """`attack(model, x, y) -> x`; ε is 0 under any norm."""
-
-    eps = 0.0
-    norm = "linf"
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return x.detach().clone()
+class NoAttack(Attack):
+    """`attack(model, x, y) -> x`: its budget ε is 0, so `Attack.__call__` returns a copy of x."""
 
     def __repr__(self) -> str:
         return "NoAttack()"

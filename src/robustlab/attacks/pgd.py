@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from robustlab.attacks.batching import in_chunks
-from robustlab.attacks.expectation import check_eot_samples, eot_draws
-from robustlab.attacks.gradient import input_gradient, loss_and_correct
+from robustlab.attacks.base import Attack, WorstSoFar
+from robustlab.attacks.expectation import check_eot_samples
+from robustlab.attacks.gradient import loss_and_correct, loss_and_gradient
+from robustlab.attacks.losses import loss_function
 from robustlab.attacks.norms import ball, project_image
 from robustlab.errors import is_integer, is_number, require
 
 
-class PGD:
-    """Maximise cross-entropy inside the ε-ball; with restarts, keep each example's worst case.
+class PGD(Attack):
+    """Maximise `loss` (cross-entropy by default) inside the ε-ball; with restarts, keep each example's worst case.
 
     `step_size=None` uses 2.5·ε/steps, enough to cross the ball from any start. `chunk_size`: see
     `robustlab.attacks.batching` (eval-mode CPU batches are attacked in chunks of this many images).
     `eot_samples`: gradient draws per step on a randomized predictor; None picks 10 when the predictor is
-    detected as randomized and 1 otherwise (see `robustlab.attacks.expectation`).
+    detected as randomized and 1 otherwise (see `robustlab.attacks.expectation`). `loss`: a name of
+    `losses.LOSSES`, or any per-example loss function (TRADES passes its KL divergence).
     """
 
     def __init__(
@@ -31,6 +35,7 @@ class PGD:
         restarts: int = 1,
         chunk_size: int | None = 256,
         eot_samples: int | None = None,
+        loss: str | Callable = "ce",
     ) -> None:
         self.threat = ball(norm, eps)
         require(is_integer(steps) and steps >= 1, "steps", steps, "an integer ≥ 1")
@@ -43,6 +48,7 @@ class PGD:
             step_size = 2.5 * eps / steps
         require(is_number(step_size) and step_size >= 0, "step_size", step_size,
                 "a number ≥ 0, or null for 2.5·eps/steps")
+        self.loss_fn = loss_function(loss)
         self.eps = float(eps)
         self.norm = norm
         self.steps = steps
@@ -51,38 +57,42 @@ class PGD:
         self.restarts = restarts
         self.chunk_size = chunk_size
         self.eot_samples = eot_samples
+        self.loss = loss if isinstance(loss, str) else getattr(loss, "__name__", repr(loss))
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = x.detach()
-        if self.eps == 0 or self.step_size == 0:
-            return x.clone()
-        draws = eot_draws(self.eot_samples, model, x)
-        return in_chunks(lambda *batch: self._worst_of_restarts(*batch, draws), model, x, y, self.chunk_size)
+    def does_nothing(self) -> bool:
+        return self.eps == 0 or self.step_size == 0
 
-    def _worst_of_restarts(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
-        best = self._run(model, x, y, draws)
+    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
+        best = self.ascend(model, x, y, self.start(x), draws)
         if self.restarts == 1:
             return best
-        best_loss, best_correct = loss_and_correct(model, best, y, draws)
+        worst = WorstSoFar(best, self._score(model, best, y, draws))
         for _ in range(self.restarts - 1):
-            candidate = self._run(model, x, y, draws)
-            loss, correct = loss_and_correct(model, candidate, y, draws)
-            # A misclassified point beats a correct one; between equals, the higher loss wins.
-            better = (best_correct & ~correct) | ((best_correct == correct) & (loss > best_loss))
-            best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), candidate, best)
-            best_loss = torch.where(better, loss, best_loss)
-            best_correct = best_correct & correct
-        return best
+            candidate = self.ascend(model, x, y, self.start(x), draws)
+            worst.offer(candidate, self._score(model, candidate, y, draws))
+        return worst.x
 
-    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
-        x_adv = x.clone()
-        if self.random_start:
-            x_adv = project_image(x, x + self.threat.random(x, self.eps), self.threat, self.eps)
+    def _score(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
+        """A misclassified point beats a correct one; between equals, the higher loss wins."""
+        loss, correct = loss_and_correct(model, x, y, draws)
+        return torch.stack([correct.float(), -loss], dim=1)
+
+    def start(self, x: torch.Tensor) -> torch.Tensor:
+        """A uniform point of the ball (in [0, 1]) with `random_start`, else x."""
+        if not self.random_start:
+            return x.clone()
+        return project_image(x, x + self.threat.random(x, self.eps), self.threat, self.eps)
+
+    def ascend(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, start: torch.Tensor,
+               draws: int = 1) -> torch.Tensor:
+        """`steps` steepest-ascent steps of `loss(model(·), target)` from `start`, each projected onto the ball."""
+        x_adv = start
         for _ in range(self.steps):
-            grad = input_gradient(model, x_adv, y, draws)
+            grad = loss_and_gradient(model, x_adv, target, draws, self.loss_fn)[1]
             x_adv = project_image(x, x_adv + self.step_size * self.threat.ascent_direction(grad), self.threat, self.eps)
         return x_adv.detach()
 
     def __repr__(self) -> str:
         return (f"PGD(norm={self.norm}, eps={self.eps:g}, steps={self.steps}, step_size={self.step_size:g}, "
-                f"random_start={self.random_start}, restarts={self.restarts}, eot_samples={self.eot_samples})")
+                f"random_start={self.random_start}, restarts={self.restarts}, eot_samples={self.eot_samples}"
+                + ("" if self.loss == "ce" else f", loss={self.loss}") + ")")

@@ -1,13 +1,12 @@
-"""What a defense is: a training loss, a deployment wrapper, and the stages that train it."""
+"""What a defense is (the `Defense` interface), its stages, and the checks every defense shares."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustlab.errors import is_integer, require
@@ -55,31 +54,32 @@ def evaluation_mode(*modules: nn.Module):
             module.train(mode)
 
 
-class Defense(nn.Module):
-    """Training on `attack`'s examples (none: clean images) through `wrapper`, which is also deployed.
+def check_selection_metric(selection_metric: str) -> str:
+    require(isinstance(selection_metric, str) and selection_metric in SELECTION_METRICS, "selection_metric",
+            selection_metric, f"one of {', '.join(SELECTION_METRICS)}")
+    return selection_metric
 
-    - `attack=None, wrapper=None` is standard training;
-    - `attack` (a training attack, e.g. PGD-7) is adversarial training (Madry et al. 2018), and with a
-      one-step random-start attack, fast adversarial training (Wong et al. 2020);
-    - `wrapper` (a module factory, e.g. a partial `NoisyModel`) turns the model into the deployed
-      predictor; training, the training attack and every evaluation attack all go through it.
+
+class Defense(nn.Module):
+    """The interface every defense implements: a training loss, a deployed predictor, and the stages that train it.
+
+    - `training_loss(model, x, y)`: the loss of one batch and the logits it was computed on (for `train/acc`);
+      it trains through `wrap(model)`, what is deployed, unless the defense says in one line why not;
+    - `wrap(model)`: the deployed predictor, what is evaluated and what every attack sees (default: the model);
+    - `stages()`: one Lightning fit each (default: one, `train`); `begin_stage(k)` before stage k, None after
+      the last; `self.stage` is the index of the stage being trained (the last one once trained);
+    - `trainable_parameters(model)`: what the optimizer of the current stage updates;
+    - `test_metrics(model, x, x_adv)`: per-example diagnostics on an attacked test batch (e.g. PSNR);
+    - `selection_metric`: the validation metric that picks the best checkpoint (`SELECTION_METRICS`).
 
     A defense is an `nn.Module` so that whatever it deploys (a denoiser, mixture members) is saved with the
-    checkpoint. Subclasses with several stages override `stages`, `trainable_parameters`, `training_loss`
-    and `wrap`, reading `self.stage` (the index of the stage being trained; the last one once trained).
+    checkpoint.
     """
 
-    def __init__(self, selection_metric: str = "val/acc", attack: Callable | None = None,
-                 wrapper: Callable[[nn.Module], nn.Module] | None = None) -> None:
+    selection_metric: str = "val/acc"
+
+    def __init__(self) -> None:
         super().__init__()
-        require(isinstance(selection_metric, str) and selection_metric in SELECTION_METRICS, "selection_metric",
-                selection_metric, f"one of {', '.join(SELECTION_METRICS)}")
-        require(attack is None or callable(attack), "attack", attack, "an attack config (an option of conf/attack), or null")
-        require(wrapper is None or callable(wrapper), "wrapper", wrapper,
-                "a partial module config (_partial_: true) that wraps the model, or null")
-        self.selection_metric = selection_metric
-        self.attack = attack
-        self.wrapper = wrapper
         self._stage: int | None = None  # None: trained, deploy the whole pipeline
 
     @property
@@ -94,27 +94,14 @@ class Defense(nn.Module):
         self._stage = index
 
     def trainable_parameters(self, model: nn.Module) -> Iterator[nn.Parameter]:
-        """What the optimizer of the current stage updates."""
         yield from model.parameters()
         yield from self.parameters()
 
     def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TrainingLoss:
-        predictor = self.wrap(model)
-        if self.attack is not None:
-            x = self.attack(predictor, x, y)
-        logits = predictor(x)
-        return TrainingLoss(F.cross_entropy(logits, y), logits)
+        raise NotImplementedError
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """The deployed predictor: what is evaluated and what every attack sees."""
-        return model if self.wrapper is None else self.wrapper(model)
+        return model
 
     def test_metrics(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-example diagnostics of the defense on one attacked test batch (e.g. a denoiser's PSNR)."""
         return {}
-
-    def extra_repr(self) -> str:
-        parts = [f"attack={self.attack!r}"] if self.attack is not None else []
-        if self.wrapper is not None:
-            parts.append(f"wrapper={self.wrapper!r}")
-        return ", ".join(parts)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.defenses.base import Defense, Stage, TrainingLoss, check_epochs, evaluation_mode
+from robustlab.defenses.base import Defense, Stage, TrainingLoss, check_epochs, check_selection_metric, evaluation_mode
 from robustlab.errors import require
 
 
@@ -28,13 +28,17 @@ class DenoiserDefense(Defense):
     2. `denoiser` — the classifier is frozen (eval mode, out of the optimizer) and `denoiser` learns to map
        `attack`'s adversarial examples against it back to the clean images (mean squared error).
 
-    The deployed predictor is `denoiser → classifier`; attacks differentiate through both.
+    The deployed predictor is `denoiser → classifier`; attacks differentiate through both. The denoiser's
+    loss is reconstruction of attacks on the frozen classifier (Liao et al. 2018), not the deployed predictor's.
     """
 
     def __init__(self, denoiser: nn.Module, attack: Callable, classifier_epochs: int | None = None,
                  denoiser_epochs: int | None = None, classifier_checkpoint: str | None = None,
                  selection_metric: str = "val/robust_acc") -> None:
-        super().__init__(selection_metric, attack)
+        super().__init__()
+        self.selection_metric = check_selection_metric(selection_metric)
+        require(callable(attack), "attack", attack, "an attack config (an option of conf/attack)")
+        self.attack = attack
         check_epochs(classifier_epochs=classifier_epochs, denoiser_epochs=denoiser_epochs)
         require(isinstance(denoiser, nn.Module), "denoiser", denoiser, "a model config (e.g. robustlab.models.DnCNN)")
         require(classifier_checkpoint is None or Path(str(classifier_checkpoint)).is_file(), "classifier_checkpoint",

@@ -8,19 +8,50 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.defenses.base import Defense, TrainingLoss
+from robustlab.defenses.base import Defense, TrainingLoss, check_selection_metric
 from robustlab.errors import InvalidValue, require
 
-STRATEGIES = ("max", "avg", "random")
+Attacks = Mapping[str, Callable]
+
+
+def per_attack_losses(attacks: Attacks, predictor: nn.Module, x: torch.Tensor, y: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example cross-entropy (attacks × batch) on each attack's examples, and the logits."""
+    logits = torch.stack([predictor(attack(predictor, x, y)) for attack in attacks.values()])
+    losses = torch.stack([F.cross_entropy(one, y, reduction="none") for one in logits])
+    return losses, logits
+
+
+def worst_of_attacks(attacks: Attacks, predictor: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TrainingLoss:
+    """`max`: each example's highest loss over the attacks' examples."""
+    losses, logits = per_attack_losses(attacks, predictor, x, y)
+    worst = losses.argmax(dim=0)
+    chosen = logits.gather(0, worst.view(1, -1, 1).expand(1, *logits.shape[1:])).squeeze(0)
+    return TrainingLoss(losses.max(dim=0).values.mean(), chosen)
+
+
+def mean_of_attacks(attacks: Attacks, predictor: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TrainingLoss:
+    """`avg`: the mean of the attacks' losses."""
+    losses, logits = per_attack_losses(attacks, predictor, x, y)
+    return TrainingLoss(losses.mean(), logits[0])
+
+
+def one_random_attack(attacks: Attacks, predictor: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TrainingLoss:
+    """`random`: one attack, drawn uniformly, per batch."""
+    attack = list(attacks.values())[int(torch.randint(len(attacks), ()))]
+    logits = predictor(attack(predictor, x, y))
+    return TrainingLoss(F.cross_entropy(logits, y), logits)
+
+
+STRATEGIES = {"max": worst_of_attacks, "avg": mean_of_attacks, "random": one_random_attack}
 
 
 class MixedAdversarialTraining(Defense):
-    """`max`: each example's worst of the attacks' examples; `avg`: the mean of the attacks' losses;
-    `random`: one attack, drawn uniformly, per batch."""
+    """Adversarial training on `attacks`' examples, combined by `strategy` (a key of `STRATEGIES`)."""
 
-    def __init__(self, attacks: Mapping[str, Callable], strategy: str = "max",
-                 selection_metric: str = "val/robust_acc") -> None:
-        super().__init__(selection_metric)
+    def __init__(self, attacks: Attacks, strategy: str = "max", selection_metric: str = "val/robust_acc") -> None:
+        super().__init__()
+        self.selection_metric = check_selection_metric(selection_metric)
         if not isinstance(strategy, str) or strategy not in STRATEGIES:
             raise InvalidValue("strategy", strategy, f"one of {list(STRATEGIES)}")
         require(isinstance(attacks, Mapping) and len(attacks) >= 1 and all(callable(a) for a in attacks.values()),
@@ -28,28 +59,8 @@ class MixedAdversarialTraining(Defense):
         self.attacks = dict(attacks)
         self.strategy = strategy
 
-    def adversarial_losses(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
-                           ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per attack: per-example cross-entropy on its adversarial examples, and the logits."""
-        losses = {}
-        for name, attack in self.attacks.items():
-            logits = model(attack(model, x, y))
-            losses[name] = (F.cross_entropy(logits, y, reduction="none"), logits)
-        return losses
-
     def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TrainingLoss:
-        if self.strategy == "random":
-            name = list(self.attacks)[int(torch.randint(len(self.attacks), ()))]
-            logits = model(self.attacks[name](model, x, y))
-            return TrainingLoss(F.cross_entropy(logits, y), logits)
-        per_attack = self.adversarial_losses(model, x, y)
-        losses = torch.stack([loss for loss, _ in per_attack.values()])  # attacks × batch
-        logits = torch.stack([logits for _, logits in per_attack.values()])
-        if self.strategy == "avg":
-            return TrainingLoss(losses.mean(), logits[0])
-        worst = losses.argmax(dim=0)
-        chosen = logits.gather(0, worst.view(1, -1, 1).expand(1, *logits.shape[1:])).squeeze(0)
-        return TrainingLoss(losses.max(dim=0).values.mean(), chosen)
+        return STRATEGIES[self.strategy](self.attacks, self.wrap(model), x, y)
 
     def extra_repr(self) -> str:
         return f"strategy={self.strategy}, attacks={self.attacks!r}"

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustlab.defenses.base import Defense, Stage, TrainingLoss, check_epochs, evaluation_mode
+from robustlab.defenses.base import Defense, Stage, TrainingLoss, check_epochs, check_selection_metric, evaluation_mode
 from robustlab.errors import is_number, require
 
 
@@ -48,11 +48,15 @@ class RandomMixture(Defense):
     """K = len(weights) members; the model being trained is member 1, `member` (the same architecture) and its
     fresh copies are members 2…K. Stage k trains member k, all earlier members frozen, on `attack`'s examples
     against the mixture of members 1…k−1 (weights renormalised); member 1 is plain adversarial training.
+    Boosting trains one member against the members before it, not through the deployed mixture of all K.
     """
 
     def __init__(self, member: nn.Module, weights: Sequence[float], attack: Callable,
                  epochs_per_member: int | None = None, selection_metric: str = "val/robust_acc") -> None:
-        super().__init__(selection_metric, attack)
+        super().__init__()
+        self.selection_metric = check_selection_metric(selection_metric)
+        require(callable(attack), "attack", attack, "an attack config (an option of conf/attack)")
+        self.attack = attack
         check_epochs(epochs_per_member=epochs_per_member)
         require(isinstance(member, nn.Module), "member", member, "a model config (the default: ${model})")
         require(isinstance(weights, Sequence) and not isinstance(weights, str) and len(weights) >= 1

@@ -1,1 +1,1 @@
-"""Evaluation helpers: metrics files, TensorBoard images, progress bars."""
+"""The evaluation engine and its leaves: passes and worst case, the run record, audit, figures, TensorBoard."""

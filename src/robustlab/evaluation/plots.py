@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -13,19 +14,38 @@ import matplotlib.pyplot as plt  # noqa: E402
 from robustlab.files import write_atomically  # noqa: E402
 
 
-def curves_figure(curves: Mapping[str, Mapping], title: str = "") -> plt.Figure:
+def _draw_curves(axis: plt.Axes, curves: Mapping[str, Mapping], title: str, small: bool) -> None:
     """Accuracy vs ε, one line per attack; L2 and L∞ budgets share the axis as multiples of the default ε."""
-    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    size = 7 if small else None
     for name, curve in curves.items():
         default = curve["default_eps"] or 1.0
-        axis.plot([eps / default for eps in curve["eps"]], [100 * a for a in curve["accuracy"]], marker="o",
-                  label=f"{name} (ε={default:g})")
-    axis.set_xlabel("ε / default ε")
-    axis.set_ylabel("accuracy (%)")
+        axis.plot([eps / default for eps in curve["eps"]], [100 * a for a in curve["accuracy"]],
+                  marker="." if small else "o", label=name if small else f"{name} (ε={default:g})")
+    axis.set_xlabel("ε / default ε", fontsize=size)
+    axis.set_ylabel("accuracy (%)", fontsize=size)
     axis.set_ylim(-2, 102)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=6 if small else 7)
+    axis.set_title(title, fontsize=8 if small else 9)
+
+
+def curves_figure(curves: Mapping[str, Mapping], title: str = "") -> plt.Figure:
+    """One run's robustness curves."""
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    _draw_curves(axis, curves, title, small=False)
+    figure.tight_layout()
+    return figure
+
+
+def curves_grid(panels: Mapping[str, Mapping[str, Mapping]]) -> plt.Figure:
+    """Several runs' robustness curves, one panel each (title → curves), four to a row."""
+    columns = min(4, max(len(panels), 1))
+    rows = max(math.ceil(len(panels) / columns), 1)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), squeeze=False)
+    for axis, (title, curves) in zip(axes.flat, panels.items()):
+        _draw_curves(axis, curves, title, small=True)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.axis("off")
     figure.tight_layout()
     return figure
 

@@ -30,5 +30,5 @@ class EvaluationProgressBar(TQDMProgressBar):
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         super().on_test_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
-        if batch_idx == 0 and hasattr(pl_module, "test_pass_name"):
-            self.test_progress_bar.set_description(f"Evaluating {pl_module.test_pass_name(dataloader_idx)}")
+        if batch_idx == 0 and pl_module.evaluation is not None:
+            self.test_progress_bar.set_description(f"Evaluating {pl_module.evaluation.pass_name(dataloader_idx)}")

@@ -14,28 +14,29 @@ from typing import Any
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from robustlab.evaluation.audit import flags
+from robustlab.evaluation.record import RunRecord
 
 
-def final_metrics(record: dict) -> dict[str, float]:
+def final_metrics(record: RunRecord) -> dict[str, float]:
     """The record's final numbers under their `final/` tags (no value twice, no value missing)."""
-    metrics = {"final/clean_acc": record["clean_acc"]}
-    metrics.update({f"final/robust_acc/{name}": value for name, value in record["robust_acc"].items()})
-    metrics.update({f"final/attack_ms_per_image/{name}": value
-                    for name, value in (record.get("attack_ms_per_image") or {}).items()})
-    selection = record.get("selection") or {}
+    metrics = {"final/clean_acc": record.clean_acc}
+    metrics.update({f"final/robust_acc/{name}": value for name, value in record.robust_acc.items()})
+    metrics.update({f"final/attack_ms_per_image/{name}": value for name, value in record.attack_ms_per_image.items()})
+    selection = record.selection or {}
     if selection.get("best") is not None:
         metrics[f"final/best_{selection['metric'].replace('/', '_')}"] = selection["best"]
-    if record.get("train_seconds") is not None:
-        metrics["final/train_seconds"] = record["train_seconds"]
-    metrics["final/audit_flags"] = float(len(flags(record.get("audit") or {})))
+    if record.train_seconds is not None:
+        metrics["final/train_seconds"] = record.train_seconds
+    metrics["final/audit_flags"] = float(len(flags(record.audit)))
     return {name: float(value) for name, value in metrics.items()}
 
 
-def settings(record: dict) -> dict[str, Any]:
+def settings(record: RunRecord) -> dict[str, Any]:
     """What HParams shows as a run's settings: its choices, budgets, and the swept training settings."""
-    chosen = {key: record.get(key) for key in ("dataset", "model", "defense", "attack", "seed", "epochs", "n_eval")}
-    chosen.update({f"eps_{norm}": value for norm, value in (record.get("eps") or {}).items()})
-    chosen.update(record.get("settings") or {})
+    chosen = {key: getattr(record, key) for key in ("dataset", "model", "defense", "attack", "seed", "epochs",
+                                                      "n_eval")}
+    chosen.update({f"eps_{norm}": value for norm, value in record.eps.items()})
+    chosen.update(record.settings)
     return {key: "none" if value is None else value if isinstance(value, (int, float, str, bool)) else str(value)
             for key, value in chosen.items()}
 
@@ -50,7 +51,7 @@ def write_hparams(writer, params: dict[str, Any], metrics: dict[str, float], ste
     writer.flush()
 
 
-def log_record(loggers, record: dict, step: int) -> None:
+def log_record(loggers, record: RunRecord, step: int) -> None:
     """The run's settings and final numbers into every TensorBoard logger of the Trainer."""
     for logger in loggers:
         experiment = getattr(logger, "experiment", None)

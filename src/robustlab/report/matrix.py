@@ -16,18 +16,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from robustlab.errors import RobustlabError
-from robustlab.evaluation.audit import LETTERS
-from robustlab.evaluation.plots import heatmap_figure, plt, save_figure
+from robustlab.evaluation.audit import LETTERS, flags
+from robustlab.evaluation.plots import curves_grid, heatmap_figure, save_figure
+from robustlab.evaluation.record import CLEAN, FILE_NAME, WORST_CASE, NotARecord, RunRecord
 from robustlab.evaluation.tensorboard import write_hparams
 from robustlab.provenance import module_digest
 
-CLEAN, WORST_CASE = "clean", "worst_case"
 VERSIONS = ("refuse", "current", "mix")  # what to do with results evaluated by different code
 
 
@@ -35,12 +34,12 @@ class MixedVersions(RobustlabError):
     """The directory holds results evaluated by different versions of the evaluation code."""
 
 
-def version_conflicts(records: dict[str, dict]) -> list[str]:
+def version_conflicts(records: dict[str, RunRecord]) -> list[str]:
     """For each robustlab module that two results were evaluated with in different versions, one line naming
     the versions and the results (metrics.json paths) of each."""
     digests: dict[str, dict[str, list[str]]] = {}
     for source, record in sorted(records.items()):
-        for module, digest in record["evaluation_modules"].items():
+        for module, digest in record.evaluation_modules.items():
             digests.setdefault(module, {}).setdefault(digest, []).append(source)
     lines = [f"  {module}: " + "; ".join(f"version {digest} in {', '.join(sources)}"
                                           for digest, sources in sorted(versions.items()))
@@ -48,13 +47,12 @@ def version_conflicts(records: dict[str, dict]) -> list[str]:
     return lines
 
 
-def is_current(record: dict) -> bool:
+def is_current(record: RunRecord) -> bool:
     """Whether the result was evaluated by the code installed now (every module it recorded is unchanged)."""
-    modules = record["evaluation_modules"]
-    return all(module_digest(module) == digest for module, digest in modules.items())
+    return all(module_digest(module) == digest for module, digest in record.evaluation_modules.items())
 
 
-def select_versions(records: dict[str, dict], versions: str) -> tuple[dict[str, dict], list[str]]:
+def select_versions(records: dict[str, RunRecord], versions: str) -> tuple[dict[str, RunRecord], list[str]]:
     """The results to report and the ones left out. `refuse`: all, or `MixedVersions` if their evaluation code
     differs; `current`: only those evaluated by the code installed now; `mix`: all, whatever their code."""
     if versions not in VERSIONS:
@@ -118,42 +116,31 @@ class Cell:
         return self.dataset, self.model, self.defense
 
 
-def _flag_letters(audit: dict) -> str:
-    return "".join(sorted(check["letter"] for check in audit.values() if check.get("flagged")))
-
-
 class NoResults(RobustlabError):
     """A directory without a single usable metrics.json."""
 
 
-RECORD_KEYS = ("dataset", "model", "defense", "clean_acc", "robust_acc")
-
-
-def read_records(directory: str | Path) -> tuple[dict[str, dict], list[str]]:
+def read_records(directory: str | Path) -> tuple[dict[str, RunRecord], list[str]]:
     """Every usable metrics.json under `directory`, keyed by its path relative to `directory` and sorted, and
     one line for each thing skipped and why: a file that is not JSON (truncated), JSON that is not a robustlab
     record, a record from an older robustlab, a run directory without metrics.json (a run that did not end)."""
     directory = Path(directory)
     records, skipped = {}, []
-    for path in sorted(directory.rglob("metrics.json")):
+    for path in sorted(directory.rglob(FILE_NAME)):
         source = str(path.relative_to(directory))
         try:
-            record = json.loads(path.read_text())
+            values = json.loads(path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             skipped.append(f"{source}: not valid JSON, probably truncated ({error})")
             continue
-        missing = [key for key in RECORD_KEYS if not isinstance(record, dict) or key not in record]
-        if missing:
-            skipped.append(f"{source}: not a robustlab record (no {', '.join(missing)})")
-        elif "evaluation_modules" not in record:
-            skipped.append(f"{source}: written by an older robustlab that did not record its code version; "
-                           "re-run it to include it")
-        else:
-            records[source] = record
+        try:
+            records[source] = RunRecord.from_dict(values)
+        except NotARecord as error:
+            skipped.append(f"{source}: {error}")
     for run_dir in sorted(path for path in directory.rglob("*") if path.is_dir() and "report" not in
                           path.relative_to(directory).parts):
         is_run = (run_dir / ".hydra").is_dir() or not any(run_dir.iterdir())
-        if is_run and not (run_dir / "metrics.json").exists():
+        if is_run and not (run_dir / FILE_NAME).exists():
             skipped.append(f"{run_dir.relative_to(directory)}/: a run directory without metrics.json "
                            "(the run did not finish)")
     if not records:
@@ -162,32 +149,32 @@ def read_records(directory: str | Path) -> tuple[dict[str, dict], list[str]]:
     return records, skipped
 
 
-def collect_cells(directory: str | Path, records: dict[str, dict] | None = None) -> list[Cell]:
+def collect_cells(directory: str | Path, records: dict[str, RunRecord] | None = None) -> list[Cell]:
     """The metrics.json records under `directory` (or `records`), merged per (dataset, model, defense);
     sorted, deterministic."""
     cells: dict[tuple[str, str, str], Cell] = {}
     for source, record in (read_records(directory)[0] if records is None else records).items():
-        key = (record["dataset"], record["model"], record["defense"])
-        cell = cells.setdefault(key, Cell(*key, clean_acc=record["clean_acc"]))
-        worst = min(cell.robust_acc.get(WORST_CASE, 1.0), record["robust_acc"].get(WORST_CASE, 1.0))
-        cell.robust_acc.update(record["robust_acc"])
+        key = (record.dataset, record.model, record.defense)
+        cell = cells.setdefault(key, Cell(*key, clean_acc=record.clean_acc))
+        worst = min(cell.robust_acc.get(WORST_CASE, 1.0), record.robust_acc.get(WORST_CASE, 1.0))
+        cell.robust_acc.update(record.robust_acc)
         if WORST_CASE in cell.robust_acc:  # each run's worst case bounds all of its attacks, so the least does too
             cell.robust_acc[WORST_CASE] = worst
-        cell.attack_ms_per_image.update(record.get("attack_ms_per_image", {}))
-        cell.robust_acc_without_eot.update(record.get("robust_acc_without_eot") or {})
-        for name, check in (record.get("audit") or {}).items():  # a flag raised by any evaluation stays raised
+        cell.attack_ms_per_image.update(record.attack_ms_per_image)
+        cell.robust_acc_without_eot.update(record.robust_acc_without_eot or {})
+        for name, check in (record.audit or {}).items():  # a flag raised by any evaluation stays raised
             if name not in cell.audit or check["flagged"]:
                 cell.audit[name] = check
-        cell.curves.update(record.get("curves") or {})
-        cell.randomized = cell.randomized or bool(record.get("randomized"))
-        cell.n_eval = max(cell.n_eval, int(record.get("n_eval") or 0))
-        if record.get("train_seconds") is not None:
-            cell.train_seconds = record["train_seconds"]
+        cell.curves.update(record.curves or {})
+        cell.randomized = cell.randomized or bool(record.randomized)
+        cell.n_eval = max(cell.n_eval, int(record.n_eval or 0))
+        if record.train_seconds is not None:
+            cell.train_seconds = record.train_seconds
         cell.sources.append(source)
-        cell.evaluation_code[source] = record.get("evaluation_code", "unrecorded")
-        cell.provenance[source] = record.get("provenance") or {}
+        cell.evaluation_code[source] = record.evaluation_code or "unrecorded"
+        cell.provenance[source] = record.provenance or {}
     for cell in cells.values():
-        cell.flags = _flag_letters(cell.audit)
+        cell.flags = "".join(sorted(flags(cell.audit)))
     return [cells[key] for key in sorted(cells)]
 
 
@@ -293,28 +280,6 @@ def answer(cells: list[Cell]) -> str:
     return "".join(lines)
 
 
-def curves_grid(cells: list[Cell]) -> plt.Figure:
-    with_curves = [cell for cell in cells if cell.curves]
-    columns = min(4, max(len(with_curves), 1))
-    rows = max(math.ceil(len(with_curves) / columns), 1)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), squeeze=False)
-    for axis, cell in zip(axes.flat, with_curves):
-        for name, curve in cell.curves.items():
-            default = curve["default_eps"] or 1.0
-            axis.plot([eps / default for eps in curve["eps"]], [100 * a for a in curve["accuracy"]], marker=".",
-                      label=name)
-        axis.set_title(row_label(cell, cells) + (f"  ⚑{cell.flags}" if cell.flags else ""), fontsize=8)
-        axis.set_ylim(-2, 102)
-        axis.grid(alpha=0.3)
-        axis.set_xlabel("ε / default ε", fontsize=7)
-        axis.set_ylabel("accuracy (%)", fontsize=7)
-        axis.legend(fontsize=6)
-    for axis in list(axes.flat)[len(with_curves):]:
-        axis.axis("off")
-    figure.tight_layout()
-    return figure
-
-
 def write_tensorboard(cells: list[Cell], text: str, directory: Path) -> None:
     """The report as text, and one HParams run per cell (its choices and flags; its final numbers)."""
     from torch.utils.tensorboard import SummaryWriter
@@ -352,6 +317,7 @@ def write_report(directory: str | Path, versions: str = "refuse") -> dict[str, P
     flags = [["" if name == CLEAN else cell.flags for name in columns] for cell in cells]
     save_figure(heatmap_figure([row_label(cell, cells) for cell in cells], columns, values, flags,
                                title=f"accuracy (%) — {directory.name}"), paths["heatmap"])
-    save_figure(curves_grid(cells), paths["curves"])
+    save_figure(curves_grid({row_label(cell, cells) + (f"  ⚑{cell.flags}" if cell.flags else ""): cell.curves
+                             for cell in cells if cell.curves}), paths["curves"])
     write_tensorboard(cells, text, paths["tensorboard"])
     return paths

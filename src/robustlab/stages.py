@@ -1,8 +1,10 @@
-"""Train once per training fingerprint: resume a killed training, reuse a finished one.
+"""Train a defense stage by stage, once per training fingerprint: resume a killed stage, reuse finished ones.
 
-`paths.checkpoint_dir` is keyed by the training fingerprint. In it, `last.ckpt` (written every epoch, with
-optimizer, scheduler, loop and RNG state) lets the same command continue a killed run exactly where its
-last epoch ended, and `trained.json` (written atomically once `fit` returns) marks training as finished, so
+`paths.checkpoint_dir` is keyed by the training fingerprint. Stage k of a defense (one for most, several for
+the denoiser and the mixture) checkpoints into `<checkpoint_dir>/stage<k>-<name>`: there, `last.ckpt`
+(written every epoch, with optimizer, scheduler, loop and RNG state) lets the same command continue a
+killed stage exactly where its last epoch ended, and `trained.json` (written atomically once `fit` returns)
+marks the stage as finished. `<checkpoint_dir>/trained.json` marks the whole training as finished, so
 sweeping attacks or budgets over a trained defense never retrains it. A file lock makes this safe when a
 parallel launcher starts two runs that share a training.
 
@@ -13,11 +15,10 @@ them, and they decide the same way, since process 0 writes a marker only after a
 
 from __future__ import annotations
 
-import logging
 import copy
 import json
+import logging
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from robustlab.checkpoints import load_model_weights, load_weights
+from robustlab.builders import build_trainer
 from robustlab.classifier import RobustClassifier
 from robustlab.defenses.base import Stage
 from robustlab.files import locked, write_text_atomically
@@ -86,14 +88,15 @@ def training_by_other_code(directory: Path, cfg: DictConfig) -> Training | None:
 
 
 def stage_directory(directory: Path, stages: list[Stage], index: int) -> Path:
-    """A single-stage defense checkpoints into `directory`; stage k of several into `directory/stage<k>-<name>`."""
-    return directory if len(stages) == 1 else directory / f"stage{index + 1}-{stages[index].name}"
+    """Stage k's checkpoints: `directory/stage<k>-<name>`, for a defense of one stage as of several."""
+    return directory / f"stage{index + 1}-{stages[index].name}"
 
 
 def stage_config(cfg: DictConfig, stage: Stage, directory: Path, multi_stage: bool) -> DictConfig:
     """The run's config as one stage's Trainer sees it: its epochs, checkpoint directory and selection metric.
 
-    A multi-stage defense's stages each log into their own TensorBoard sub-directory (`<logger>.sub_dir`).
+    The stages of a multi-stage defense each log into their own TensorBoard sub-directory (`<logger>.sub_dir`);
+    a single stage logs at the run's top level, beside its final numbers.
     """
     stage_cfg = copy.deepcopy(cfg)
     with open_dict(stage_cfg):
@@ -108,7 +111,8 @@ def stage_config(cfg: DictConfig, stage: Stage, directory: Path, multi_stage: bo
 
 
 def fit_or_reuse(cfg: DictConfig, classifier: RobustClassifier, datamodule) -> Training:
-    """Train every stage of the defense that is not trained yet; return the checkpoint to evaluate.
+    """Train every stage of the defense that is not trained yet; return the checkpoint to evaluate, whose
+    weights the classifier then holds.
 
     Each stage is its own Lightning fit with its own checkpoint directory, `last.ckpt` and marker, so a run
     killed in stage k resumes stage k, and the stages before it are loaded, not repeated. After a stage, its
@@ -121,22 +125,22 @@ def fit_or_reuse(cfg: DictConfig, classifier: RobustClassifier, datamodule) -> T
         done = finished_training(directory, fingerprint)
         if done is not None:
             log.info(f"training: reusing {done.checkpoint} (fingerprint {fingerprint})")
-            return done
-        if cfg.get("reuse") == "any_version":
+        elif cfg.get("reuse") == "any_version":
             done = training_by_other_code(directory, cfg)
-            if done is not None:
-                return done
+        if done is not None:
+            load_weights(classifier, done.checkpoint)
+            return done
         stages = defense.stages()
         trained: list[Training] = []
         for index, stage in enumerate(stages):
             defense.begin_stage(index)
-            stage_dir = stage_directory(directory, stages, index)
             if stage.weights_from:
                 log.info(f"training: stage {stage.name}: loading the classifier from {stage.weights_from}")
                 load_model_weights(classifier, stage.weights_from)
                 continue
-            with locked(stage_dir) if stage_dir != directory else nullcontext():
-                training = finished_training(stage_dir, fingerprint) if stage_dir != directory else None
+            stage_dir = stage_directory(directory, stages, index)
+            with locked(stage_dir):
+                training = finished_training(stage_dir, fingerprint)
                 if training is None:
                     training = _fit_stage(cfg, classifier, datamodule, stage, stage_dir, fingerprint, len(stages) > 1)
                 else:
@@ -157,9 +161,6 @@ def fit_or_reuse(cfg: DictConfig, classifier: RobustClassifier, datamodule) -> T
 
 def _fit_stage(cfg, classifier, datamodule, stage: Stage, directory: Path, fingerprint: str,
                multi_stage: bool) -> Training:
-    # Imported here: experiment builds classifiers, which the loading side of this module does not need.
-    from robustlab.experiment import build_trainer
-
     trainer = build_trainer(stage_config(cfg, stage, directory, multi_stage))
     last = directory / "last.ckpt"
     resume = str(last) if last.is_file() else None
@@ -178,8 +179,7 @@ def _fit_stage(cfg, classifier, datamodule, stage: Stage, directory: Path, finge
                         steps=trainer.global_step,
                         selection={"metric": stage.selection_metric, "best": None if callback.best_model_score is None
                                    else float(callback.best_model_score)})
-    if multi_stage:
-        _write_marker(directory, training)
+    _write_marker(directory, training)
     return training
 
 

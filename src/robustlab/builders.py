@@ -1,4 +1,4 @@
-"""Build an experiment's parts from a composed config. Shared by training, evaluation and loading."""
+"""Build a run's parts from its composed config: data, classifier, attacks, Trainer (the evaluation: `Evaluation.from_config`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from robustlab.classifier import RobustClassifier
+from robustlab.classifier import RobustClassifier, speed_up
 from robustlab.configuration import instantiate, to_plain
 from robustlab.errors import InvalidValue, require
 from robustlab.files import AtomicCheckpointIO
@@ -66,28 +66,21 @@ def build_config(cfg: DictConfig) -> dict:
 
 
 def build_classifier(cfg: DictConfig) -> RobustClassifier:
-    n_eval = cfg.eval.n_samples
-    require(isinstance(n_eval, int) and (n_eval >= 1 or n_eval == -1), "eval.n_samples", n_eval,
-            "an integer ≥ 1, or -1 for the whole test split")
+    """The model under the defense, with its optimizer, scheduler and validation attack, ready to train."""
     model = instantiate(cfg.model)
     check_model_fits_dataset(model, cfg)
     defense = instantiate(cfg.defense)
     with config_key(cfg.defense.get("wrapper") or cfg.defense):
         check_model_fits_dataset(defense.wrap(model), cfg, "defense")  # e.g. noise after a layer the model lacks
+    speed_up(model, defense, **cfg.performance)
     return RobustClassifier(
         model=model,
         defense=defense,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        attacks=evaluation_attacks(cfg),
         val_attack=instantiate(cfg.eval.val_attack) if cfg.eval.get("val_attack") else None,
-        n_eval=n_eval,
-        image_grid=cfg.eval.image_grid,
         accuracy_draws=cfg.eval.accuracy_draws,
-        compare_without_eot=cfg.eval.compare_without_eot,
         build_config=build_config(cfg),
-        channels_last=cfg.performance.channels_last,
-        compile=cfg.performance.compile,
     )
 
 

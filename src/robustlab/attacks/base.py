@@ -1,0 +1,92 @@
+"""The attack contract, written once: what every attack declares, its shared preamble, and keeping the worst point.
+
+An attack is called as `attack(model, x, y) -> x_adv` with images in [0, 1]. It returns a detached tensor
+inside the ε-ball of `norm` around `x` and inside [0, 1]; it never modifies `x`, never changes the model's
+train/eval mode and never touches parameter gradients. Every attack declares:
+
+- `eps`: its budget in pixel units (0: the attack returns `x`);
+- `norm`: the threat model, "linf" or "l2" ("mixed" for a cascade over both);
+- `eot_samples`: forward passes averaged per gradient or score on a randomized predictor (EOT), or None to
+  choose automatically (10 on a randomized predictor, 1 otherwise: `expectation.eot_draws`).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from robustlab.attacks.batching import in_chunks
+from robustlab.attacks.expectation import eot_draws
+
+
+def per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-example vector shaped to broadcast against a batch `like` (N × C × H × W)."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+class Attack:
+    """The base of every attack: `__call__` runs the contract's preamble and hands `attack` one chunk.
+
+    The preamble: detach `x`; return a copy of `x` when the budget is 0; choose the EOT draws once for the
+    whole batch; on the CPU, attack eval-mode batches in chunks of `chunk_size` images (`batching.in_chunks`).
+    """
+
+    eps: float = 0.0
+    norm: str = "linf"
+    eot_samples: int | None = 1
+    chunk_size: int | None = None
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = x.detach()
+        if self.does_nothing():
+            return x.clone()
+        draws = eot_draws(self.eot_samples, model, x)
+        return in_chunks(lambda *batch: self.attack(*batch, draws), model, x, y, self.chunk_size)
+
+    def does_nothing(self) -> bool:
+        """Whether the attack's settings leave every image as it is (a budget of 0)."""
+        return self.eps == 0
+
+    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
+        """The adversarial examples for one chunk, each loss or score averaged over `draws` passes."""
+        raise NotImplementedError
+
+    def with_eot_samples(self, eot_samples: int | None) -> "Attack":
+        """A copy of this attack with `eot_samples` set (the original is unchanged)."""
+        changed = copy.copy(self)
+        changed.eot_samples = eot_samples
+        return changed
+
+
+class WorstSoFar:
+    """Per example, the point worst for the model found so far, by a score where lower is worse.
+
+    A score is a vector (one number per example) or a matrix compared row by row lexicographically
+    (e.g. PGD's restarts: misclassified first, then the higher loss).
+    """
+
+    def __init__(self, x: torch.Tensor, score: torch.Tensor) -> None:
+        self.x, self.score = x.clone(), score.clone()
+
+    def offer(self, candidate: torch.Tensor, score: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        """Keep `candidate` (for the examples `index`, all if None) where its score is lower."""
+        if index is None:
+            better = _lower(score, self.score)
+            self.x = torch.where(per_example(better, self.x), candidate, self.x)
+            self.score = torch.where(per_example(better, self.score), score, self.score)
+            return
+        better = _lower(score, self.score[index])
+        self.x[index[better]] = candidate[better]
+        self.score[index[better]] = score[better]
+
+
+def _lower(score: torch.Tensor, than: torch.Tensor) -> torch.Tensor:
+    if score.dim() == 1:
+        return score < than
+    lower, tied = torch.zeros_like(score[:, 0], dtype=torch.bool), torch.ones_like(score[:, 0], dtype=torch.bool)
+    for column in range(score.shape[1]):
+        lower |= tied & (score[:, column] < than[:, column])
+        tied &= score[:, column] == than[:, column]
+    return lower

@@ -1,0 +1,207 @@
+"""The evaluation: which passes run on which images, per-image correctness, the worst case, the results.
+
+`Evaluation` owns everything about attacking a trained predictor on the test split: the passes (clean, one
+per attack, and the labelled single-draw copies on a randomized predictor), their loaders, the seeding that
+makes sharded runs agree, the per-image accumulation across DDP processes, and the worst case. The
+LightningModule's test hooks only hand it their batches (`RobustClassifier.test_step`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from robustlab.attacks.base import Attack
+from robustlab.attacks.expectation import expected_correct, is_randomized, weighted_members
+from robustlab.builders import evaluation_attacks
+from robustlab.defenses.base import evaluation_mode
+from robustlab.errors import require
+from robustlab.evaluation.images import adversarial_grid
+from robustlab.evaluation.record import CLEAN, WITHOUT_EOT, WORST_CASE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationResults:
+    """What the passes measured; `runs.record_run` writes it into the run's record."""
+
+    clean_acc: float
+    n_clean: int
+    robust_acc: dict[str, float]  # per attack, and the worst case
+    robust_acc_without_eot: dict[str, float]
+    n_eval: dict[str, int]
+    attack_ms_per_image: dict[str, float]
+    randomized: bool
+    accuracy_draws: int | str  # "exact" for a mixture: Σ α_k·acc_k, no sampling at all
+    defense_metrics: dict[str, dict[str, float]]
+    per_example: dict[str, torch.Tensor]  # correctness per evaluated image, in test-split order
+
+
+class Evaluation:
+    """Pass 0 is clean accuracy on the whole test split; pass k ≥ 1 runs the k-th attack on the first `n_eval`
+    test images (all with -1). A randomized predictor's accuracy is averaged over `accuracy_draws` draws
+    (exact for a mixture), and its attacks use EOT unless their config says otherwise; with
+    `compare_without_eot`, every attack that would use EOT runs again with one draw per gradient, reported
+    apart (`robust_acc_without_eot`), never as the robust accuracy.
+    """
+
+    def __init__(self, attacks: Mapping[str, Attack], n_eval: int = 1000, image_grid: int = 8,
+                 accuracy_draws: int = 10, compare_without_eot: bool = True) -> None:
+        self.attacks = dict(attacks)
+        self.n_eval, self.image_grid = n_eval, image_grid
+        self.accuracy_draws, self.compare_without_eot = accuracy_draws, compare_without_eot
+        self.randomized = False
+        self.passes: dict[str, Attack] = dict(self.attacks)
+        self.data, self.image_step = None, 0
+        self.results: EvaluationResults | None = None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "Evaluation":
+        """The evaluation `cfg.eval` describes, over its suite and the top-level attack."""
+        n_eval = cfg.eval.n_samples
+        require(isinstance(n_eval, int) and (n_eval >= 1 or n_eval == -1), "eval.n_samples", n_eval,
+                "an integer ≥ 1, or -1 for the whole test split")
+        return cls(evaluation_attacks(cfg), n_eval=n_eval, image_grid=cfg.eval.image_grid,
+                   accuracy_draws=cfg.eval.accuracy_draws, compare_without_eot=cfg.eval.compare_without_eot)
+
+    # -- planning ---------------------------------------------------------------------------------
+    def draws(self) -> int:
+        """Forward passes that accuracy is averaged over: several for a randomized predictor, never one lucky draw."""
+        return self.accuracy_draws if self.randomized else 1
+
+    def plan(self, predictor: nn.Module, probe: torch.Tensor) -> None:
+        """Detect whether `predictor` is randomized (on a few test images) and fix the passes."""
+        with evaluation_mode(predictor):
+            self.randomized = is_randomized(predictor, probe)
+        self.passes = dict(self.attacks)
+        if self.randomized and self.compare_without_eot and weighted_members(predictor) is None:  # mixtures: exact
+            for name, attack in self.attacks.items():
+                if attack.eot_samples is None:  # chosen automatically, so EOT on this predictor
+                    self.passes[name + WITHOUT_EOT] = attack.with_eot_samples(1)
+
+    def pass_name(self, dataloader_idx: int) -> str:
+        return CLEAN if dataloader_idx == 0 else list(self.passes)[dataloader_idx - 1]
+
+    def loaders(self, trainer: pl.Trainer) -> list:
+        """Loaders in pass order: the whole test split, then the first `n_eval` images once per attack pass.
+
+        Requested once the Trainer's processes exist, so under DDP each process gets its share of the batches
+        (`InMemoryImageDataModule.test_dataloader(indexed=True)`), and the split lives on its device.
+        """
+        self.data.trainer = trainer
+        limit = None if self.n_eval == -1 else self.n_eval
+        return [self.data.test_dataloader(indexed=True)] + \
+            [self.data.test_dataloader(limit, indexed=True) for _ in self.passes]
+
+    def run(self, trainer: pl.Trainer, classifier: pl.LightningModule, datamodule, step: int = 0) -> EvaluationResults:
+        """Plan on the first test images, then run the passes (`trainer.test`) on the classifier as it is.
+
+        `step`: where TensorBoard shows the adversarial images (the last training step, with the final numbers).
+        """
+        datamodule.setup("test")
+        available = len(datamodule.test_set)
+        if self.n_eval > available:
+            log.info(f"evaluation: eval.n_samples={self.n_eval} but the test split has {available} images: "
+                     f"attacking all {available}")
+        self.plan(classifier.predictor(), datamodule.test_set.tensors[0][:8].to(classifier.device))
+        self.data, self.image_step = datamodule, step
+        classifier.evaluation = self
+        trainer.test(classifier, verbose=False)
+        return self.results
+
+    # -- the passes, batch by batch ---------------------------------------------------------------
+    def start(self) -> None:
+        self.attack_seconds = {name: 0.0 for name in self.passes}
+        self.per_example: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
+            name: [] for name in [CLEAN, *self.passes]}
+        self.defense_metrics: dict[str, dict[str, list[float]]] = {}
+        self.results = None
+        self.seed = torch.initial_seed()  # the run's seed (pl.seed_everything), the same in every process
+
+    def step(self, classifier: pl.LightningModule, batch, batch_idx: int, dataloader_idx: int) -> None:
+        """Attack one batch of one pass (none for the clean pass) and keep each image's correctness."""
+        if torch.is_inference_mode_enabled():
+            raise RuntimeError("attacks need gradients: build the Trainer with inference_mode=False "
+                               "(trainer.inference_mode=false)")
+        x, y, index = batch
+        name = self.pass_name(dataloader_idx)
+        # The randomness of a batch (random starts, EOT and accuracy draws) depends on the run's seed, the pass
+        # and the batch's first image only: the same numbers on one device or sharded over several processes.
+        torch.manual_seed(zlib.crc32(f"{self.seed}/{name}/{int(index[0])}".encode()))
+        predictor = classifier.predictor()
+        x_eval = x
+        if name != CLEAN:
+            started = time.perf_counter()
+            with torch.enable_grad():
+                x_eval = self.passes[name](predictor, x, y)
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+            self.attack_seconds[name] += time.perf_counter() - started
+            for key, values in classifier.defense.test_metrics(classifier.model, x, x_eval).items():
+                self.defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values.tolist())
+        correct = expected_correct(predictor, x_eval, y, self.draws())
+        self.per_example[name].append((index, correct.cpu()))
+        if batch_idx == 0 and name != CLEAN and self.image_grid > 0:
+            experiment = classifier.logger.experiment if classifier.logger is not None else None
+            if hasattr(experiment, "add_image"):
+                experiment.add_image(f"adversarial_examples/{name}", adversarial_grid(x, x_eval, self.image_grid),
+                                     self.image_step)
+
+    def finish(self, trainer: pl.Trainer, predictor: nn.Module) -> None:
+        """Gather every process's share, in test-split order, and compute the results (worst case included)."""
+        per_example, seconds, gathered_metrics = self._gathered(trainer)
+        accuracy = {name: float(values.double().mean()) if len(values) else 0.0 for name, values in per_example.items()}
+        counts = {name: len(values) for name, values in per_example.items()}
+        if self.attacks:
+            # Per example, robust only if robust to every attack (and classified right to begin with): the
+            # worst case over the suite, at most each attack's accuracy on every single image.
+            columns = [per_example[name] for name in self.attacks]
+            n = min(len(column) for column in columns)
+            worst = torch.stack([per_example[CLEAN][:n], *(column[:n] for column in columns)]).min(dim=0).values
+            per_example[WORST_CASE] = worst
+            accuracy[WORST_CASE], counts[WORST_CASE] = float(worst.double().mean()) if n else 0.0, n
+        self.results = EvaluationResults(
+            clean_acc=accuracy[CLEAN],
+            n_clean=counts[CLEAN],
+            robust_acc={name: accuracy[name] for name in [*self.attacks, *([WORST_CASE] if self.attacks else [])]},
+            robust_acc_without_eot={name.removesuffix(WITHOUT_EOT): accuracy[name] for name in self.passes
+                                    if name.endswith(WITHOUT_EOT)},
+            n_eval={name: counts[name] for name in self.attacks},
+            attack_ms_per_image={name: 1000.0 * seconds[name] / max(counts[name], 1) for name in self.attacks},
+            randomized=self.randomized,
+            accuracy_draws="exact" if weighted_members(predictor) is not None else self.draws(),
+            defense_metrics={name: {key: sum(values) / len(values) for key, values in metrics.items()}
+                             for name, metrics in gathered_metrics.items()},
+            per_example=per_example,
+        )
+
+    def _gathered(self, trainer: pl.Trainer) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, list[float]]]:
+        """Per-image correctness in test-split order, attack seconds and defense metrics of all processes."""
+        local = ({name: (torch.cat([i for i, _ in parts]) if parts else torch.zeros(0, dtype=torch.long),
+                         torch.cat([c for _, c in parts]) if parts else torch.zeros(0))
+                  for name, parts in self.per_example.items()}, self.attack_seconds, self.defense_metrics)
+        shares = [local]
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1:
+            shares = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(shares, local)
+        per_example = {}
+        for name in local[0]:
+            indices = torch.cat([share[0][name][0] for share in shares])
+            values = torch.cat([share[0][name][1] for share in shares])
+            per_example[name] = values[indices.argsort()]
+        seconds = {name: sum(share[1][name] for share in shares) for name in self.attack_seconds}
+        defense_metrics: dict[str, dict[str, list[float]]] = {}
+        for share in shares:
+            for name, metrics in share[2].items():
+                for key, values in metrics.items():
+                    defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values)
+        return per_example, seconds, defense_metrics

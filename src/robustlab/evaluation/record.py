@@ -1,0 +1,100 @@
+"""A run's record, metrics.json: its schema (`RunRecord`), the names of its columns, and reading and writing it.
+
+One record per run directory, written last and atomically: its presence, with the run's fingerprint, marks
+the run as finished. The report reads nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from robustlab.errors import RobustlabError
+from robustlab.files import write_text_atomically
+
+CLEAN = "clean"  # the clean pass over the whole test split
+WORST_CASE = "worst_case"  # per image, the minimum correctness over the clean pass and every attack
+WITHOUT_EOT = "/without_eot"  # suffix of a randomized predictor's single-draw pass, reported apart
+FILE_NAME = "metrics.json"
+
+
+class NotARecord(RobustlabError):
+    """A JSON file that is not a robustlab run record (or lacks what the report needs)."""
+
+
+@dataclass
+class RunRecord:
+    """Every field of metrics.json. The first six are what any reader needs; the rest may be missing from
+    records of older robustlab versions (they read back as their defaults)."""
+
+    dataset: str
+    model: str
+    defense: str
+    clean_acc: float
+    robust_acc: dict[str, float]  # per attack, and `worst_case`
+    evaluation_modules: dict[str, str]  # each evaluation module's digest: the report refuses to mix versions
+    attack: str | None = None
+    seed: int | None = None
+    eps: dict[str, float] = field(default_factory=dict)
+    n_eval: int = 0  # images each attack ran on: the first n of the test split
+    n_clean: int = 0
+    randomized: bool = False
+    accuracy_draws: int | str = 1  # draws accuracy is averaged over; "exact" for a mixture
+    robust_acc_without_eot: dict[str, float] = field(default_factory=dict)  # randomized predictors only: apart
+    defense_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    audit: dict[str, dict] = field(default_factory=dict)  # the gradient-masking checks (evaluation/audit.py)
+    curves: dict[str, dict] = field(default_factory=dict)  # accuracy vs ε per attack on the audit's images
+    attack_ms_per_image: dict[str, float] = field(default_factory=dict)
+    attacks: dict[str, dict] = field(default_factory=dict)  # each evaluated attack's config
+    settings: dict[str, Any] = field(default_factory=dict)  # the swept settings, flat (TensorBoard's HParams)
+    selection: dict | None = None  # the checkpoint's selection metric and its best value
+    train_seconds: float | None = None
+    epochs: int | None = None
+    training_reused: bool | None = None
+    resumed_from: str | None = None
+    checkpoint: str | None = None
+    training_fingerprint: str | None = None
+    run_fingerprint: str | None = None
+    training_code: str | None = None  # hashes of the code that made this result
+    evaluation_code: str | None = None
+    provenance: dict = field(default_factory=dict)
+    # Per image correctness of each pass, for the audit and tests of the run that computed it; never written.
+    per_example: dict | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, values: Any) -> "RunRecord":
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required[:-1] if not isinstance(values, dict) or name not in values]
+        if missing:
+            raise NotARecord(f"not a robustlab record (no {', '.join(missing)})")
+        if required[-1] not in values:
+            raise NotARecord("written by an older robustlab that did not record its code version; re-run it to "
+                             "include it")
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values and f.name != "per_example"})
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        del values["per_example"]
+        return values
+
+    def write(self, directory: str | Path) -> Path:
+        """`<directory>/metrics.json`, atomically (a killed run leaves no half file); never a non-finite number."""
+        return write_text_atomically(Path(directory) / FILE_NAME,
+                                     json.dumps(_finite(self.to_dict(), "metrics"), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: str | Path) -> "RunRecord":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _finite(value: Any, key: str) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"metrics.json: {key} is {value}; a non-finite number is never written")
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value

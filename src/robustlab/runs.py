@@ -1,0 +1,175 @@
+"""One run from a built classifier to its record: the run directory's lock, the evaluation, the audit, metrics.json.
+
+`train.run` and `evaluate.run` differ only in where the classifier comes from (training, or a checkpoint);
+from there both call `evaluate_and_record`.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from robustlab.builders import attack_descriptions, build_trainer, choices, evaluation_attack_configs
+from robustlab.classifier import RobustClassifier
+from robustlab.configuration import instantiate, to_plain
+from robustlab.distributed import job_processes
+from robustlab.evaluation.audit import audit, flags, robustness_curves
+from robustlab.evaluation.engine import Evaluation, EvaluationResults
+from robustlab.evaluation.plots import curves_figure, save_figure
+from robustlab.evaluation.record import FILE_NAME, RunRecord
+from robustlab.evaluation.tensorboard import log_record
+from robustlab.files import locked, write_text_atomically
+from robustlab.fingerprint import evaluation_modules, run_fingerprint
+from robustlab.provenance import installed_packages, modules_hash, provenance
+from robustlab.stages import Training
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_and_record(cfg: DictConfig, classifier: RobustClassifier, datamodule, evaluation: Evaluation,
+                        checkpoint: str | None, chosen: dict[str, str], training: Training | None = None,
+                        steps: int = 0) -> RunRecord | None:
+    """Evaluate the classifier (holding `checkpoint`'s weights), audit it, and write the run's record; None in
+    a DDP process other than 0, which only evaluates its share."""
+    trainer = build_trainer(cfg)
+    results = evaluation.run(trainer, classifier, datamodule, step=max(steps - 1, 0))
+    if not trainer.is_global_zero:
+        return None
+    curves, audit_record = audit_run(cfg, trainer, classifier, datamodule, evaluation)
+    return record_run(cfg, trainer, results, curves, audit_record, checkpoint, chosen, training, steps)
+
+
+def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier, datamodule,
+              evaluation: Evaluation) -> tuple[dict, dict]:
+    """Robustness curves and the gradient-masking audit on the first `eval.audit.n_samples` test images.
+
+    Writes robustness_curves.png into the run directory and logs the figure to TensorBoard.
+    `eval.audit.enabled=false` skips it (the report then shows no flags for the cell).
+    """
+    settings = cfg.eval.audit
+    pl.seed_everything(cfg.seed, verbose=False)  # the same audit however the evaluation was sharded
+    if not settings.enabled:
+        return {}, {}
+    classifier.eval()
+    predictor = classifier.predictor()
+    images, labels = datamodule.test_set.tensors
+    x, y = images[:settings.n_samples].to(classifier.device), labels[:settings.n_samples].to(classifier.device)
+    draws = evaluation.draws()
+    factories = {name: ((lambda eps, node=node: instantiate(node, eps=eps)), float(node.eps))
+                 for name, node in evaluation_attack_configs(cfg).items() if "eps" in node and float(node.eps) > 0}
+    eot_samples = {name: attack.eot_samples for name, attack in evaluation.attacks.items() if attack.eps > 0}
+    with trainer.precision_plugin.forward_context():  # the evaluation's precision (bf16 autocast on a GPU)
+        curves = robustness_curves(factories, predictor, x, y, draws, list(settings.curve_factors))
+        audit_record = audit(predictor, x, y, eps_linf=float(cfg.dataset.eps.linf),
+                             num_classes=int(cfg.dataset.num_classes), curves=curves, draws=draws,
+                             randomized=evaluation.randomized, eot_samples=eot_samples,
+                             pgd_steps=settings.pgd_steps, square_queries=settings.square_queries)
+    figure = curves_figure(curves, title=" / ".join(f"{k}={v}" for k, v in choices().items()
+                                                    if k in ("dataset", "model", "defense")))
+    for logger in trainer.loggers:
+        if hasattr(getattr(logger, "experiment", None), "add_figure"):
+            logger.experiment.add_figure("robustness_curves", figure, close=False)
+    save_figure(figure, Path(cfg.paths.output_dir) / "robustness_curves.png")
+    log.info(f"audit: {flags(audit_record) or 'no flags'}")
+    return curves, audit_record
+
+
+@contextmanager
+def run_directory(cfg: DictConfig):
+    """Hold the run directory for the whole run; yield the finished run's record, or None if it must run.
+
+    The same command started twice at once runs once: the second waits on the lock, then finds the run
+    finished. Under DDP, the job's processes are closed when the run ends (`distributed.job_processes`).
+    """
+    with locked(cfg.paths.output_dir), job_processes():
+        yield finished_run(cfg.paths.output_dir, run_fingerprint(cfg))
+
+
+def finished_run(output_dir: str | Path, fingerprint: str) -> RunRecord | None:
+    """The record of a finished run with this fingerprint in `output_dir` (its metrics.json), or None."""
+    path = Path(output_dir) / FILE_NAME
+    if not path.is_file():
+        return None
+    record = RunRecord.read(path)
+    if record.run_fingerprint != fingerprint:
+        return None
+    log.info(f"run already finished (fingerprint {fingerprint}); nothing to do")
+    log.info(f"metrics: {path}")
+    return record
+
+
+def swept_settings(cfg: DictConfig, chosen: dict[str, str]) -> dict:
+    """The settings a researcher sweeps, flat (HParams shows them): optimizer, learning rate, batch size,
+    epochs, and every scalar setting of the evaluated attack and of the defense (its training attack's too)."""
+    def flat(node, prefix: str) -> dict:
+        values = {}
+        for key, value in (to_plain(node) or {}).items():
+            if key in ("_target_", "_partial_", "member"):  # `member` is the model, listed on its own
+                continue
+            if isinstance(value, dict):
+                values.update(flat(value, f"{prefix}.{key}"))
+            elif value is None or isinstance(value, (int, float, str, bool)):
+                values[f"{prefix}.{key}"] = value
+        return values
+
+    return {"optimizer": chosen.get("optimizer"), "lr": OmegaConf.select(cfg, "optimizer.lr"),
+            "batch_size": OmegaConf.select(cfg, "dataset.datamodule.batch_size"),
+            "max_epochs": OmegaConf.select(cfg, "trainer.max_epochs"),
+            **flat(cfg.get("attack"), "attack"), **flat(cfg.get("defense"), "defense")}
+
+
+def record_run(cfg: DictConfig, trainer: pl.Trainer, results: EvaluationResults, curves: dict, audit_record: dict,
+               checkpoint: str | None, chosen: dict[str, str], training: Training | None = None,
+               steps: int = 0) -> RunRecord:
+    """Write metrics.json into the run directory, log its final numbers and HParams to TensorBoard at the last
+    training step (of `steps`; Lightning logs step k's numbers at index k − 1), print where the file is.
+
+    `chosen` is the option of each config group that produced the evaluated model and attack; `training`
+    is None when the run only evaluated a checkpoint. metrics.json is written last and atomically, and
+    holds the run's fingerprint: its presence marks the run as finished.
+    """
+    dataset = cfg.dataset
+    modules = evaluation_modules(cfg)
+    record = RunRecord(
+        dataset=chosen.get("dataset"),
+        model=chosen.get("model"),
+        defense=chosen.get("defense"),
+        attack=chosen.get("attack"),
+        seed=cfg.get("seed"),
+        eps={"linf": float(dataset.eps.linf), "l2": float(dataset.eps.l2)},
+        n_eval=max(results.n_eval.values(), default=0),
+        n_clean=results.n_clean,
+        clean_acc=results.clean_acc,
+        robust_acc=results.robust_acc,
+        randomized=results.randomized,
+        accuracy_draws=results.accuracy_draws,
+        robust_acc_without_eot=results.robust_acc_without_eot,
+        defense_metrics=results.defense_metrics,
+        audit=audit_record,
+        curves=curves,
+        attack_ms_per_image=results.attack_ms_per_image,
+        attacks=attack_descriptions(cfg),
+        settings=swept_settings(cfg, chosen),
+        selection=training.selection if training else None,
+        train_seconds=training.train_seconds if training else None,
+        epochs=training.epochs if training else None,
+        training_reused=training.reused if training else None,
+        resumed_from=training.resumed_from if training else None,
+        checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None,
+        training_fingerprint=training.fingerprint if training else None,
+        run_fingerprint=run_fingerprint(cfg),
+        training_code=training.code if training else None,
+        evaluation_code=modules_hash(modules),
+        evaluation_modules=modules,
+        provenance=provenance(trainer.strategy.root_device, trainer.precision),
+        per_example=results.per_example,
+    )
+    write_text_atomically(Path(cfg.paths.output_dir) / "packages.txt", installed_packages())
+    path = record.write(cfg.paths.output_dir)
+    log_record(trainer.loggers, record, step=max(steps - 1, 0))
+    log.info(f"metrics: {path}")
+    return record

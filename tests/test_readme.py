@@ -1,0 +1,242 @@
+"""Every command in the README's code blocks, run as a user types it (on tiny data, appended overrides only).
+
+A command is taken from README.md itself, so a command added there without a test here fails
+`test_every_readme_command_is_run_or_its_place_named`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_script, script_environment
+
+# Appended to every run, except where the command sets the key itself: tiny data, one epoch, few images.
+TINY = ["dataset=synthetic", "trainer.max_epochs=1", "eval.n_samples=32", "eval.audit.n_samples=16",
+        "eval.audit.square_queries=50", "logger=tensorboard"]
+MATRIX_TINY = ["eval.attacks.apgd_ce.steps=10", "eval.attacks.square.queries=50"]
+
+# Commands run by another test, as they are written in the README plus their CPU form.
+ELSEWHERE = {
+    "python train.py trainer=gpu": "tests/test_trainers.py::test_gpu_trainer_single_run_in_its_cpu_form",
+    "python train.py trainer=ddp": "tests/test_trainers.py::test_ddp_trains_once_and_evaluates_every_image_once",
+    "bash scripts/setup.sh && .venv/bin/python -m pytest": ".ci/run (CI runs exactly this)",
+}
+# Commands no test can run here, and why.
+NOT_RUN = {
+    "pip install -e '.[scale]'": "installs packages; the dev extra that CI installs includes scale",
+    "python train.py -m hydra/launcher=slurm hydra.launcher.partition=<partition> trainer=gpu defense=none,adv_train":
+        "needs a Slurm cluster (its config is composed below)",
+    "python scripts/bench.py --device cuda --matrix": "needs a GPU (tests/test_performance.py runs --device cuda --tiny "
+                                                      "where one is present)",
+}
+
+
+def readme_commands() -> list[str]:
+    """The shell commands of the README's bash blocks and the Python block, comments and continuations folded."""
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for language, block in re.findall(r"```(\w+)\n(.*?)```", text, flags=re.DOTALL):
+        if language == "python":
+            commands.append(block.strip())
+            continue
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                commands.append(" ".join(line.split()))
+    return commands
+
+
+def arguments(command: str) -> list[str]:
+    return shlex.split(command)[2:]  # after `python <script>`
+
+
+def with_tiny(command_arguments: list[str], extra: list[str] = ()) -> list[str]:
+    """The command's own arguments, then each tiny override whose key the command does not set."""
+    keys = {argument.lstrip("~+").split("=")[0] for argument in command_arguments}
+    return [*command_arguments, *(override for override in [*TINY, *extra] if override.split("=")[0] not in keys)]
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result
+
+
+def metrics_path(result: subprocess.CompletedProcess) -> Path:
+    return Path(result.stdout.strip().splitlines()[-1].removeprefix("metrics: "))
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("readme")
+
+
+def run_train(command: str, outputs: Path, *extra: str) -> subprocess.CompletedProcess:
+    return ok(run_script("train.py", *with_tiny(arguments(command), list(extra)), output_root=outputs))
+
+
+@pytest.fixture(scope="module")
+def plain_run(outputs) -> Path:
+    """`python train.py`: its metrics.json."""
+    return metrics_path(run_train("python train.py", outputs))
+
+
+@pytest.fixture(scope="module")
+def mixture_run(outputs) -> Path:
+    return metrics_path(run_train("python train.py defense=random_mixture", outputs))
+
+
+def last_checkpoint(metrics: Path) -> Path:
+    """The `.../last.ckpt` of the run's training (its last stage's, for a multi-stage defense)."""
+    return Path(json.loads(metrics.read_text())["checkpoint"]).parent / "last.ckpt"
+
+
+def readme_path(command: str, outputs: Path, checkpoint: Path | None = None) -> str:
+    """The command with its placeholders made real: `outputs/` is the test's output root, `...` a checkpoint."""
+    command = command.replace("outputs/checkpoints/.../last.ckpt", str(checkpoint))
+    command = command.replace("ckpt_path=...", f"ckpt_path={checkpoint}")
+    return command.replace("outputs/", f"{outputs}/")
+
+
+def test_every_readme_command_is_run_or_its_place_named():
+    tested = set(TRAIN_COMMANDS) | {EVALUATE_APGD, EVALUATE_CW, REPORT, TENSORBOARD, PYTHON_API, SETUP_AND_TRAIN,
+                                    LOCAL_GPUS}
+    assert set(readme_commands()) == tested | set(ELSEWHERE) | set(NOT_RUN)
+    for place in ELSEWHERE.values():
+        if "::" in place:
+            path, name = place.split("::")
+            assert f"def {name}(" in (ROOT / path).read_text(), place
+
+
+SETUP_AND_TRAIN = "bash scripts/setup.sh && .venv/bin/python train.py"
+TRAIN_COMMANDS = [
+    "python train.py",
+    "python train.py defense=adv_train attack=pgd_linf",
+    "python train.py defense=adv_train attack@defense.attack=fgsm",
+    "python train.py -m defense=none,adv_train attack=fgsm,pgd_linf,pgd_l2",
+    "python train.py attack.steps=100 attack.restarts=5 eval.n_samples=-1",
+    "python train.py defense=random_mixture",
+]
+
+
+@pytest.mark.parametrize("command", TRAIN_COMMANDS)
+def test_train_commands(command, outputs, plain_run, mixture_run):
+    if command in ("python train.py", "python train.py defense=random_mixture"):
+        metrics = plain_run if command == "python train.py" else mixture_run
+    else:
+        result = run_train(command, outputs)
+        if "-m" in arguments(command):
+            assert result.stdout.count("metrics: ") == 6  # 2 defenses × 3 attacks
+            return
+        metrics = metrics_path(result)
+    record = json.loads(metrics.read_text())
+    words = dict(argument.split("=", 1) for argument in arguments(command) if "=" in argument)
+    assert record["defense"] == words.get("defense", "none") and record["attack"] == words.get("attack", "pgd_linf")
+    if "eval.n_samples" in words:
+        assert record["n_eval"] == record["n_clean"] == 256  # the whole synthetic test split
+        assert record["attacks"]["pgd_linf"]["restarts"] == 5
+
+
+def test_setup_line_trains_with_the_venv_python(plain_run):
+    """The first screen's `bash scripts/setup.sh && .venv/bin/python train.py`: CI ran the setup; this is its run."""
+    assert Path(sys.executable).parent.name in ("bin", "Scripts") and plain_run.is_file()
+
+
+EVALUATE_APGD = "python evaluate.py ckpt_path=outputs/checkpoints/.../last.ckpt attack=apgd_ce"
+EVALUATE_CW = ("python evaluate.py ckpt_path=... attack=torchattacks attack.name=CW attack.eps=null attack.norm=l2 "
+               "'~attack.kwargs.alpha'")
+
+
+@pytest.mark.parametrize("which", ["plain", "multi-stage"])
+def test_evaluate_a_checkpoint_without_naming_its_dataset(which, outputs, plain_run, mixture_run):
+    """The README's evaluate.py command takes the dataset from the checkpoint (no `dataset=`)."""
+    trained = plain_run if which == "plain" else mixture_run
+    command = readme_path(EVALUATE_APGD, outputs, last_checkpoint(trained))
+    result = ok(run_script("evaluate.py", *arguments(command), "attack.steps=10", "eval.n_samples=32",
+                           "eval.audit.n_samples=16", "eval.audit.square_queries=50", output_root=outputs))
+    record = json.loads(metrics_path(result).read_text())
+    assert record["dataset"] == "synthetic" and record["attack"] == "apgd_ce"
+    assert record["defense"] == ("none" if which == "plain" else "random_mixture")
+    assert record["clean_acc"] == json.loads(trained.read_text())["clean_acc"]  # the same weights, the same data
+
+
+def test_evaluate_with_a_torchattacks_attack(outputs, plain_run):
+    pytest.importorskip("torchattacks")
+    command = readme_path(EVALUATE_CW, outputs, last_checkpoint(plain_run))
+    result = ok(run_script("evaluate.py", *arguments(command), "attack.kwargs.steps=5", "eval.n_samples=32",
+                           "eval.audit.n_samples=16", "eval.audit.square_queries=50", output_root=outputs))
+    record = json.loads(metrics_path(result).read_text())
+    assert record["attacks"]["torchattacks"]["name"] == "CW" and "alpha" not in record["attacks"]["torchattacks"]["kwargs"]
+
+
+REPORT = "python scripts/report.py outputs/sweeps/matrix"
+
+
+def test_matrix_sweep_and_its_report(outputs):
+    """`python train.py sweep=matrix` over the whole zoo, then the report rebuilt from its files."""
+    run_train("python train.py sweep=matrix", outputs, *MATRIX_TINY)
+    report = outputs / "sweeps" / "matrix" / "report" / "REPORT.md"
+    written = report.read_text()
+    defenses = re.findall(r"^\| (\w+) \| \d", written, flags=re.MULTILINE)
+    zoo = set((ROOT / "conf" / "sweep" / "zoo.yaml").read_text().split("defense: ")[1].split()[0].split(","))
+    assert zoo <= set(defenses)
+    result = ok(subprocess.run([sys.executable, *shlex.split(readme_path(REPORT, outputs))[1:]], cwd=ROOT,
+                               env=script_environment(), capture_output=True, text=True, timeout=300))
+    assert report.read_text() == written and "| random_mixture |" in result.stdout
+
+
+TENSORBOARD = "tensorboard --logdir outputs/"
+
+
+def test_tensorboard_serves_the_runs(outputs, plain_run):
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    command = [Path(sys.executable).parent / "tensorboard", *shlex.split(readme_path(TENSORBOARD, outputs))[1:],
+               "--port", str(port), "--host", "localhost"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        runs, deadline = [], time.monotonic() + 90
+        while time.monotonic() < deadline and not runs:
+            try:
+                runs = json.loads(urllib.request.urlopen(f"http://localhost:{port}/data/runs", timeout=5).read())
+            except OSError:
+                time.sleep(1)
+        assert any("runs/synthetic/basic_net/none" in run for run in runs), runs
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+PYTHON_API = readme_commands()[[i for i, c in enumerate(readme_commands()) if c.startswith("import robustlab")][0]]
+
+
+def test_python_api_block(outputs, plain_run):
+    code = readme_path(PYTHON_API, outputs, last_checkpoint(plain_run))
+    script = f"import torch\nimages = torch.rand(4, 1, 28, 28)\n{code}\nassert logits.shape == (4, 10)\nprint('ok')"
+    assert ok(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                             timeout=120)).stdout.strip() == "ok"
+
+
+LOCAL_GPUS = ("python train.py -m hydra/launcher=local_gpus hydra.launcher.n_jobs=4 trainer=gpu defense=none,adv_train "
+              "attack=fgsm,pgd_linf")
+
+
+def test_local_gpus_launcher_command_in_its_cpu_form(outputs):
+    result = run_train(LOCAL_GPUS, outputs, "trainer.accelerator=cpu")
+    assert result.stdout.count("metrics: ") == 4
+
+
+def test_slurm_command_composes():
+    command = [c for c in NOT_RUN if "launcher=slurm" in c][0].replace("<partition>", "debug")
+    result = ok(run_script("train.py", *arguments(command), "--cfg=hydra", output_root=Path("/tmp")))
+    assert "submitit" in result.stdout and "partition: debug" in result.stdout
