@@ -14,7 +14,9 @@ import robustlab.evaluate
 import robustlab.train
 from conftest import DATA_DIR, TINY, compose_config, run_script
 from robustlab.checkpoints import load_classifier
+from robustlab.evaluation.record import RunRecord
 
+# The keys the README promises; metrics.json holds exactly the fields of its schema, RunRecord.
 METRICS_KEYS = {"dataset", "model", "defense", "attack", "eps", "n_eval", "clean_acc", "robust_acc",
                 "train_seconds", "attack_ms_per_image", "checkpoint"}
 
@@ -31,7 +33,8 @@ def trained_run(tmp_path_factory):
 def test_metrics_json_has_the_promised_keys(trained_run):
     output_dir, results = trained_run
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    assert METRICS_KEYS <= metrics.keys()
+    assert METRICS_KEYS <= metrics.keys() and list(metrics) == RunRecord.keys()
+    assert RunRecord.read(output_dir / "metrics.json") == results  # what the run returned is what it wrote
     assert (metrics["dataset"], metrics["model"], metrics["defense"], metrics["attack"]) == \
         ("synthetic", "basic_net", "adv_train", "pgd_l2")
     assert set(metrics["robust_acc"]) == {"fgsm", "pgd_linf", "pgd_l2", "worst_case"}

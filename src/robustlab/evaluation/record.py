@@ -73,12 +73,16 @@ class RunRecord:
         if required[-1] not in values:
             raise NotARecord("written by an older robustlab that did not record its code version; re-run it to "
                              "include it")
-        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values and f.name != "per_example"})
+        return cls(**{key: values[key] for key in cls.keys() if key in values})
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """The keys of metrics.json, in order."""
+        return [f.name for f in fields(cls) if f.name != "per_example"]
 
     def to_dict(self) -> dict:
         values = asdict(self)
-        del values["per_example"]
-        return values
+        return {key: values[key] for key in self.keys()}
 
     def write(self, directory: str | Path) -> Path:
         """`<directory>/metrics.json`, atomically (a killed run leaves no half file); never a non-finite number."""
