@@ -252,7 +252,8 @@ def test_denoiser_logs_psnr_before_and_after_denoising(denoiser_run):
     assert set(psnr) == {"psnr_adversarial", "psnr_denoised"}
     # FGSM at ε = 0.1 moves every pixel by 0.1 unless clipped at 0 or 1: PSNR of 20 dB or a little more.
     assert 20 - 1e-3 <= psnr["psnr_adversarial"] < 25 and psnr["psnr_denoised"] > 0
-    assert (output / "tensorboard" / "classifier").is_dir() and (output / "tensorboard" / "denoiser").is_dir()
+    log_dir = Path(json.loads((output / "metrics.json").read_text())["tensorboard"])
+    assert (log_dir / "classifier").is_dir() and (log_dir / "denoiser").is_dir()
 
 
 def test_a_killed_multi_stage_training_resumes_at_its_stage(denoiser_run, tmp_path, caplog):

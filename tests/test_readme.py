@@ -194,7 +194,7 @@ def test_matrix_sweep_and_its_report(outputs):
     assert report.read_text() == written and "| random_mixture |" in result.stdout
 
 
-TENSORBOARD = "tensorboard --logdir outputs/"
+TENSORBOARD = "tensorboard --logdir outputs/tensorboard"
 
 
 def test_tensorboard_serves_the_runs(outputs, plain_run):
@@ -211,7 +211,7 @@ def test_tensorboard_serves_the_runs(outputs, plain_run):
                 runs = json.loads(urllib.request.urlopen(f"http://localhost:{port}/data/runs", timeout=5).read())
             except OSError:
                 time.sleep(1)
-        assert any("runs/synthetic/basic_net/none" in run for run in runs), runs
+        assert f"none/pgd_linf-{json.loads(plain_run.read_text())['run_fingerprint']}" in runs, runs  # short names
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -64,29 +64,39 @@ def test_best_and_last_checkpoints_are_written(trained_run):
 
 
 def test_tensorboard_has_one_tag_per_quantity_and_the_final_numbers_once_at_the_last_step(trained_run):
-    """Read with TensorBoard's own loader: learning curves, `epoch` with all its training points, each final
-    number once under `final/` at the last training step, images, and HParams with the swept settings."""
+    """Read with TensorBoard's own loader: learning curves first (`train/`, `val/`: the two groups Time Series
+    opens), `epoch` among them with all its training points, each final number once under `verdict/` at the
+    last training step, labelled figures under `visual/`, and HParams with the swept settings."""
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     output_dir, _ = trained_run
     record = json.loads((output_dir / "metrics.json").read_text())
-    events = EventAccumulator(str(output_dir / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0})
+    log_dir = Path(record["tensorboard"])
+    assert log_dir.relative_to(output_dir / "outputs" / "tensorboard").parts[0] == "adv_train"  # <defense>/<attack>-<fp>
+    assert log_dir.name == f"pgd_l2-{record['run_fingerprint']}"
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
-    learning = {"train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "val/robust_acc", "epoch"}
+    learning = {"train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "val/robust_acc", "train/epoch"}
     attacks = ("fgsm", "pgd_linf", "pgd_l2")
-    final = {"final/clean_acc", "final/audit_flags", "final/train_seconds", "final/best_val_robust_acc",
-             *(f"final/robust_acc/{name}" for name in (*attacks, "worst_case")),
-             *(f"final/attack_ms_per_image/{name}" for name in attacks)}
+    final = {"verdict/accuracy/clean", "verdict/accuracy/robust", "verdict/audit_flags", "verdict/train_seconds",
+             "verdict/best_val_robust_acc", *(f"verdict/accuracy/under/{name}" for name in attacks),
+             *(f"verdict/attack_ms_per_image/{name}" for name in attacks)}
     assert set(tags["scalars"]) == learning | final  # one tag per quantity: no loss_step/_epoch, no copies
     last_step = max(event.step for tag in learning for event in events.Scalars(tag))
     for tag in final:
         (event,) = events.Scalars(tag)  # logged once
         assert event.step == last_step, tag
-    assert events.Scalars("final/clean_acc")[0].value == pytest.approx(record["clean_acc"])
-    epoch_steps = [event.step for event in events.Scalars("epoch")]  # Lightning adds `epoch` to each log call
+    assert events.Scalars("verdict/accuracy/clean")[0].value == pytest.approx(record["clean_acc"])
+    assert events.Scalars("verdict/accuracy/robust")[0].value == pytest.approx(record["robust_acc"]["worst_case"])
+    assert sorted(final)[:5] == sorted(["verdict/accuracy/clean", "verdict/accuracy/robust",
+                                        *(f"verdict/accuracy/under/{name}" for name in attacks)])  # HParams shows these
+    groups = sorted({tag.split("/")[0] for kind in ("scalars", "images") for tag in tags[kind]})
+    assert groups[:2] == ["train", "val"]  # Time Series sorts groups by name and opens the first two
+    epoch_steps = [event.step for event in events.Scalars("train/epoch")]  # Lightning adds `epoch` to each log call
     assert sorted(set(epoch_steps)) == [event.step for event in events.Scalars("val/acc")] and len(set(epoch_steps)) == 2
-    assert {"adversarial_examples/fgsm", "adversarial_examples/pgd_l2"} <= set(tags["images"])
+    assert set(tags["images"]) == {"visual/robustness_curves", *(f"visual/adversarial_examples/{a}" for a in attacks)}
+    assert {event.step for tag in tags["images"] for event in events.Images(tag)} == {last_step}
     start = plugin_data_pb2.HParamsPluginData.FromString(
         events.summary_metadata["_hparams_/session_start_info"].plugin_data.content).session_start_info
     assert {"dataset", "model", "defense", "attack", "seed", "epochs", "n_eval", "eps_linf", "eps_l2", "optimizer",

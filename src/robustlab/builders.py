@@ -88,6 +88,8 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     # A checkpoint directory is shared by design (it holds the lock, the marker, other stages, a run to resume):
     # Lightning's warning that it "exists and is not empty" is nothing a user could act on.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # Lightning's own use of a PyTorch API that PyTorch deprecated: only a Lightning release can change it.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
     # Checkpoints are written aside and renamed: a run killed while saving keeps its previous last.ckpt.

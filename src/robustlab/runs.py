@@ -21,7 +21,7 @@ from robustlab.evaluation.audit import audit, flags, robustness_curves
 from robustlab.evaluation.engine import Evaluation, EvaluationResults
 from robustlab.evaluation.plots import curves_figure, save_figure
 from robustlab.evaluation.record import FILE_NAME, RunRecord
-from robustlab.evaluation.tensorboard import log_record
+from robustlab.evaluation.tensorboard import VISUAL, Logger, log_record
 from robustlab.files import locked, write_text_atomically
 from robustlab.fingerprint import evaluation_modules, run_fingerprint
 from robustlab.provenance import installed_packages, modules_hash, provenance
@@ -72,7 +72,7 @@ def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier
                                                     if k in ("dataset", "model", "defense")))
     for logger in trainer.loggers:
         if hasattr(getattr(logger, "experiment", None), "add_figure"):
-            logger.experiment.add_figure("robustness_curves", figure, close=False)
+            logger.experiment.add_figure(f"{VISUAL}/robustness_curves", figure, close=False)
     save_figure(figure, Path(cfg.paths.output_dir) / "robustness_curves.png")
     log.info(f"audit: {flags(audit_record) or 'no flags'}")
     return curves, audit_record
@@ -166,6 +166,7 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: EvaluationResults,
         evaluation_code=modules_hash(modules),
         evaluation_modules=modules,
         provenance=provenance(trainer.strategy.root_device, trainer.precision),
+        tensorboard=next((logger.log_dir for logger in trainer.loggers if isinstance(logger, Logger)), None),
         per_example=results.per_example,
     )
     write_text_atomically(Path(cfg.paths.output_dir) / "packages.txt", installed_packages())

@@ -95,11 +95,15 @@ def stage_directory(directory: Path, stages: list[Stage], index: int) -> Path:
 def stage_config(cfg: DictConfig, stage: Stage, directory: Path, multi_stage: bool) -> DictConfig:
     """The run's config as one stage's Trainer sees it: its epochs, checkpoint directory and selection metric.
 
-    The stages of a multi-stage defense each log into their own TensorBoard sub-directory (`<logger>.sub_dir`);
-    a single stage logs at the run's top level, beside its final numbers.
+    The stages of a multi-stage defense each log into their own TensorBoard sub-directory (`<logger>.sub_dir`)
+    of the run's (its name resolved from the run's config, not the stage's); a single stage logs at the run's
+    top level, beside its final numbers.
     """
     stage_cfg = copy.deepcopy(cfg)
     with open_dict(stage_cfg):
+        for name, node in (stage_cfg.get("logger") or {}).items():
+            if node is not None and "version" in node.keys():
+                node.version = cfg.logger[name].version
         stage_cfg.paths.checkpoint_dir = str(directory)
         stage_cfg.defense.selection_metric = stage.selection_metric
         if stage.epochs is not None:

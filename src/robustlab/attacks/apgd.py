@@ -52,14 +52,14 @@ class APGD(Attack):
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
         worst = WorstSoFar(x, expected_correct(model, x, y, draws))
-        for _ in range(self.restarts):
+        for restart in range(self.restarts):
             if not (worst.score > 0).any():
                 break
-            candidate = self._run(model, x, y, draws)
+            candidate = self._run(model, x, y, draws, restart)
             worst.offer(candidate, expected_correct(model, candidate, y, draws))
         return worst.x
 
-    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int, restart: int) -> torch.Tensor:
         predictions: list[torch.Tensor] = []
 
         def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -95,6 +95,7 @@ class APGD(Attack):
             best_x = torch.where(per_example(improved, x), x_next, best_x)
             best_loss = torch.where(improved, new_loss, best_loss)
             x_prev, x_k, loss, grad = x_k, x_next, new_loss, new_grad
+            self.advance((restart + (k + 1) / self.steps) / self.restarts)
             if k + 1 in marks:
                 too_few = increases < self.rho * (k + 1 - last_mark)
                 stalled = ~step_reduced & (best_loss <= best_loss_at_checkpoint)

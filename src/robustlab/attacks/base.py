@@ -13,11 +13,12 @@ train/eval mode and never touches parameter gradients. Every attack declares:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from robustlab.attacks.batching import in_chunks
+from robustlab.attacks.batching import chunks
 from robustlab.attacks.expectation import eot_draws
 
 
@@ -30,20 +31,38 @@ class Attack:
     """The base of every attack: `__call__` runs the contract's preamble and hands `attack` one chunk.
 
     The preamble: detach `x`; return a copy of `x` when the budget is 0; choose the EOT draws once for the
-    whole batch; on the CPU, attack eval-mode batches in chunks of `chunk_size` images (`batching.in_chunks`).
+    whole batch; on the CPU, attack eval-mode batches in chunks of `chunk_size` images (`batching.chunks`).
+    `progress`, when set (the evaluation sets it for the duration of a pass), is told the fraction of the
+    current call done: after each chunk, and after each step of the iterative attacks (`advance`).
     """
 
     eps: float = 0.0
     norm: str = "linf"
     eot_samples: int | None = 1
     chunk_size: int | None = None
+    progress: Callable[[float], None] | None = None
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = x.detach()
         if self.does_nothing():
             return x.clone()
         draws = eot_draws(self.eot_samples, model, x)
-        return in_chunks(lambda *batch: self.attack(*batch, draws), model, x, y, self.chunk_size)
+        parts = chunks(model, x, self.chunk_size)
+        if len(parts) == 1:
+            self._span = (0.0, 1.0)
+            return self.attack(model, x, y, draws)
+        done = []
+        for index, part in enumerate(parts):
+            self._span = (index / len(parts), 1 / len(parts))
+            done.append(self.attack(model, x[part], y[part], draws))
+            self.advance(1.0)
+        return torch.cat(done)
+
+    def advance(self, fraction: float) -> None:
+        """Tell `progress` that `fraction` of the current chunk is done (no device synchronisation)."""
+        if self.progress is not None:
+            start, width = self._span
+            self.progress(start + width * fraction)
 
     def does_nothing(self) -> bool:
         """Whether the attack's settings leave every image as it is (a budget of 0)."""

@@ -8,15 +8,13 @@ pays on the CPU; elsewhere the batch is attacked whole.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
-Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
-
-def in_chunks(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+def chunks(model: nn.Module, x: torch.Tensor, chunk_size: int | None) -> list[slice]:
+    """The parts of the batch `x` to attack one after another: chunks of `chunk_size` images for an eval-mode
+    model on the CPU, else the whole batch."""
     if chunk_size is None or len(x) <= chunk_size or model.training or x.device.type != "cpu":
-        return attack(model, x, y)
-    return torch.cat([attack(model, x_part, y_part) for x_part, y_part in zip(x.split(chunk_size), y.split(chunk_size))])
+        return [slice(0, len(x))]
+    return [slice(start, start + chunk_size) for start in range(0, len(x), chunk_size)]

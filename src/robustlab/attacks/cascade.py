@@ -37,12 +37,13 @@ class WorstCase(Attack):
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
         draws = eot_draws(None, model, x)  # points are judged over the predictor's randomness, whatever the attacks' draws
         worst = WorstSoFar(x, expected_correct(model, x, y, draws))
-        for attack in self.attacks.values():
+        for index, attack in enumerate(self.attacks.values()):
             standing = (worst.score > 0).nonzero().squeeze(1)
             if len(standing) == 0:
                 break
             candidate = attack(model, x[standing], y[standing])
             worst.offer(candidate, expected_correct(model, candidate, y[standing], draws), standing)
+            self.advance((index + 1) / len(self.attacks))
         return worst.x
 
     def __repr__(self) -> str:

@@ -63,12 +63,12 @@ class PGD(Attack):
         return self.eps == 0 or self.step_size == 0
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
-        best = self.ascend(model, x, y, self.start(x), draws)
+        best = self.ascend(model, x, y, self.start(x), draws, restart=0)
         if self.restarts == 1:
             return best
         worst = WorstSoFar(best, self._score(model, best, y, draws))
-        for _ in range(self.restarts - 1):
-            candidate = self.ascend(model, x, y, self.start(x), draws)
+        for restart in range(1, self.restarts):
+            candidate = self.ascend(model, x, y, self.start(x), draws, restart)
             worst.offer(candidate, self._score(model, candidate, y, draws))
         return worst.x
 
@@ -84,12 +84,13 @@ class PGD(Attack):
         return project_image(x, x + self.threat.random(x, self.eps), self.threat, self.eps)
 
     def ascend(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, start: torch.Tensor,
-               draws: int = 1) -> torch.Tensor:
+               draws: int = 1, restart: int = 0) -> torch.Tensor:
         """`steps` steepest-ascent steps of `loss(model(·), target)` from `start`, each projected onto the ball."""
         x_adv = start
-        for _ in range(self.steps):
+        for step in range(self.steps):
             grad = loss_and_gradient(model, x_adv, target, draws, self.loss_fn)[1]
             x_adv = project_image(x, x_adv + self.step_size * self.threat.ascent_direction(grad), self.threat, self.eps)
+            self.advance((restart + (step + 1) / self.steps) / self.restarts)
         return x_adv.detach()
 
     def __repr__(self) -> str:

@@ -105,6 +105,7 @@ class Square(Attack):
                 index = active.nonzero().squeeze(1)
                 candidate = self._propose(x[index], worst.x[index], side)
                 worst.offer(candidate, score(candidate, y[index]), index)
+                self.advance((iteration + 2) / self.queries)
         return worst.x
 
     def __repr__(self) -> str:

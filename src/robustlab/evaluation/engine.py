@@ -24,10 +24,13 @@ from robustlab.attacks.expectation import expected_correct, is_randomized, weigh
 from robustlab.builders import evaluation_attacks
 from robustlab.defenses.base import evaluation_mode
 from robustlab.errors import require
-from robustlab.evaluation.images import adversarial_grid
+from robustlab.evaluation.images import adversarial_figure
+from robustlab.evaluation.progress import EvaluationProgressBar
 from robustlab.evaluation.record import CLEAN, WITHOUT_EOT, WORST_CASE
+from robustlab.evaluation.tensorboard import VISUAL
 
 log = logging.getLogger(__name__)
+NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 
 
 @dataclass
@@ -55,9 +58,10 @@ class Evaluation:
     """
 
     def __init__(self, attacks: Mapping[str, Attack], n_eval: int = 1000, image_grid: int = 8,
-                 accuracy_draws: int = 10, compare_without_eot: bool = True) -> None:
+                 accuracy_draws: int = 10, compare_without_eot: bool = True,
+                 class_names: list[str] | None = None) -> None:
         self.attacks = dict(attacks)
-        self.n_eval, self.image_grid = n_eval, image_grid
+        self.n_eval, self.image_grid, self.class_names = n_eval, image_grid, class_names
         self.accuracy_draws, self.compare_without_eot = accuracy_draws, compare_without_eot
         self.randomized = False
         self.passes: dict[str, Attack] = dict(self.attacks)
@@ -70,8 +74,10 @@ class Evaluation:
         n_eval = cfg.eval.n_samples
         require(isinstance(n_eval, int) and (n_eval >= 1 or n_eval == -1), "eval.n_samples", n_eval,
                 "an integer ≥ 1, or -1 for the whole test split")
+        class_names = cfg.dataset.get("class_names")
         return cls(evaluation_attacks(cfg), n_eval=n_eval, image_grid=cfg.eval.image_grid,
-                   accuracy_draws=cfg.eval.accuracy_draws, compare_without_eot=cfg.eval.compare_without_eot)
+                   accuracy_draws=cfg.eval.accuracy_draws, compare_without_eot=cfg.eval.compare_without_eot,
+                   class_names=list(class_names) if class_names else None)
 
     # -- planning ---------------------------------------------------------------------------------
     def draws(self) -> int:
@@ -90,6 +96,11 @@ class Evaluation:
 
     def pass_name(self, dataloader_idx: int) -> str:
         return CLEAN if dataloader_idx == 0 else list(self.passes)[dataloader_idx - 1]
+
+    def running_accuracy(self, name: str) -> float | None:
+        """The pass's accuracy on the images this process has evaluated so far (None before any)."""
+        correct, seen = self.running[name]
+        return correct / seen if seen else None
 
     def loaders(self, trainer: pl.Trainer) -> list:
         """Loaders in pass order: the whole test split, then the first `n_eval` images once per attack pass.
@@ -124,6 +135,7 @@ class Evaluation:
         self.per_example: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
             name: [] for name in [CLEAN, *self.passes]}
         self.defense_metrics: dict[str, dict[str, list[float]]] = {}
+        self.running = {name: (0.0, 0) for name in [CLEAN, *self.passes]}  # this process's correct and seen images
         self.results = None
         self.seed = torch.initial_seed()  # the run's seed (pl.seed_everything), the same in every process
 
@@ -139,22 +151,41 @@ class Evaluation:
         torch.manual_seed(zlib.crc32(f"{self.seed}/{name}/{int(index[0])}".encode()))
         predictor = classifier.predictor()
         x_eval = x
+        bar = classifier.trainer.progress_bar_callback
         if name != CLEAN:
+            attack = self.passes[name]
+            if isinstance(bar, EvaluationProgressBar):  # the bar moves during a long attack, not only between batches
+                attack.progress = lambda fraction: bar.attack_progress(batch_idx, fraction)
             started = time.perf_counter()
-            with torch.enable_grad():
-                x_eval = self.passes[name](predictor, x, y)
+            try:
+                with torch.enable_grad():
+                    x_eval = attack(predictor, x, y)
+            finally:
+                attack.progress = None
             if x.is_cuda:
                 torch.cuda.synchronize(x.device)
             self.attack_seconds[name] += time.perf_counter() - started
             for key, values in classifier.defense.test_metrics(classifier.model, x, x_eval).items():
                 self.defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values.tolist())
-        correct = expected_correct(predictor, x_eval, y, self.draws())
-        self.per_example[name].append((index, correct.cpu()))
+        correct = expected_correct(predictor, x_eval, y, self.draws()).cpu()
+        self.per_example[name].append((index, correct))
+        self.running[name] = (self.running[name][0] + float(correct.sum()), self.running[name][1] + len(correct))
         if batch_idx == 0 and name != CLEAN and self.image_grid > 0:
-            experiment = classifier.logger.experiment if classifier.logger is not None else None
-            if hasattr(experiment, "add_image"):
-                experiment.add_image(f"adversarial_examples/{name}", adversarial_grid(x, x_eval, self.image_grid),
-                                     self.image_step)
+            self._log_examples(classifier, name, predictor, x[:self.image_grid], x_eval[:self.image_grid],
+                               y[:self.image_grid])
+
+    def _log_examples(self, classifier: pl.LightningModule, name: str, predictor: nn.Module, x: torch.Tensor,
+                      x_adv: torch.Tensor, y: torch.Tensor) -> None:
+        """The pass's first images, labelled (rows, ε, true → predicted), in TensorBoard's Images tab."""
+        experiment = classifier.logger.experiment if classifier.logger is not None else None
+        if not hasattr(experiment, "add_figure"):
+            return
+        with torch.no_grad():
+            clean, adversarial = predictor(x).argmax(1).cpu(), predictor(x_adv).argmax(1).cpu()
+        attack = self.passes[name]
+        figure = adversarial_figure(x, x_adv, y.cpu(), clean, adversarial, class_names=self.class_names,
+                                    title=f"{name}: {NORM_NAMES.get(attack.norm, attack.norm)} ε = {attack.eps:g}")
+        experiment.add_figure(f"{VISUAL}/adversarial_examples/{name}", figure, self.image_step)
 
     def finish(self, trainer: pl.Trainer, predictor: nn.Module) -> None:
         """Gather every process's share, in test-split order, and compute the results (worst case included)."""

@@ -16,22 +16,24 @@ from robustlab.files import write_atomically  # noqa: E402
 
 def _draw_curves(axis: plt.Axes, curves: Mapping[str, Mapping], title: str, small: bool) -> None:
     """Accuracy vs ε, one line per attack; L2 and L∞ budgets share the axis as multiples of the default ε."""
-    size = 7 if small else None
+    size = 7 if small else 10
     for name, curve in curves.items():
         default = curve["default_eps"] or 1.0
         axis.plot([eps / default for eps in curve["eps"]], [100 * a for a in curve["accuracy"]],
-                  marker="." if small else "o", label=name if small else f"{name} (ε={default:g})")
+                  marker="." if small else "o", linewidth=1 if small else 2,
+                  label=name if small else f"{name} (ε={default:g})")
     axis.set_xlabel("ε / default ε", fontsize=size)
     axis.set_ylabel("accuracy (%)", fontsize=size)
+    axis.tick_params(labelsize=size)
     axis.set_ylim(-2, 102)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=6 if small else 7)
+    axis.legend(fontsize=6 if small else 9)
     axis.set_title(title, fontsize=8 if small else 9)
 
 
 def curves_figure(curves: Mapping[str, Mapping], title: str = "") -> plt.Figure:
-    """One run's robustness curves."""
-    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    """One run's robustness curves, drawn at the width TensorBoard shows an image by default (about 320 px)."""
+    figure, axis = plt.subplots(figsize=(4.4, 3.3), dpi=72)
     _draw_curves(axis, curves, title, small=False)
     figure.tight_layout()
     return figure

@@ -61,6 +61,7 @@ class RunRecord:
     training_code: str | None = None  # hashes of the code that made this result
     evaluation_code: str | None = None
     provenance: dict = field(default_factory=dict)
+    tensorboard: str | None = None  # the run's TensorBoard directory (its training stages' in sub-directories)
     # Per image correctness of each pass, for the audit and tests of the run that computed it; never written.
     per_example: dict | None = field(default=None, repr=False, compare=False)
 

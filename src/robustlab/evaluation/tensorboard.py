@@ -1,33 +1,59 @@
-"""A run's final numbers in TensorBoard, derived from its record (metrics.json) alone.
+"""TensorBoard as a researcher reads it: the logger, the tag groups, and a run's final numbers from its record.
 
-Each quantity has one tag, logged once, at the run's last training step so that it sits at the end of the
-learning curves: `final/clean_acc`, `final/robust_acc/<attack>` (the worst case among them),
-`final/attack_ms_per_image/<attack>`, `final/best_<selection metric>`, `final/train_seconds`,
-`final/audit_flags`. The HParams summary lists the settings a researcher sweeps (`settings` of the record)
-with those same tags as its metrics. The attack × defense report writes its HParams table the same way.
+Time Series sorts tag groups by name and opens the first two, so the groups are named to put the learning
+curves there: `train/` (loss, acc, lr, epoch) and `val/`, then `verdict/` (the final numbers) and `visual/`
+(labelled adversarial examples, robustness curves). Each final number has one tag, logged once, at the run's
+last training step, so it sits at the end of the learning curves: `verdict/accuracy/clean`,
+`verdict/accuracy/robust` (the worst case), `verdict/accuracy/under/<attack>`, `verdict/attack_ms_per_image/<attack>`,
+`verdict/best_<selection metric>`, `verdict/train_seconds`, `verdict/audit_flags`. The HParams summary
+lists the settings a researcher sweeps (`settings` of the record) with those same tags as its metrics; the
+attack × defense report writes its HParams table the same way.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from robustlab.evaluation.audit import flags
-from robustlab.evaluation.record import RunRecord
+from robustlab.evaluation.record import WORST_CASE, RunRecord
+
+
+FINAL = "verdict"  # the group of a run's final numbers
+VISUAL = "visual"  # the group of its figures
+
+
+class Logger(TensorBoardLogger):
+    """Lightning's TensorBoard logger, with the `epoch` it adds to every log call among the training curves."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        super().log_metrics({"train/epoch" if name == "epoch" else name: value for name, value in metrics.items()},
+                            step)
+
+
+def accuracy_metrics(clean_acc: float, robust_acc: dict[str, float]) -> dict[str, float]:
+    """Accuracies under tags that sort first, so HParams shows them by default (it shows five metrics, by
+    name): `accuracy/clean`, `accuracy/robust` (the worst case over the suite), `accuracy/under/<attack>`."""
+    metrics = {f"{FINAL}/accuracy/clean": clean_acc}
+    metrics.update({f"{FINAL}/accuracy/robust" if name == WORST_CASE else f"{FINAL}/accuracy/under/{name}": value
+                    for name, value in robust_acc.items()})
+    return metrics
 
 
 def final_metrics(record: RunRecord) -> dict[str, float]:
-    """The record's final numbers under their `final/` tags (no value twice, no value missing)."""
-    metrics = {"final/clean_acc": record.clean_acc}
-    metrics.update({f"final/robust_acc/{name}": value for name, value in record.robust_acc.items()})
-    metrics.update({f"final/attack_ms_per_image/{name}": value for name, value in record.attack_ms_per_image.items()})
+    """The record's final numbers under their `verdict/` tags (no value twice, no value missing)."""
+    metrics = accuracy_metrics(record.clean_acc, record.robust_acc)
+    metrics.update({f"{FINAL}/attack_ms_per_image/{name}": value for name, value in record.attack_ms_per_image.items()})
     selection = record.selection or {}
     if selection.get("best") is not None:
-        metrics[f"final/best_{selection['metric'].replace('/', '_')}"] = selection["best"]
+        metrics[f"{FINAL}/best_{selection['metric'].replace('/', '_')}"] = selection["best"]
     if record.train_seconds is not None:
-        metrics["final/train_seconds"] = record.train_seconds
-    metrics["final/audit_flags"] = float(len(flags(record.audit)))
+        metrics[f"{FINAL}/train_seconds"] = record.train_seconds
+    metrics[f"{FINAL}/audit_flags"] = float(len(flags(record.audit)))
     return {name: float(value) for name, value in metrics.items()}
 
 

@@ -24,7 +24,7 @@ from robustlab.errors import RobustlabError
 from robustlab.evaluation.audit import LETTERS, flags
 from robustlab.evaluation.plots import curves_grid, heatmap_figure, save_figure
 from robustlab.evaluation.record import CLEAN, FILE_NAME, WORST_CASE, NotARecord, RunRecord
-from robustlab.evaluation.tensorboard import write_hparams
+from robustlab.evaluation.tensorboard import FINAL, accuracy_metrics, write_hparams
 from robustlab.provenance import module_digest
 
 VERSIONS = ("refuse", "current", "mix")  # what to do with results evaluated by different code
@@ -289,8 +289,7 @@ def write_tensorboard(cells: list[Cell], text: str, directory: Path) -> None:
     writer = SummaryWriter(str(directory))
     writer.add_text("report", text)
     for index, cell in enumerate(cells):
-        metrics = {"final/clean_acc": cell.clean_acc, "final/audit_flags": float(len(cell.flags))}
-        metrics.update({f"final/robust_acc/{name}": value for name, value in cell.robust_acc.items()})
+        metrics = {**accuracy_metrics(cell.clean_acc, cell.robust_acc), f"{FINAL}/audit_flags": float(len(cell.flags))}
         run = SummaryWriter(str(directory / f"{index:03d}-{cell.dataset}-{cell.model}-{cell.defense}"))
         write_hparams(run, {"dataset": cell.dataset, "model": cell.model, "defense": cell.defense,
                             "flags": cell.flags or "none"}, metrics, step=0)
