@@ -108,8 +108,8 @@ def readme_path(command: str, outputs: Path, checkpoint: Path | None = None) -> 
 
 
 def test_every_readme_command_is_run_or_its_place_named():
-    tested = set(TRAIN_COMMANDS) | {EVALUATE_APGD, EVALUATE_CW, REPORT, TENSORBOARD, PYTHON_API, SETUP_AND_TRAIN,
-                                    LOCAL_GPUS}
+    tested = set(TRAIN_COMMANDS) | {EVALUATE_APGD, EVALUATE_CW, MATRIX, REPORT, TENSORBOARD, PYTHON_API,
+                                    SETUP_AND_TRAIN, LOCAL_GPUS}
     assert set(readme_commands()) == tested | set(ELSEWHERE) | set(NOT_RUN)
     for place in ELSEWHERE.values():
         if "::" in place:
@@ -178,12 +178,13 @@ def test_evaluate_with_a_torchattacks_attack(outputs, plain_run):
     assert record["attacks"]["torchattacks"]["name"] == "CW" and "alpha" not in record["attacks"]["torchattacks"]["kwargs"]
 
 
+MATRIX = "python train.py sweep=matrix"
 REPORT = "python scripts/report.py outputs/sweeps/matrix"
 
 
 def test_matrix_sweep_and_its_report(outputs):
     """`python train.py sweep=matrix` over the whole zoo, then the report rebuilt from its files."""
-    run_train("python train.py sweep=matrix", outputs, *MATRIX_TINY)
+    run_train(MATRIX, outputs, *MATRIX_TINY)
     report = outputs / "sweeps" / "matrix" / "report" / "REPORT.md"
     written = report.read_text()
     defenses = re.findall(r"^\| (\w+) \| \d", written, flags=re.MULTILINE)
