@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import CONF, accuracy, compose_config, train_standard
-from robustlab.attacks import PGD, NoAttack
+from robustlab.attacks import APGD, PGD, NoAttack, Square
 from robustlab.attacks.norms import L2Ball, LinfBall
 from robustlab.configuration import instantiate as instantiate_checked
 from robustlab.data import SyntheticDataModule
@@ -152,3 +152,17 @@ def test_invalid_value_names_the_full_config_key(tmp_path):
         instantiate_checked(cfg.defense)
     assert error.value.key == "defense.attack.steps"
     assert "defense.attack.steps=0" in str(error.value) and "integer ≥ 1" in str(error.value)
+
+
+@pytest.mark.parametrize("attack", [PGD(eps=0.1, steps=5, restarts=2), APGD(eps=0.1, steps=10),
+                                    Square(eps=0.1, queries=20)], ids=["pgd", "apgd", "square"])
+def test_an_attack_reports_its_progress_step_by_step(attack, trained_model, batch):
+    """The evaluation's progress bar moves during a long attack: each step reports the fraction done."""
+    x, y = batch
+    seen = []
+    attack.progress = seen.append
+    try:
+        attack(trained_model.eval(), x, y)
+    finally:
+        attack.progress = None
+    assert len(seen) >= 5 and seen == sorted(seen) and seen[-1] == pytest.approx(1.0) and seen[0] > 0

@@ -107,7 +107,7 @@ def test_time_series_opens_on_the_learning_curves(browser_page, tensorboard, scr
 
 def test_images_hold_the_labelled_adversarial_examples(browser_page, tensorboard, screenshots):
     url, _ = tensorboard
-    show(browser_page, url, "images", ["visual/adversarial_examples/apgd_ce", "visual/robustness_curves"],
+    show(browser_page, url, "images", ["visual/adversarial_examples/apgd_ce", "visual/adversarial_examples/fgsm"],
          screenshots / "tensorboard-images.png")
 
 

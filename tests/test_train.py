@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -151,7 +152,11 @@ def test_train_script_on_a_real_fashion_mnist_subset(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["dataset"] == "fashion_mnist" and metrics["n_clean"] == 10000 and metrics["n_eval"] == 200
     assert metrics["clean_acc"] > 0.5  # 40 batches of real data already learn most of the task
-    assert "Evaluating pgd_linf" in result.stdout + result.stderr  # the per-attack progress bar
+    output = result.stdout + result.stderr
+    assert "Evaluating pgd_linf" in output  # the per-attack progress bar, with its pass's running accuracy
+    shown = re.findall(r"Evaluating pgd_linf: 100%.*?accuracy (\d+\.\d)%", output)
+    assert shown and float(shown[-1]) == pytest.approx(100 * metrics["robust_acc"]["pgd_linf"], abs=0.05)
+    assert "is deprecated" not in output  # no warning a user cannot act on
     log = (tmp_path / "train.log").read_text()  # the run's log lines, as Hydra keeps them
     assert f"][robustlab.runs][INFO] - metrics: {tmp_path / 'metrics.json'}" in log
 
