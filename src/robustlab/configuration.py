@@ -66,8 +66,11 @@ def gpu_for_job(job_number: Any) -> int | list[int]:
 OmegaConf.register_new_resolver("gpu_for_job", gpu_for_job, replace=True)
 
 
-def multiply(*factors: float) -> float:
-    """`${multiply:1.25,${.eps}}`: a product of numbers, e.g. a step size as a multiple of ε."""
+def multiply(*factors: float | None) -> float | None:
+    """`${multiply:1.25,${.eps}}`: a product of numbers, e.g. a step size as a multiple of ε; null if a factor
+    is null (`attack.eps=null`: an unbounded attack has no step size derived from ε)."""
+    if any(factor is None for factor in factors):
+        return None
     product = 1.0
     for factor in factors:
         product *= float(factor)

@@ -27,8 +27,9 @@ def run(cfg: DictConfig) -> RunRecord | None:
         if done is not None:
             return done
         pl.seed_everything(cfg.seed, workers=True)
+        evaluation = Evaluation.from_config(cfg)  # its attacks are built (and checked) first
         datamodule = build_datamodule(cfg.dataset)
         classifier = classifier_from_checkpoint(checkpoint, cfg.performance)
-        return evaluate_and_record(cfg, classifier, datamodule, Evaluation.from_config(cfg), cfg.ckpt_path,
+        return evaluate_and_record(cfg, classifier, datamodule, evaluation, cfg.ckpt_path,
                                    chosen={**stored.get("choices", {}), **choices()},
                                    steps=int(checkpoint.get("global_step", 0)))

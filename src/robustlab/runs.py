@@ -60,7 +60,8 @@ def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier
     x, y = images[:settings.n_samples].to(classifier.device), labels[:settings.n_samples].to(classifier.device)
     draws = evaluation.draws()
     factories = {name: ((lambda eps, node=node: instantiate(node, eps=eps)), float(node.eps))
-                 for name, node in evaluation_attack_configs(cfg).items() if "eps" in node and float(node.eps) > 0}
+                 for name, node in evaluation_attack_configs(cfg).items()
+                 if node.get("eps") is not None and float(node.eps) > 0}  # eps: null is an unbounded attack
     eot_samples = {name: attack.eot_samples for name, attack in evaluation.attacks.items() if attack.eps > 0}
     with trainer.precision_plugin.forward_context():  # the evaluation's precision (bf16 autocast on a GPU)
         curves = robustness_curves(factories, predictor, x, y, draws, list(settings.curve_factors))

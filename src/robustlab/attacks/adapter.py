@@ -43,7 +43,9 @@ class TorchAttacks(Attack):
                            and n not in ("Attack", "MultiAttack"))
             raise InvalidValue("name", name, f"a torchattacks attack class, e.g. {', '.join(known[:12])}, ...")
         self.threat = None if eps is None else ball(norm, eps)
-        self.name, self.norm, self.kwargs = name, norm, dict(kwargs or {})
+        # A null keyword argument is left to the class's default (alpha, derived from a null eps, for CW).
+        self.name, self.norm = name, norm
+        self.kwargs = {key: value for key, value in (kwargs or {}).items() if value is not None}
         self.eps = 0.0 if eps is None else float(eps)
         self.eot_samples = 1
         self.attack_class = attack_class
