@@ -182,6 +182,7 @@ MATRIX = "python train.py sweep=matrix"
 REPORT = "python scripts/report.py outputs/sweeps/matrix"
 
 
+@pytest.mark.slow  # the whole zoo; tests/test_report.py runs sweep=matrix over two defenses by default
 def test_matrix_sweep_and_its_report(outputs):
     """`python train.py sweep=matrix` over the whole zoo, then the report rebuilt from its files."""
     run_train(MATRIX, outputs, *MATRIX_TINY)

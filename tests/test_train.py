@@ -100,10 +100,13 @@ def test_tensorboard_has_one_tag_per_quantity_and_the_final_numbers_once_at_the_
     assert {event.step for tag in tags["images"] for event in events.Images(tag)} == {last_step}
     start = plugin_data_pb2.HParamsPluginData.FromString(
         events.summary_metadata["_hparams_/session_start_info"].plugin_data.content).session_start_info
-    assert {"dataset", "model", "defense", "attack", "seed", "epochs", "n_eval", "eps_linf", "eps_l2", "optimizer",
-            "lr", "batch_size", "max_epochs", "attack.steps", "attack.restarts", "defense.attack.steps",
-            "defense.attack.eps"} <= set(start.hparams)
-    assert start.hparams["optimizer"].string_value == "adam" and start.hparams["defense.attack.steps"].number_value == 7
+    assert {"dataset", "model", "defense", "attack", "seed", "n_eval", "eps_linf", "eps_l2", "training.epochs",
+            "training.optimizer", "training.lr", "training.batch_size", "training.max_epochs",
+            "evaluation.attack.steps", "evaluation.attack.restarts", "training.defense.attack.steps",
+            "training.defense.attack.eps"} <= set(start.hparams)
+    assert sorted(start.hparams)[:5] == ["attack", "dataset", "defense", "eps_l2", "eps_linf"]  # ticked by default
+    assert start.hparams["training.optimizer"].string_value == "adam"
+    assert start.hparams["training.defense.attack.steps"].number_value == 7
     experiment = plugin_data_pb2.HParamsPluginData.FromString(
         events.summary_metadata["_hparams_/experiment"].plugin_data.content).experiment
     assert {info.name.tag for info in experiment.metric_infos} == final

@@ -36,18 +36,19 @@ def evaluate_and_record(cfg: DictConfig, classifier: RobustClassifier, datamodul
     """Evaluate the classifier (holding `checkpoint`'s weights), audit it, and write the run's record; None in
     a DDP process other than 0, which only evaluates its share."""
     trainer = build_trainer(cfg)
-    results = evaluation.run(trainer, classifier, datamodule, step=max(steps - 1, 0))
+    last_step = max(steps - 1, 0)  # where TensorBoard shows the run's final numbers and figures
+    results = evaluation.run(trainer, classifier, datamodule, step=last_step)
     if not trainer.is_global_zero:
         return None
-    curves, audit_record = audit_run(cfg, trainer, classifier, datamodule, evaluation)
+    curves, audit_record = audit_run(cfg, trainer, classifier, datamodule, evaluation, step=last_step)
     return record_run(cfg, trainer, results, curves, audit_record, checkpoint, chosen, training, steps)
 
 
 def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier, datamodule,
-              evaluation: Evaluation) -> tuple[dict, dict]:
+              evaluation: Evaluation, step: int = 0) -> tuple[dict, dict]:
     """Robustness curves and the gradient-masking audit on the first `eval.audit.n_samples` test images.
 
-    Writes robustness_curves.png into the run directory and logs the figure to TensorBoard.
+    Writes robustness_curves.png into the run directory and logs the figure to TensorBoard at `step`.
     `eval.audit.enabled=false` skips it (the report then shows no flags for the cell).
     """
     settings = cfg.eval.audit
@@ -73,7 +74,7 @@ def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier
                                                     if k in ("dataset", "model", "defense")))
     for logger in trainer.loggers:
         if hasattr(getattr(logger, "experiment", None), "add_figure"):
-            logger.experiment.add_figure(f"{VISUAL}/robustness_curves", figure, close=False)
+            logger.experiment.add_figure(f"{VISUAL}/robustness_curves", figure, step, close=False)
     save_figure(figure, Path(cfg.paths.output_dir) / "robustness_curves.png")
     log.info(f"audit: {flags(audit_record) or 'no flags'}")
     return curves, audit_record
@@ -172,6 +173,6 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: EvaluationResults,
     )
     write_text_atomically(Path(cfg.paths.output_dir) / "packages.txt", installed_packages())
     path = record.write(cfg.paths.output_dir)
-    log_record(trainer.loggers, record, step=max(steps - 1, 0))
+    log_record(trainer.loggers, record, step=max(steps - 1, 0))  # the last training step, as the figures
     log.info(f"metrics: {path}")
     return record

@@ -58,11 +58,17 @@ def final_metrics(record: RunRecord) -> dict[str, float]:
 
 
 def settings(record: RunRecord) -> dict[str, Any]:
-    """What HParams shows as a run's settings: its choices, budgets, and the swept training settings."""
-    chosen = {key: getattr(record, key) for key in ("dataset", "model", "defense", "attack", "seed", "epochs",
-                                                      "n_eval")}
+    """What HParams shows as a run's settings: its choices, budgets, and the swept settings (`record.settings`).
+
+    HParams ticks the first five settings by name, so the names put the run's identity first (attack, dataset,
+    defense, eps_l2, eps_linf), then `evaluation.attack.*` (the evaluated attack's settings), model, n_eval,
+    seed, and `training.*` (optimizer, lr, batch_size, max_epochs, the epochs trained, `training.defense.*`).
+    """
+    chosen = {key: getattr(record, key) for key in ("dataset", "model", "defense", "attack", "seed", "n_eval")}
     chosen.update({f"eps_{norm}": value for norm, value in record.eps.items()})
-    chosen.update(record.settings)
+    chosen["training.epochs"] = record.epochs
+    for key, value in record.settings.items():
+        chosen[f"evaluation.{key}" if key.startswith("attack.") else f"training.{key}"] = value
     return {key: "none" if value is None else value if isinstance(value, (int, float, str, bool)) else str(value)
             for key, value in chosen.items()}
 
