@@ -128,7 +128,12 @@ TRAIN_COMMANDS = [
 ]
 
 
-@pytest.mark.parametrize("command", TRAIN_COMMANDS)
+SLOW = {"python train.py -m defense=none,adv_train attack=fgsm,pgd_linf,pgd_l2",  # six cells
+        "python train.py attack.steps=100 attack.restarts=5 eval.n_samples=-1"}  # PGD-100 × 5 on every image
+
+
+@pytest.mark.parametrize("command", [pytest.param(command, marks=[pytest.mark.slow] if command in SLOW else [])
+                                     for command in TRAIN_COMMANDS])
 def test_train_commands(command, outputs, plain_run, mixture_run):
     if command in ("python train.py", "python train.py defense=random_mixture"):
         metrics = plain_run if command == "python train.py" else mixture_run
@@ -233,6 +238,7 @@ LOCAL_GPUS = ("python train.py -m hydra/launcher=local_gpus hydra.launcher.n_job
               "attack=fgsm,pgd_linf")
 
 
+@pytest.mark.slow  # four jobs; tests/test_trainers.py runs the launcher in the default suite
 def test_local_gpus_launcher_command_in_its_cpu_form(outputs):
     result = run_train(LOCAL_GPUS, outputs, "trainer.accelerator=cpu")
     assert result.stdout.count("metrics: ") == 4
