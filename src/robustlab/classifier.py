@@ -165,7 +165,7 @@ class RobustClassifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         # TensorBoard gets the numbers once, at the last training step, from the run's record
         # (robustlab/evaluation/tensorboard.py), not here: a test stage logs at step 0, before the curves.
-        self.evaluation.finish(self.trainer, self.predictor())
+        self.evaluation.finish(self.trainer)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -48,15 +48,12 @@ class Attack:
             return x.clone()
         draws = eot_draws(self.eot_samples, model, x)
         parts = chunks(model, x, self.chunk_size)
-        if len(parts) == 1:
-            self._span = (0.0, 1.0)
-            return self.attack(model, x, y, draws)
         done = []
         for index, part in enumerate(parts):
             self._span = (index / len(parts), 1 / len(parts))
             done.append(self.attack(model, x[part], y[part], draws))
             self.advance(1.0)
-        return torch.cat(done)
+        return done[0] if len(done) == 1 else torch.cat(done)
 
     def advance(self, fraction: float) -> None:
         """Tell `progress` that `fraction` of the current chunk is done (no device synchronisation)."""

@@ -63,7 +63,7 @@ class Evaluation:
         self.attacks = dict(attacks)
         self.n_eval, self.image_grid, self.class_names = n_eval, image_grid, class_names
         self.accuracy_draws, self.compare_without_eot = accuracy_draws, compare_without_eot
-        self.randomized = False
+        self.randomized = self.exact = False  # exact: a finite mixture, accuracy Σ α_k·acc_k without sampling
         self.passes: dict[str, Attack] = dict(self.attacks)
         self.data, self.image_step = None, 0
         self.results: EvaluationResults | None = None
@@ -88,8 +88,9 @@ class Evaluation:
         """Detect whether `predictor` is randomized (on a few test images) and fix the passes."""
         with evaluation_mode(predictor):
             self.randomized = is_randomized(predictor, probe)
+        self.exact = weighted_members(predictor) is not None
         self.passes = dict(self.attacks)
-        if self.randomized and self.compare_without_eot and weighted_members(predictor) is None:  # mixtures: exact
+        if self.randomized and self.compare_without_eot and not self.exact:
             for name, attack in self.attacks.items():
                 if attack.eot_samples is None:  # chosen automatically, so EOT on this predictor
                     self.passes[name + WITHOUT_EOT] = attack.with_eot_samples(1)
@@ -99,8 +100,9 @@ class Evaluation:
 
     def running_accuracy(self, name: str) -> float | None:
         """The pass's accuracy on the images this process has evaluated so far (None before any)."""
-        correct, seen = self.running[name]
-        return correct / seen if seen else None
+        parts = [correct for _, correct in self.per_example[name]]
+        seen = sum(len(correct) for correct in parts)
+        return float(sum(correct.sum() for correct in parts)) / seen if seen else None
 
     def loaders(self, trainer: pl.Trainer) -> list:
         """Loaders in pass order: the whole test split, then the first `n_eval` images once per attack pass.
@@ -135,7 +137,6 @@ class Evaluation:
         self.per_example: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
             name: [] for name in [CLEAN, *self.passes]}
         self.defense_metrics: dict[str, dict[str, list[float]]] = {}
-        self.running = {name: (0.0, 0) for name in [CLEAN, *self.passes]}  # this process's correct and seen images
         self.results = None
         self.seed = torch.initial_seed()  # the run's seed (pl.seed_everything), the same in every process
 
@@ -169,7 +170,6 @@ class Evaluation:
                 self.defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values.tolist())
         correct = expected_correct(predictor, x_eval, y, self.draws()).cpu()
         self.per_example[name].append((index, correct))
-        self.running[name] = (self.running[name][0] + float(correct.sum()), self.running[name][1] + len(correct))
         if batch_idx == 0 and name != CLEAN and self.image_grid > 0:
             self._log_examples(classifier, name, predictor, x[:self.image_grid], x_eval[:self.image_grid],
                                y[:self.image_grid])
@@ -187,7 +187,7 @@ class Evaluation:
                                     title=f"{name}: {NORM_NAMES.get(attack.norm, attack.norm)} ε = {attack.eps:g}")
         experiment.add_figure(f"{VISUAL}/adversarial_examples/{name}", figure, self.image_step)
 
-    def finish(self, trainer: pl.Trainer, predictor: nn.Module) -> None:
+    def finish(self, trainer: pl.Trainer) -> None:
         """Gather every process's share, in test-split order, and compute the results (worst case included)."""
         per_example, seconds, gathered_metrics = self._gathered(trainer)
         accuracy = {name: float(values.double().mean()) if len(values) else 0.0 for name, values in per_example.items()}
@@ -209,7 +209,7 @@ class Evaluation:
             n_eval={name: counts[name] for name in self.attacks},
             attack_ms_per_image={name: 1000.0 * seconds[name] / max(counts[name], 1) for name in self.attacks},
             randomized=self.randomized,
-            accuracy_draws="exact" if weighted_members(predictor) is not None else self.draws(),
+            accuracy_draws="exact" if self.exact else self.draws(),
             defense_metrics={name: {key: sum(values) / len(values) for key, values in metrics.items()}
                              for name, metrics in gathered_metrics.items()},
             per_example=per_example,
