@@ -25,7 +25,7 @@ from robustlab.models import BasicNet, NoisyModel
 
 # The zoo, as sweep=zoo and sweep=matrix run it (written once, in conf/sweep/zoo.yaml).
 DEFENSES = OmegaConf.load(ROOT / "conf" / "sweep" / "zoo.yaml").hydra.sweeper.params.defense.split(",")
-RANDOMIZED = {"noise_injection", "random_mixture"}
+RANDOMIZED = {"noise_injection", "random_mixture", "randomized_smoothing"}
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,8 @@ MATRIX_TINY = ["eval.attacks.apgd_ce.steps=10", "eval.attacks.square.queries=50"
 
 # Commands run by another test, as they are written in the README plus their CPU form.
 ELSEWHERE = {
+    "python train.py defense=randomized_smoothing":
+        "tests/test_certification.py::test_randomized_smoothing_run_is_certified_and_checked",
     "python train.py trainer=gpu": "tests/test_trainers.py::test_gpu_trainer_single_run_in_its_cpu_form",
     "python train.py trainer=ddp": "tests/test_trainers.py::test_ddp_trains_once_and_evaluates_every_image_once",
     "bash scripts/setup.sh && .venv/bin/python -m pytest": ".ci/run (CI runs exactly this)",

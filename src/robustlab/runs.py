@@ -17,7 +17,9 @@ from robustlab.builders import attack_descriptions, build_trainer, choices, eval
 from robustlab.classifier import RobustClassifier
 from robustlab.configuration import instantiate, to_plain
 from robustlab.distributed import job_processes
-from robustlab.evaluation.audit import audit, flags, robustness_curves
+from robustlab.evaluation.certification import certifiable, certify_and_check
+from robustlab.evaluation.certification import curves as certification_curves
+from robustlab.evaluation.audit import audit, certificate_check, flags, robustness_curves
 from robustlab.evaluation.engine import Evaluation, EvaluationResults
 from robustlab.evaluation.plots import curves_figure, save_figure
 from robustlab.evaluation.record import FILE_NAME, RunRecord
@@ -41,7 +43,11 @@ def evaluate_and_record(cfg: DictConfig, classifier: RobustClassifier, datamodul
     if not trainer.is_global_zero:
         return None
     curves, audit_record = audit_run(cfg, trainer, classifier, datamodule, evaluation, step=last_step)
-    return record_run(cfg, trainer, results, curves, audit_record, checkpoint, chosen, training, steps)
+    certification = certify_run(cfg, trainer, classifier, datamodule, step=last_step)
+    if certification:
+        audit_record["certificate_violated"] = certificate_check(certification)
+    return record_run(cfg, trainer, results, curves, audit_record, checkpoint, chosen, training, steps,
+                      certification)
 
 
 def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier, datamodule,
@@ -78,6 +84,33 @@ def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier
     save_figure(figure, Path(cfg.paths.output_dir) / "robustness_curves.png")
     log.info(f"audit: {flags(audit_record) or 'no flags'}")
     return curves, audit_record
+
+
+def certify_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier, datamodule, step: int = 0) -> dict:
+    """A smoothed classifier's certificates on the first `eval.certify.n_samples` test images, attacked and
+    checked (`evaluation/certification.py`); {} for any other predictor or with `eval.certify.enabled=false`.
+
+    Writes certified_accuracy.png (certified vs attacked accuracy per radius) into the run directory and logs
+    it to TensorBoard at `step`.
+    """
+    classifier.eval()
+    predictor = classifier.predictor()
+    if not certifiable(predictor) or not OmegaConf.select(cfg, "eval.certify.enabled", default=False):
+        return {}
+    images, labels = datamodule.test_set.tensors
+    with trainer.precision_plugin.forward_context():
+        record = certify_and_check(cfg, predictor, images.to(classifier.device), labels.to(classifier.device))
+    figure = curves_figure(certification_curves(record),
+                           title=f"randomized smoothing, σ = {record['sigma']:g}: {record['n_samples']} images")
+    for logger in trainer.loggers:
+        if hasattr(getattr(logger, "experiment", None), "add_figure"):
+            logger.experiment.add_figure(f"{VISUAL}/certified_accuracy", figure, step, close=False)
+    save_figure(figure, Path(cfg.paths.output_dir) / "certified_accuracy.png")
+    soundness = record["soundness"]
+    log.info(f"certification: certified accuracy {record['certified_acc']:.3f} at L2 ε={record['eps_l2']:g} on "
+             f"{record['n_samples']} images; soundness check: {len(soundness['flipped'])} of {soundness['checked']} "
+             "certified images changed class inside their radius")
+    return record
 
 
 @contextmanager
@@ -126,7 +159,7 @@ def swept_settings(cfg: DictConfig, chosen: dict[str, str]) -> dict:
 
 def record_run(cfg: DictConfig, trainer: pl.Trainer, results: EvaluationResults, curves: dict, audit_record: dict,
                checkpoint: str | None, chosen: dict[str, str], training: Training | None = None,
-               steps: int = 0) -> RunRecord:
+               steps: int = 0, certification: dict | None = None) -> RunRecord:
     """Write metrics.json into the run directory, log its final numbers and HParams to TensorBoard at the last
     training step (of `steps`; Lightning logs step k's numbers at index k − 1), print where the file is.
 
@@ -152,7 +185,8 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: EvaluationResults,
         robust_acc_without_eot=results.robust_acc_without_eot,
         defense_metrics=results.defense_metrics,
         audit=audit_record,
-        curves=curves,
+        curves={**curves, **certification_curves(certification or {})},
+        certification=certification or {},
         attack_ms_per_image=results.attack_ms_per_image,
         attacks=attack_descriptions(cfg),
         settings=swept_settings(cfg, chosen),

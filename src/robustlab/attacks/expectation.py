@@ -8,7 +8,10 @@ never over one lucky draw:
   handled exactly: the attack maximises the expected loss Σ α_k·CE(f_k(x), y) and accuracy is
   Σ α_k·1[f_k(x) = y];
 - any other randomized predictor is handled by Expectation over Transformation (Athalye et al. 2018): the
-  loss, its gradient and the accuracy are averaged over `draws` forward passes.
+  loss, its gradient and the accuracy are averaged over `draws` forward passes;
+- a predictor that decides by a vote (any module with `vote(x)`, e.g. `robustlab.models.SmoothedClassifier`)
+  is attacked by EOT through its forward pass, and scored by its vote: correct when the vote is the label
+  (an abstention is never correct).
 
 `is_randomized` tells the two kinds apart from deterministic predictors by looking at outputs only.
 """
@@ -29,6 +32,12 @@ DEFAULT_EOT_DRAWS = 10
 def weighted_members(model: nn.Module) -> list[tuple[float, nn.Module]] | None:
     members = getattr(model, "weighted_members", None)
     return members() if callable(members) else None
+
+
+def voting(model: nn.Module):
+    """The predictor's deployed decision rule, `vote(x)` → a class per image (−1: abstain), or None."""
+    vote = getattr(model, "vote", None)
+    return vote if callable(vote) else None
 
 
 @torch.no_grad()
@@ -53,8 +62,14 @@ def per_example_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: 
 
 
 @torch.no_grad()
-def expected_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1) -> torch.Tensor:
-    """Per example, the probability (exact, or averaged over `draws`) that the prediction is `y`."""
+def expected_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1,
+                     by_vote: bool = True) -> torch.Tensor:
+    """Per example, the probability (exact, or averaged over `draws`) that the prediction is `y`; for a voting
+    predictor, whether its vote is `y` (the vote's own draws replace `draws`), unless `by_vote` is false: then
+    the probability that one forward pass is right, as for any randomized predictor."""
+    vote = voting(model)
+    if vote is not None and by_vote:
+        return (vote(x) == y).float()
     members = weighted_members(model)
     if members is not None:
         return sum(weight * (member(x).argmax(1) == y).float() for weight, member in members)
@@ -62,6 +77,13 @@ def expected_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: 
     for _ in range(draws):
         correct += (model(x).argmax(1) == y).float()
     return correct / draws
+
+
+@torch.no_grad()
+def predicted_classes(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What the predictor answers for each image: its vote if it votes (−1: abstain), else the argmax of one pass."""
+    vote = voting(model)
+    return vote(x) if vote is not None else model(x).argmax(1)
 
 
 def check_eot_samples(eot_samples: int | None) -> None:

@@ -11,7 +11,9 @@ works. The checks run on the first `n` test images, on the deployed predictor:
 - (e) `more_steps_help`: doubling PGD's steps must not lower accuracy by more than 1 pp;
 - (f) `zero_gradients`: at most 1% of images may have an all-zero input gradient;
 - (g) `randomized_without_eot`: a randomized predictor (not a finite mixture, which is handled exactly) must
-  be attacked with EOT by every attack of the suite.
+  be attacked with EOT by every attack of the suite;
+- (h) `certificate_violated`: on a certified run (randomized smoothing), no image certified at an L2 radius r
+  may change class under the L2 attack at ε < r (`robustlab.evaluation.certification`; `certificate_check`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from robustlab.attacks.square import Square
 
 LETTERS = {"non_monotone_curve": "a", "large_eps_not_broken": "b", "pgd_weaker_than_fgsm": "c",
            "black_box_beats_white_box": "d", "more_steps_help": "e", "zero_gradients": "f",
-           "randomized_without_eot": "g"}
+           "randomized_without_eot": "g", "certificate_violated": "h"}
 
 
 @dataclass
@@ -106,6 +108,17 @@ def audit(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_linf: f
                                               "exact expectation over mixture members" if randomized else
                                               "deterministic predictor"))
     return {name: {**asdict(check), "letter": LETTERS[name]} for name, check in checks.items()}
+
+
+def certificate_check(certification: Mapping) -> dict:
+    """Check (h) from a certification record: flagged if any certified image changed class inside its radius."""
+    soundness = certification["soundness"]
+    flipped, checked = soundness["flipped"], soundness["checked"]
+    detail = (f"{len(flipped)} of {checked} certified image(s) changed class under the L2 attack inside their "
+              f"certified radius: test images {flipped}" if flipped else
+              f"{checked} certified image(s) attacked inside their radius; none changed class")
+    check = Check(bool(flipped), len(flipped) / max(checked, 1), 0.0, detail)
+    return {**asdict(check), "letter": LETTERS["certificate_violated"]}
 
 
 def flags(audit_record: Mapping[str, Mapping]) -> str:

@@ -20,10 +20,11 @@ from omegaconf import DictConfig
 from torch import nn
 
 from robustlab.attacks.base import Attack
-from robustlab.attacks.expectation import expected_correct, is_randomized, weighted_members
+from robustlab.attacks.expectation import expected_correct, is_randomized, predicted_classes, voting, weighted_members
 from robustlab.builders import evaluation_attacks
 from robustlab.defenses.base import evaluation_mode
 from robustlab.errors import require
+from robustlab.evaluation.certification import check_settings as check_certification
 from robustlab.evaluation.images import adversarial_figure
 from robustlab.evaluation.progress import EvaluationProgressBar
 from robustlab.evaluation.record import CLEAN, WITHOUT_EOT, WORST_CASE
@@ -44,7 +45,7 @@ class EvaluationResults:
     n_eval: dict[str, int]
     attack_ms_per_image: dict[str, float]
     randomized: bool
-    accuracy_draws: int | str  # "exact" for a mixture: Σ α_k·acc_k, no sampling at all
+    accuracy_draws: int | str  # "exact" for a mixture (Σ α_k·acc_k, no sampling); "vote" for a voting predictor
     defense_metrics: dict[str, dict[str, float]]
     per_example: dict[str, torch.Tensor]  # correctness per evaluated image, in test-split order
 
@@ -64,6 +65,7 @@ class Evaluation:
         self.n_eval, self.image_grid, self.class_names = n_eval, image_grid, class_names
         self.accuracy_draws, self.compare_without_eot = accuracy_draws, compare_without_eot
         self.randomized = self.exact = False  # exact: a finite mixture, accuracy Σ α_k·acc_k without sampling
+        self.votes = False  # the predictor decides by a vote (randomized smoothing): accuracy is its vote's
         self.passes: dict[str, Attack] = dict(self.attacks)
         self.data, self.image_step = None, 0
         self.results: EvaluationResults | None = None
@@ -75,6 +77,8 @@ class Evaluation:
         require(isinstance(n_eval, int) and (n_eval >= 1 or n_eval == -1), "eval.n_samples", n_eval,
                 "an integer ≥ 1, or -1 for the whole test split")
         class_names = cfg.dataset.get("class_names")
+        if cfg.eval.get("certify") is not None:
+            check_certification(cfg.eval.certify)
         return cls(evaluation_attacks(cfg), n_eval=n_eval, image_grid=cfg.eval.image_grid,
                    accuracy_draws=cfg.eval.accuracy_draws, compare_without_eot=cfg.eval.compare_without_eot,
                    class_names=list(class_names) if class_names else None)
@@ -89,6 +93,7 @@ class Evaluation:
         with evaluation_mode(predictor):
             self.randomized = is_randomized(predictor, probe)
         self.exact = weighted_members(predictor) is not None
+        self.votes = voting(predictor) is not None
         self.passes = dict(self.attacks)
         if self.randomized and self.compare_without_eot and not self.exact:
             for name, attack in self.attacks.items():
@@ -180,8 +185,7 @@ class Evaluation:
         experiment = classifier.logger.experiment if classifier.logger is not None else None
         if not hasattr(experiment, "add_figure"):
             return
-        with torch.no_grad():
-            clean, adversarial = predictor(x).argmax(1).cpu(), predictor(x_adv).argmax(1).cpu()
+        clean, adversarial = predicted_classes(predictor, x).cpu(), predicted_classes(predictor, x_adv).cpu()
         attack = self.passes[name]
         figure = adversarial_figure(x, x_adv, y.cpu(), clean, adversarial, class_names=self.class_names,
                                     title=f"{name}: {NORM_NAMES.get(attack.norm, attack.norm)} ε = {attack.eps:g}")
@@ -209,7 +213,7 @@ class Evaluation:
             n_eval={name: counts[name] for name in self.attacks},
             attack_ms_per_image={name: 1000.0 * seconds[name] / max(counts[name], 1) for name in self.attacks},
             randomized=self.randomized,
-            accuracy_draws="exact" if self.exact else self.draws(),
+            accuracy_draws="exact" if self.exact else "vote" if self.votes else self.draws(),
             defense_metrics={name: {key: sum(values) / len(values) for key, values in metrics.items()}
                              for name, metrics in gathered_metrics.items()},
             per_example=per_example,

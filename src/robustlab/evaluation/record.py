@@ -47,6 +47,7 @@ class RunRecord:
     defense_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     audit: dict[str, dict] = field(default_factory=dict)  # the gradient-masking checks (evaluation/audit.py)
     curves: dict[str, dict] = field(default_factory=dict)  # accuracy vs ε per attack on the audit's images
+    certification: dict = field(default_factory=dict)  # a smoothed classifier's certificates (evaluation/certification.py)
     attack_ms_per_image: dict[str, float] = field(default_factory=dict)
     attacks: dict[str, dict] = field(default_factory=dict)  # each evaluated attack's config
     settings: dict[str, Any] = field(default_factory=dict)  # the swept settings, flat (TensorBoard's HParams)

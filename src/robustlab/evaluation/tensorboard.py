@@ -4,7 +4,8 @@ Time Series sorts tag groups by name and opens the first two, so the groups are 
 curves there: `train/` (loss, acc, lr, epoch) and `val/`, then `verdict/` (the final numbers) and `visual/`
 (labelled adversarial examples, robustness curves). Each final number has one tag, logged once, at the run's
 last training step, so it sits at the end of the learning curves: `verdict/accuracy/clean`,
-`verdict/accuracy/robust` (the worst case), `verdict/accuracy/under/<attack>`, `verdict/attack_ms_per_image/<attack>`,
+`verdict/accuracy/robust` (the worst case), `verdict/accuracy/under/<attack>`, `verdict/accuracy/certified_l2`
+(a smoothed classifier's), `verdict/attack_ms_per_image/<attack>`, `verdict/certify_ms_per_image`,
 `verdict/best_<selection metric>`, `verdict/train_seconds`, `verdict/audit_flags`. The HParams summary
 lists the settings a researcher sweeps (`settings` of the record) with those same tags as its metrics; the
 attack × defense report writes its HParams table the same way.
@@ -35,10 +36,14 @@ class Logger(TensorBoardLogger):
                             step)
 
 
-def accuracy_metrics(clean_acc: float, robust_acc: dict[str, float]) -> dict[str, float]:
+def accuracy_metrics(clean_acc: float, robust_acc: dict[str, float], certification: dict | None = None
+                     ) -> dict[str, float]:
     """Accuracies under tags that sort first, so HParams shows them by default (it shows five metrics, by
-    name): `accuracy/clean`, `accuracy/robust` (the worst case over the suite), `accuracy/under/<attack>`."""
+    name): `accuracy/clean`, `accuracy/robust` (the worst case over the suite), `accuracy/under/<attack>`, and
+    for a certified run `accuracy/certified_l2` (certified accuracy at ε₂)."""
     metrics = {f"{FINAL}/accuracy/clean": clean_acc}
+    if certification:
+        metrics[f"{FINAL}/accuracy/certified_l2"] = certification["certified_acc"]
     metrics.update({f"{FINAL}/accuracy/robust" if name == WORST_CASE else f"{FINAL}/accuracy/under/{name}": value
                     for name, value in robust_acc.items()})
     return metrics
@@ -46,8 +51,10 @@ def accuracy_metrics(clean_acc: float, robust_acc: dict[str, float]) -> dict[str
 
 def final_metrics(record: RunRecord) -> dict[str, float]:
     """The record's final numbers under their `verdict/` tags (no value twice, no value missing)."""
-    metrics = accuracy_metrics(record.clean_acc, record.robust_acc)
+    metrics = accuracy_metrics(record.clean_acc, record.robust_acc, record.certification)
     metrics.update({f"{FINAL}/attack_ms_per_image/{name}": value for name, value in record.attack_ms_per_image.items()})
+    if record.certification:
+        metrics[f"{FINAL}/certify_ms_per_image"] = record.certification["ms_per_image"]
     selection = record.selection or {}
     if selection.get("best") is not None:
         metrics[f"{FINAL}/best_{selection['metric'].replace('/', '_')}"] = selection["best"]

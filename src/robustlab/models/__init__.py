@@ -6,6 +6,7 @@ from robustlab.models.noise import NoisyModel
 from robustlab.models.normalization import Normalize
 from robustlab.models.preact_resnet import PreActResNet18
 from robustlab.models.small_cnn import SmallCNN
+from robustlab.models.smoothing import SmoothedClassifier
 from robustlab.models.wide_resnet import WideResNet
 
-__all__ = ["BasicNet", "DnCNN", "NoisyModel", "Normalize", "PreActResNet18", "SmallCNN", "WideResNet"]
+__all__ = ["BasicNet", "DnCNN", "NoisyModel", "Normalize", "PreActResNet18", "SmallCNN", "SmoothedClassifier", "WideResNet"]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.audit import LETTERS, flags
+from robustlab.evaluation.certification import CERTIFIED
 from robustlab.evaluation.plots import curves_grid, heatmap_figure, save_figure
 from robustlab.evaluation.record import CLEAN, FILE_NAME, WORST_CASE, NotARecord, RunRecord
 from robustlab.evaluation.tensorboard import FINAL, accuracy_metrics, write_hparams
@@ -107,6 +108,7 @@ class Cell:
     robust_acc_without_eot: dict[str, float] = field(default_factory=dict)
     randomized: bool = False
     n_eval: int = 0
+    certification: dict = field(default_factory=dict)  # a smoothed classifier's certificates (its record's)
     sources: list[str] = field(default_factory=list)
     evaluation_code: dict[str, str] = field(default_factory=dict)  # source → hash of the code that evaluated it
     provenance: dict[str, dict] = field(default_factory=dict)  # source → its provenance record
@@ -166,6 +168,7 @@ def collect_cells(directory: str | Path, records: dict[str, RunRecord] | None = 
             if name not in cell.audit or check["flagged"]:
                 cell.audit[name] = check
         cell.curves.update(record.curves or {})
+        cell.certification = record.certification or cell.certification
         cell.randomized = cell.randomized or bool(record.randomized)
         cell.n_eval = max(cell.n_eval, int(record.n_eval or 0))
         if record.train_seconds is not None:
@@ -186,6 +189,15 @@ def attack_columns(cells: list[Cell]) -> list[str]:
     return names + ([WORST_CASE] if any(WORST_CASE in cell.robust_acc for cell in cells) else [])
 
 
+def certified_column(cells: list[Cell]) -> list[str]:
+    """`certified_l2` (certified accuracy at ε₂, a lower bound) if any row was certified."""
+    return [CERTIFIED] if any(cell.certification for cell in cells) else []
+
+
+def certified_value(cell: Cell) -> float | None:
+    return cell.certification.get("certified_acc") if cell.certification else None
+
+
 def row_label(cell: Cell, cells: list[Cell]) -> str:
     """The defense, prefixed with dataset and model only where the directory holds several."""
     parts = []
@@ -204,12 +216,14 @@ def write_csv(cells: list[Cell], path: Path) -> None:
     columns = attack_columns(cells)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["dataset", "model", "defense", "clean_acc", *columns, "audit_flags", "randomized",
+        certified = certified_column(cells)
+        writer.writerow(["dataset", "model", "defense", "clean_acc", *columns, *certified, "audit_flags", "randomized",
                          "n_eval", "train_seconds", *(f"attack_ms_per_image/{name}" for name in columns
                                                      if name != WORST_CASE)])
         for cell in cells:
             writer.writerow([cell.dataset, cell.model, cell.defense, f"{cell.clean_acc:.4f}",
                              *(f"{cell.robust_acc[name]:.4f}" if name in cell.robust_acc else "" for name in columns),
+                             *("" if certified_value(cell) is None else f"{certified_value(cell):.4f}" for _ in certified),
                              cell.flags, cell.randomized, cell.n_eval,
                              "" if cell.train_seconds is None else f"{cell.train_seconds:.1f}",
                              *(f"{cell.attack_ms_per_image[name]:.3f}" if name in cell.attack_ms_per_image else ""
@@ -228,10 +242,12 @@ def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = (
         out.write("Left out, evaluated by other versions of the code: " + ", ".join(left_out) + "\n\n")
     if skipped:
         out.write("Skipped:\n\n" + "".join(f"- {line}\n" for line in skipped) + "\n")
-    header = ["defense", "clean", *columns, "audit", "train s"]
+    certified = certified_column(cells)
+    header = ["defense", "clean", *columns, *certified, "audit", "train s"]
     out.write("| " + " | ".join(header) + " |\n|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|\n")
     for cell in cells:
         row = [row_label(cell, cells), _percent(cell.clean_acc), *(_percent(cell.robust_acc.get(name)) for name in columns),
+               *(_percent(certified_value(cell)) for _ in certified),
                f"⚑{cell.flags}" if cell.flags else "ok" if cell.audit else "not audited",
                "–" if cell.train_seconds is None else f"{cell.train_seconds:.0f}"]
         out.write("| " + " | ".join(row) + " |\n")
@@ -249,6 +265,8 @@ def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = (
         for cell in randomized:
             out.write(f"| {row_label(cell, cells)} | " + " | ".join(
                 _percent(cell.robust_acc_without_eot.get(name)) for name in attacks) + " |\n")
+    if certified:
+        out.write(certification_section(cells))
     out.write("\n## Audit flags\n\n")
     for name, letter in LETTERS.items():
         flagged = [row_label(cell, cells) for cell in cells if letter in cell.flags]
@@ -256,6 +274,26 @@ def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = (
     out.write("\n## Answer\n\n")
     out.write(answer(cells))
     return out.getvalue()
+
+
+def certification_section(cells: list[Cell]) -> str:
+    """The certified rows: their certificates' settings, certified accuracy at ε₂, the check, and the cost."""
+    lines = ["\n## Certified robustness (randomized smoothing, L2)\n\n",
+             f"`{CERTIFIED}` is the accuracy certified at the dataset's ε₂ (Cohen et al. 2019's CERTIFY; each "
+             "certificate holds with probability 1 − α): a lower bound on robust accuracy against any L2 attack "
+             "of that size. The check attacks every certified image inside its radius; a change of class raises "
+             "flag h. Curves: certified vs attacked accuracy per radius (curves.png).\n\n",
+             "| defense | σ | images | n0 / n | α | certified at ε₂ | abstained | checked | changed class | "
+             "ms per image | passes per image |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"]
+    for cell in cells:
+        c = cell.certification
+        if c:
+            lines.append(f"| {row_label(cell, cells)} | {c['sigma']:g} | {c['n_samples']} | {c['n0']} / {c['n']} | "
+                         f"{c['alpha']:g} | {_percent(c['certified_acc'])} (ε₂ = {c['eps_l2']:g}) | "
+                         f"{_percent(c['abstained'])} | {c['soundness']['checked']} | "
+                         f"{len(c['soundness']['flipped'])} | {c['ms_per_image']:.1f} | "
+                         f"{c['forward_passes_per_image']} |\n")
+    return "".join(lines)
 
 
 def answer(cells: list[Cell]) -> str:
@@ -289,7 +327,8 @@ def write_tensorboard(cells: list[Cell], text: str, directory: Path) -> None:
     writer = SummaryWriter(str(directory))
     writer.add_text("report", text)
     for index, cell in enumerate(cells):
-        metrics = {**accuracy_metrics(cell.clean_acc, cell.robust_acc), f"{FINAL}/audit_flags": float(len(cell.flags))}
+        metrics = {**accuracy_metrics(cell.clean_acc, cell.robust_acc, cell.certification),
+                   f"{FINAL}/audit_flags": float(len(cell.flags))}
         run = SummaryWriter(str(directory / f"{index:03d}-{cell.dataset}-{cell.model}-{cell.defense}"))
         write_hparams(run, {"dataset": cell.dataset, "model": cell.model, "defense": cell.defense,
                             "flags": cell.flags or "none"}, metrics, step=0)
@@ -311,8 +350,10 @@ def write_report(directory: str | Path, versions: str = "refuse") -> dict[str, P
     write_csv(cells, paths["csv"])
     text = markdown(cells, left_out, skipped)
     paths["markdown"].write_text(text)
-    columns = [CLEAN, *attack_columns(cells)]
-    values = [[cell.clean_acc, *(cell.robust_acc.get(name) for name in columns[1:])] for cell in cells]
+    attacks = attack_columns(cells)
+    columns = [CLEAN, *attacks, *certified_column(cells)]
+    values = [[cell.clean_acc, *(cell.robust_acc.get(name) for name in attacks),
+               *(certified_value(cell) for _ in certified_column(cells))] for cell in cells]
     flags = [["" if name == CLEAN else cell.flags for name in columns] for cell in cells]
     save_figure(heatmap_figure([row_label(cell, cells) for cell in cells], columns, values, flags,
                                title=f"accuracy (%) — {directory.name}"), paths["heatmap"])
