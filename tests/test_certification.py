@@ -189,3 +189,20 @@ def run_script_report(directory) -> str:
     from robustlab.report import write_report
 
     return write_report(directory / "runs").get("markdown").read_text()
+
+
+def test_smooth_adv_trains_on_l2_examples_through_the_noise(tmp_path):
+    """`experiment=smooth_adv`: randomized smoothing whose training loss is on PGD-L2 examples at ε₂/2."""
+    from robustlab.builders import build_classifier
+
+    cfg = compose_config(["experiment=smooth_adv", "dataset=synthetic"], tmp_path)
+    assert cfg.defense.attack.norm == "l2" and cfg.defense.attack.eps == 0.75
+    classifier = build_classifier(cfg)
+    assert isinstance(classifier.predictor(), SmoothedClassifier)
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8)
+    torch.manual_seed(0)
+    adversarial = classifier.defense.training_loss(classifier.model, x, y).loss
+    classifier.defense.attack = None
+    torch.manual_seed(0)
+    plain = classifier.defense.training_loss(classifier.model, x, y).loss
+    assert adversarial > plain
