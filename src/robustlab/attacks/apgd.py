@@ -1,7 +1,8 @@
 """Auto-PGD (Croce & Hein 2020): PGD with momentum and a step size halved at checkpoints when progress stalls.
 
 Losses: cross-entropy (APGD-CE) or the difference of logits ratio (APGD-DLR), which is invariant to shifting
-and rescaling the logits and so does not vanish on saturated softmax outputs.
+and rescaling the logits and so does not vanish on saturated softmax outputs. Targeted (APGD-T, `targets`):
+one run per target class, the most likely other classes first, each towards its target (targeted DLR).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import torch
 from torch import nn
 
 from robustlab.attacks.base import Attack, WorstSoFar, per_example
-from robustlab.attacks.expectation import check_eot_samples, expected_correct
+from robustlab.attacks.expectation import check_eot_samples, expected_correct, expected_logits
 from robustlab.attacks.gradient import loss_and_gradient
-from robustlab.attacks.losses import loss_function
+from robustlab.attacks.losses import TARGETED_LOSSES, loss_function
 from robustlab.attacks.norms import ball, project_image
 from robustlab.errors import is_integer, is_number, require
 
@@ -35,13 +36,23 @@ class APGD(Attack):
     point) if fewer than ρ = 75% of the steps since the last checkpoint raised the loss, or if neither the
     step size nor the best loss changed since then. Momentum α = 0.75. `eot_samples` as in `PGD`; `loss` a
     name of `losses.LOSSES` ("ce": APGD-CE, "dlr": APGD-DLR) or a per-example loss function.
+
+    `targets` (APGD-T): run towards each of the `targets` most likely wrong classes of the clean image in
+    turn (at most classes − 1), with the targeted form of `loss` (`losses.TARGETED_LOSSES`); `restarts`
+    runs per target. Every run after the first attacks only the points still classified right.
     """
 
     def __init__(self, eps: float, norm: str = "linf", loss: str | Callable = "ce", steps: int = 100,
                  restarts: int = 1, rho: float = 0.75, momentum: float = 0.75, chunk_size: int | None = 256,
-                 eot_samples: int | None = None) -> None:
+                 eot_samples: int | None = None, targets: int | None = None) -> None:
         self.threat = ball(norm, eps)
         self.loss_fn = loss_function(loss)
+        require(targets is None or (is_integer(targets) and targets >= 1), "targets", targets,
+                "an integer ≥ 1 (APGD-T: the most likely wrong classes, in turn), or null for untargeted")
+        if targets is not None:
+            require(isinstance(loss, str) and loss in TARGETED_LOSSES, "loss", loss,
+                    f"one of {sorted(TARGETED_LOSSES)} for a targeted attack")
+        self.targets = targets
         require(is_integer(steps) and steps >= 1, "steps", steps, "an integer ≥ 1")
         require(is_integer(restarts) and restarts >= 1, "restarts", restarts, "an integer ≥ 1")
         require(is_number(rho) and 0 < rho <= 1, "rho", rho, "a number in (0, 1]")
@@ -52,19 +63,34 @@ class APGD(Attack):
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
         worst = WorstSoFar(x, expected_correct(model, x, y, draws))
-        for restart in range(self.restarts):
-            if not (worst.score > 0).any():
+        runs = [(target, restart) for target in self._target_classes(model, x, y, draws)
+                for restart in range(self.restarts)]
+        for index, (target, restart) in enumerate(runs):
+            standing = (worst.score > 0).nonzero().squeeze(1)
+            if len(standing) == 0:
                 break
-            candidate = self._run(model, x, y, draws, restart)
-            worst.offer(candidate, expected_correct(model, candidate, y, draws))
+            candidate = self._run(model, x[standing], y[standing], draws, (index, len(runs)),
+                                  None if target is None else target[standing])
+            worst.offer(candidate, expected_correct(model, candidate, y[standing], draws), standing)
         return worst.x
 
-    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int, restart: int) -> torch.Tensor:
+    def _target_classes(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> list:
+        """[None] untargeted; else per rank r, each image's r-th most likely class other than its label."""
+        if self.targets is None:
+            return [None]
+        logits = expected_logits(model, x, draws)
+        ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
+        return [ranked[:, rank] for rank in range(min(self.targets, logits.shape[1] - 1))]
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int, run: tuple[int, int],
+             target: torch.Tensor | None = None) -> torch.Tensor:
         predictions: list[torch.Tensor] = []
+        objective = self.loss_fn if target is None else \
+            (lambda logits, labels: TARGETED_LOSSES[self.loss](logits, labels, target))
 
         def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             predictions.append(logits.detach().argmax(1) == labels)  # every forward pass's answer, for free
-            return self.loss_fn(logits, labels)
+            return objective(logits, labels)
 
         def fooled_by_all_draws() -> torch.Tensor:
             fooled = ~torch.stack(predictions).any(dim=0)
@@ -95,7 +121,7 @@ class APGD(Attack):
             best_x = torch.where(per_example(improved, x), x_next, best_x)
             best_loss = torch.where(improved, new_loss, best_loss)
             x_prev, x_k, loss, grad = x_k, x_next, new_loss, new_grad
-            self.advance((restart + (k + 1) / self.steps) / self.restarts)
+            self.advance((run[0] + (k + 1) / self.steps) / run[1])
             if k + 1 in marks:
                 too_few = increases < self.rho * (k + 1 - last_mark)
                 stalled = ~step_reduced & (best_loss <= best_loss_at_checkpoint)
@@ -116,4 +142,5 @@ class APGD(Attack):
 
     def __repr__(self) -> str:
         return (f"APGD(loss={self.loss}, norm={self.norm}, eps={self.eps:g}, steps={self.steps}, "
-                f"restarts={self.restarts}, eot_samples={self.eot_samples})")
+                f"restarts={self.restarts}, eot_samples={self.eot_samples}"
+                + ("" if self.targets is None else f", targets={self.targets}") + ")")

@@ -62,6 +62,16 @@ def per_example_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: 
 
 
 @torch.no_grad()
+def expected_logits(model: nn.Module, x: torch.Tensor, draws: int = 1) -> torch.Tensor:
+    """The logits in expectation over the predictor's randomness (a mixture's Σ α_k·f_k(x); else the mean of
+    `draws` passes): what a targeted attack ranks the classes by."""
+    members = weighted_members(model)
+    if members is not None:
+        return sum(weight * member(x) for weight, member in members)
+    return sum(model(x) for _ in range(draws)) / draws
+
+
+@torch.no_grad()
 def expected_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1,
                      by_vote: bool = True) -> torch.Tensor:
     """Per example, the probability (exact, or averaged over `draws`) that the prediction is `y`; for a voting

@@ -26,6 +26,18 @@ def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -(true - best_other) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
 
 
+def targeted_dlr(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """−(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2): towards class t (APGD-T's loss, Croce & Hein 2020)."""
+    ordered, _ = logits.sort(dim=1, descending=True)
+    true, toward = logits.gather(1, y[:, None]).squeeze(1), logits.gather(1, target[:, None]).squeeze(1)
+    return -(true - toward) / (ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
+
+
+def targeted_cross_entropy(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """−CE(logits, t): raised by moving towards class t."""
+    return -F.cross_entropy(logits, target, reduction="none")
+
+
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """z_y − max_{i≠y} z_i (< 0: misclassified); Square minimises it."""
     true = logits.gather(1, y[:, None]).squeeze(1)
@@ -38,6 +50,7 @@ def kl_divergence(logits: torch.Tensor, target_probabilities: torch.Tensor) -> t
 
 
 LOSSES = {"ce": cross_entropy, "dlr": dlr}
+TARGETED_LOSSES = {"ce": targeted_cross_entropy, "dlr": targeted_dlr}  # loss(logits, y, target)
 
 
 def loss_function(loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
