@@ -26,6 +26,7 @@ from robustlab.evaluation.record import FILE_NAME, RunRecord
 from robustlab.evaluation.tensorboard import VISUAL, Logger, log_record
 from robustlab.files import locked, write_text_atomically
 from robustlab.fingerprint import evaluation_modules, run_fingerprint
+from robustlab.models.preprocessing import backward_through_stand_ins
 from robustlab.provenance import installed_packages, modules_hash, provenance
 from robustlab.stages import Training
 
@@ -70,7 +71,8 @@ def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier
                  for name, node in evaluation_attack_configs(cfg).items()
                  if node.get("eps") is not None and float(node.eps) > 0}  # eps: null is an unbounded attack
     eot_samples = {name: attack.eot_samples for name, attack in evaluation.attacks.items() if attack.eps > 0}
-    with trainer.precision_plugin.forward_context():  # the evaluation's precision (bf16 autocast on a GPU)
+    # The evaluation's precision (bf16 autocast on a GPU), and its gradients (BPDA unless eval.bpda=false).
+    with trainer.precision_plugin.forward_context(), backward_through_stand_ins(predictor, evaluation.bpda):
         curves = robustness_curves(factories, predictor, x, y, draws, list(settings.curve_factors))
         audit_record = audit(predictor, x, y, eps_linf=float(cfg.dataset.eps.linf),
                              num_classes=int(cfg.dataset.num_classes), curves=curves, draws=draws,
@@ -98,7 +100,8 @@ def certify_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifi
     if not certifiable(predictor) or not OmegaConf.select(cfg, "eval.certify.enabled", default=False):
         return {}
     images, labels = datamodule.test_set.tensors
-    with trainer.precision_plugin.forward_context():
+    bpda = cfg.eval.get("bpda", True)
+    with trainer.precision_plugin.forward_context(), backward_through_stand_ins(predictor, bpda):
         record = certify_and_check(cfg, predictor, images.to(classifier.device), labels.to(classifier.device))
     figure = curves_figure(certification_curves(record),
                            title=f"randomized smoothing, σ = {record['sigma']:g}: {record['n_samples']} images")

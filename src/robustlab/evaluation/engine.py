@@ -27,6 +27,7 @@ from robustlab.errors import require
 from robustlab.evaluation.certification import check_settings as check_certification
 from robustlab.evaluation.images import adversarial_figure
 from robustlab.evaluation.progress import EvaluationProgressBar
+from robustlab.models.preprocessing import backward_through_stand_ins
 from robustlab.evaluation.record import CLEAN, WITHOUT_EOT, WORST_CASE
 from robustlab.evaluation.tensorboard import VISUAL
 
@@ -52,7 +53,8 @@ class EvaluationResults:
 
 class Evaluation:
     """Pass 0 is clean accuracy on the whole test split; pass k ≥ 1 runs the k-th attack on the first `n_eval`
-    test images (all with -1). A randomized predictor's accuracy is averaged over `accuracy_draws` draws
+    test images (all with -1), differentiating preprocessing steps through their stand-ins (BPDA) unless
+    `bpda` is false. A randomized predictor's accuracy is averaged over `accuracy_draws` draws
     (exact for a mixture), and its attacks use EOT unless their config says otherwise; with
     `compare_without_eot`, every attack that would use EOT runs again with one draw per gradient, reported
     apart (`robust_acc_without_eot`), never as the robust accuracy.
@@ -60,10 +62,12 @@ class Evaluation:
 
     def __init__(self, attacks: Mapping[str, Attack], n_eval: int = 1000, image_grid: int = 8,
                  accuracy_draws: int = 10, compare_without_eot: bool = True,
-                 class_names: list[str] | None = None) -> None:
+                 class_names: list[str] | None = None, bpda: bool = True) -> None:
         self.attacks = dict(attacks)
         self.n_eval, self.image_grid, self.class_names = n_eval, image_grid, class_names
         self.accuracy_draws, self.compare_without_eot = accuracy_draws, compare_without_eot
+        require(isinstance(bpda, bool), "eval.bpda", bpda, "true or false")
+        self.bpda = bpda  # attacks differentiate preprocessing steps through their stand-ins
         self.randomized = self.exact = False  # exact: a finite mixture, accuracy Σ α_k·acc_k without sampling
         self.votes = False  # the predictor decides by a vote (randomized smoothing): accuracy is its vote's
         self.passes: dict[str, Attack] = dict(self.attacks)
@@ -81,7 +85,7 @@ class Evaluation:
             check_certification(cfg.eval.certify)
         return cls(evaluation_attacks(cfg), n_eval=n_eval, image_grid=cfg.eval.image_grid,
                    accuracy_draws=cfg.eval.accuracy_draws, compare_without_eot=cfg.eval.compare_without_eot,
-                   class_names=list(class_names) if class_names else None)
+                   class_names=list(class_names) if class_names else None, bpda=cfg.eval.get("bpda", True))
 
     # -- planning ---------------------------------------------------------------------------------
     def draws(self) -> int:
@@ -164,7 +168,7 @@ class Evaluation:
                 attack.progress = lambda fraction: bar.attack_progress(batch_idx, fraction)
             started = time.perf_counter()
             try:
-                with torch.enable_grad():
+                with torch.enable_grad(), backward_through_stand_ins(predictor, self.bpda):
                     x_eval = attack(predictor, x, y)
             finally:
                 attack.progress = None
