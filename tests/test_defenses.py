@@ -156,6 +156,20 @@ def test_random_mixture_reports_the_expectation_in_a_real_run(tmp_path):
         per_member = [(member.eval()(x).argmax(1) == y).float().mean().item() for member in members]
     assert results.randomized and results.robust_acc_without_eot == {}  # exact: no EOT to compare with
     assert results.clean_acc == pytest.approx(0.3 * per_member[0] + 0.7 * per_member[1], abs=1e-6)
+    # A mixture is also attacked by ARC, under both norms, and the worst case includes it.
+    assert {"arc", "arc_l2"} <= set(results.robust_acc) and results.attacks["arc"]["_target_"].endswith("ARC")
+    assert results.robust_acc["worst_case"] <= min(results.robust_acc.values())
+
+
+def test_arc_is_added_only_for_a_finite_mixture(tmp_path):
+    from robustlab.evaluation.engine import Evaluation
+
+    cfg = compose_config([*TINY], tmp_path)
+    evaluation = Evaluation.from_config(cfg)
+    x = torch.rand(4, 1, 28, 28)
+    for defense, expected in (("none", False), ("noise_injection", False), ("random_mixture", True)):
+        evaluation.plan(build(defense, tmp_path).eval().predictor(), x)
+        assert ({"arc", "arc_l2"} <= set(evaluation.attacks)) == expected, defense
 
 
 def test_max_strategy_loss_is_at_least_each_single_norm_loss(batch, tmp_path):

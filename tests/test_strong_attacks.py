@@ -193,3 +193,51 @@ def test_apgd_t_refuses_a_loss_without_a_targeted_form():
         APGD(eps=0.1, loss=lambda logits, y: logits.sum(1), targets=3)
     with pytest.raises(InvalidValue, match="targets"):
         APGD(eps=0.1, loss="dlr", targets=0)
+
+
+class _HalfLine(torch.nn.Module):
+    """Two classes; class 1 while the image's mean pixel, moved along `sign`, stays within `margin` (an L2
+    distance: 28 × the mean's shift) of 0.5; logits scaled by `scale` (how steep its cross-entropy is)."""
+
+    def __init__(self, sign: float, margin: float, scale: float) -> None:
+        super().__init__()
+        self.sign, self.margin, self.scale = sign, margin, scale
+
+    def forward(self, x):
+        shift = self.sign * 28 * (x.flatten(1).mean(1) - 0.5)
+        half = self.scale * (self.margin - shift) / 2
+        return torch.stack([-half, half], dim=1)
+
+
+@pytest.mark.parametrize("norm, eps", [("l2", 1.0), ("linf", 0.1)])
+def test_arc_beats_the_expected_loss_on_a_mixture_whose_answer_is_known(norm, eps):
+    """Member 1 (weight 0.6, a steep, saturated softmax) falls by moving one way, member 2 (weight 0.4, a
+    shallow one) by moving the other way, each boundary at L2 distance 0.5; both cannot fall together. The
+    best attack fools member 1: expected accuracy 0.4. The expected loss's gradient is member 2's (member 1's
+    cross-entropy is flat), so PGD and APGD-CE fool member 2 only: 0.6. ARC, heaviest member first, finds 0.4."""
+    from robustlab.attacks import ARC
+    from robustlab.attacks.expectation import expected_correct
+    from robustlab.defenses import MixturePredictor
+
+    mixture = MixturePredictor([_HalfLine(1.0, 0.5, 20.0), _HalfLine(-1.0, 0.5, 1.0)], [0.6, 0.4]).eval()
+    x, y = torch.full((4, 1, 28, 28), 0.5), torch.ones(4, dtype=torch.long)
+    assert expected_correct(mixture, x, y).tolist() == [1.0] * 4
+    torch.manual_seed(0)
+    results = {name: expected_correct(mixture, attack(mixture, x, y), y) for name, attack in
+               {"arc": ARC(eps=eps, norm=norm), "pgd": PGD(eps=eps, norm=norm, steps=20),
+                "apgd_ce": APGD(eps=eps, norm=norm, steps=50)}.items()}
+    assert results["arc"] == pytest.approx(torch.full((4,), 0.4))
+    assert results["pgd"] == pytest.approx(torch.full((4,), 0.6))
+    assert results["apgd_ce"] == pytest.approx(torch.full((4,), 0.6))
+
+
+def test_arc_never_raises_the_expected_accuracy(model, robust_net, batch):
+    from robustlab.attacks import ARC
+    from robustlab.attacks.expectation import expected_correct
+    from robustlab.defenses import MixturePredictor
+
+    mixture = MixturePredictor([model, robust_net], [0.5, 0.5]).eval()
+    x, y = batch[0][:64], batch[1][:64]
+    torch.manual_seed(0)
+    attacked = ARC(eps=0.03, steps=5)(mixture, x, y)
+    assert (expected_correct(mixture, attacked, y) <= expected_correct(mixture, x, y) + 1e-6).all()

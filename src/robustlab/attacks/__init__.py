@@ -2,10 +2,11 @@
 
 from robustlab.attacks.adapter import TorchAttacks
 from robustlab.attacks.apgd import APGD
+from robustlab.attacks.arc import ARC
 from robustlab.attacks.base import Attack
 from robustlab.attacks.cascade import WorstCase
 from robustlab.attacks.identity import NoAttack
 from robustlab.attacks.pgd import PGD
 from robustlab.attacks.square import Square
 
-__all__ = ["APGD", "Attack", "NoAttack", "PGD", "Square", "TorchAttacks", "WorstCase"]
+__all__ = ["APGD", "ARC", "Attack", "NoAttack", "PGD", "Square", "TorchAttacks", "WorstCase"]

@@ -89,16 +89,18 @@ class WorstSoFar:
     def offer(self, candidate: torch.Tensor, score: torch.Tensor, index: torch.Tensor | None = None) -> None:
         """Keep `candidate` (for the examples `index`, all if None) where its score is lower."""
         if index is None:
-            better = _lower(score, self.score)
+            better = lexicographically_lower(score, self.score)
             self.x = torch.where(per_example(better, self.x), candidate, self.x)
             self.score = torch.where(per_example(better, self.score), score, self.score)
             return
-        better = _lower(score, self.score[index])
+        better = lexicographically_lower(score, self.score[index])
         self.x[index[better]] = candidate[better]
         self.score[index[better]] = score[better]
 
 
-def _lower(score: torch.Tensor, than: torch.Tensor) -> torch.Tensor:
+def lexicographically_lower(score: torch.Tensor, than: torch.Tensor) -> torch.Tensor:
+    """Per example, whether `score` is lower than `than` (vectors, or matrices compared row by row, column by
+    column)."""
     if score.dim() == 1:
         return score < than
     lower, tied = torch.zeros_like(score[:, 0], dtype=torch.bool), torch.ones_like(score[:, 0], dtype=torch.bool)

@@ -22,6 +22,7 @@ from torch import nn
 from robustlab.attacks.base import Attack
 from robustlab.attacks.expectation import expected_correct, is_randomized, predicted_classes, voting, weighted_members
 from robustlab.builders import evaluation_attacks
+from robustlab.configuration import instantiate
 from robustlab.defenses.base import evaluation_mode
 from robustlab.errors import require
 from robustlab.evaluation.certification import check_settings as check_certification
@@ -62,8 +63,11 @@ class Evaluation:
 
     def __init__(self, attacks: Mapping[str, Attack], n_eval: int = 1000, image_grid: int = 8,
                  accuracy_draws: int = 10, compare_without_eot: bool = True,
-                 class_names: list[str] | None = None, bpda: bool = True) -> None:
-        self.attacks = dict(attacks)
+                 class_names: list[str] | None = None, bpda: bool = True,
+                 mixture_attacks: Mapping[str, Attack] | None = None) -> None:
+        self.suite = dict(attacks)
+        self.mixture_attacks = dict(mixture_attacks or {})  # added when the predictor is a finite mixture (ARC)
+        self.attacks = dict(self.suite)  # what `plan` decides runs: the suite, plus the mixture attacks
         self.n_eval, self.image_grid, self.class_names = n_eval, image_grid, class_names
         self.accuracy_draws, self.compare_without_eot = accuracy_draws, compare_without_eot
         require(isinstance(bpda, bool), "eval.bpda", bpda, "true or false")
@@ -85,7 +89,9 @@ class Evaluation:
             check_certification(cfg.eval.certify)
         return cls(evaluation_attacks(cfg), n_eval=n_eval, image_grid=cfg.eval.image_grid,
                    accuracy_draws=cfg.eval.accuracy_draws, compare_without_eot=cfg.eval.compare_without_eot,
-                   class_names=list(class_names) if class_names else None, bpda=cfg.eval.get("bpda", True))
+                   class_names=list(class_names) if class_names else None, bpda=cfg.eval.get("bpda", True),
+                   mixture_attacks={name: instantiate(node) for name, node in
+                                    (cfg.eval.get("mixture_attacks") or {}).items()})
 
     # -- planning ---------------------------------------------------------------------------------
     def draws(self) -> int:
@@ -98,6 +104,7 @@ class Evaluation:
             self.randomized = is_randomized(predictor, probe)
         self.exact = weighted_members(predictor) is not None
         self.votes = voting(predictor) is not None
+        self.attacks = {**self.suite, **(self.mixture_attacks if self.exact else {})}
         self.passes = dict(self.attacks)
         if self.randomized and self.compare_without_eot and not self.exact:
             for name, attack in self.attacks.items():
