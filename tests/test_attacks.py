@@ -41,6 +41,14 @@ def batch(data):
     return x[:128], y[:128]
 
 
+# The contract does not depend on an attack's size: the costliest run smaller here, by the overrides a user
+# would type (their full size runs in tests/test_strong_attacks.py and the slow acceptance tests).
+SMALLER = {"arc": ["attack.steps=3"], "arc_l2": ["attack.steps=3"],
+           "fab_t": ["attack.steps=10", "attack.targets=3"], "fab_t_l2": ["attack.steps=10", "attack.targets=3"],
+           "autoattack": ["attack.steps=10", "attack.square_queries=200"],
+           "autoattack_l2": ["attack.steps=10", "attack.square_queries=200"]}
+
+
 def attack_from_config(option: str, tmp_path, *overrides: str):
     cfg = compose_config(["dataset=synthetic", f"attack={option}", *overrides], tmp_path)
     return instantiate(cfg.attack)
@@ -53,7 +61,7 @@ def test_trained_model_is_accurate(trained_model, batch):
 @pytest.mark.parametrize("option", ATTACK_OPTIONS)
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_attack_contract(option, mode, trained_model, batch, tmp_path):
-    attack = attack_from_config(option, tmp_path)
+    attack = attack_from_config(option, tmp_path, *SMALLER.get(option, []))
     x, y = batch
     x_before = x.clone()
     model = copy.deepcopy(trained_model).train(mode == "train")

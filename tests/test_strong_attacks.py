@@ -241,3 +241,69 @@ def test_arc_never_raises_the_expected_accuracy(model, robust_net, batch):
     torch.manual_seed(0)
     attacked = ARC(eps=0.03, steps=5)(mixture, x, y)
     assert (expected_correct(mixture, attacked, y) <= expected_correct(mixture, x, y) + 1e-6).all()
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_fab_projection_is_the_closest_point_of_the_hyperplane(norm):
+    """Away from the box's faces the projection has a closed form: p + t·w (L2, t = (c − w·p)/‖w‖²) and
+    p + r·sign(w) (L∞, r = (c − w·p)/‖w‖₁)."""
+    from robustlab.attacks.fab import project_onto_hyperplane
+
+    torch.manual_seed(0)
+    p, w = torch.full((6, 1, 8, 8), 0.5), torch.randn(6, 1, 8, 8)
+    c = (w * p).flatten(1).sum(1) + 0.05 * torch.randn(6)
+    gap = (c - (w * p).flatten(1).sum(1)).view(-1, 1, 1, 1)
+    expected = p + gap * w / (w ** 2).flatten(1).sum(1).view(-1, 1, 1, 1) if norm == "l2" else \
+        p + gap * w.sign() / w.abs().flatten(1).sum(1).view(-1, 1, 1, 1)
+    assert torch.allclose(project_onto_hyperplane(p, w, c, norm), expected, atol=1e-5)
+    # Near the box's reach (w·z ≤ w·p + ½‖w‖₁ in [0, 1]), it binds: the point stays in [0, 1] and meets the plane.
+    far = (w * p).flatten(1).sum(1) + 0.45 * w.abs().flatten(1).sum(1)
+    z = project_onto_hyperplane(p, w, far, norm)
+    assert z.min() >= 0 and z.max() <= 1
+    assert torch.allclose((w * z).flatten(1).sum(1), far, atol=1e-3)
+
+
+@pytest.mark.parametrize("norm, margin", [("l2", 0.3), ("linf", 0.3 / 28)])
+def test_fab_finds_the_minimum_norm_on_a_linear_model(norm, margin):
+    """A linear model whose boundary is at a known distance: FAB-T succeeds just above it and fails just below."""
+    from robustlab.attacks import FAB
+
+    model = _HalfLine(1.0, 0.3, 1.0).eval()  # class 1 until the mean moves by 0.3/28: L2 0.3, L∞ 0.3/28
+    x, y = torch.full((4, 1, 28, 28), 0.5), torch.ones(4, dtype=torch.long)
+    for eps, broken in ((1.01 * margin, True), (0.99 * margin, False)):
+        x_adv = FAB(eps=eps, norm=norm, steps=20, targets=1)(model, x, y)
+        assert ((model(x_adv).argmax(1) != y).all() if broken else (x_adv == x).all()), (eps, broken)
+
+
+def test_autoattack_chooses_its_version_by_the_predictor(model, batch):
+    from robustlab.attacks import AutoAttack
+    from robustlab.models import NoisyModel
+
+    attack = AutoAttack(eps=0.03)
+    assert attack.chosen(model, batch[0]) == "standard"
+    assert attack.chosen(NoisyModel(model, sigma=0.1), batch[0]) == "rand"
+    assert list(attack.cascades["standard"].attacks) == ["apgd_ce", "apgd_t", "fab_t", "square"]
+    assert all(a.eot_samples == 20 for a in attack.cascades["rand"].attacks.values())
+    assert attack.cascades["standard"].attacks["square"].queries == 5000
+    assert AutoAttack(eps=0.03, version="rand").chosen(model, batch[0]) == "rand"
+    assert all(a.eot_samples == 1 for a in attack.with_eot_samples(1).cascades["rand"].attacks.values())
+
+
+@pytest.mark.slow  # about 100 s on 2 CPU cores: Square's 5000 queries on both sides
+def test_autoattack_matches_torchattacks_autoattack_standard(robust_net, noisy_synthetic):
+    """torchattacks' AutoAttack (version standard: APGD-CE, APGD-T, FAB-T, Square with 5000 queries, its
+    components at torchattacks' default 10 steps) and robustlab's autoattack at the same 10 steps, on the same
+    adversarially trained model and 128 images: within two images, and never above APGD-CE per image."""
+    torchattacks = pytest.importorskip("torchattacks")
+    from robustlab.attacks import AutoAttack
+
+    x, y = noisy_synthetic.test_set.tensors[0][:128], noisy_synthetic.test_set.tensors[1][:128]
+    torch.manual_seed(0)
+    ours = AutoAttack(eps=0.03, steps=10)(robust_net, x, y)
+    theirs = torchattacks.AutoAttack(robust_net, norm="Linf", eps=0.03, version="standard", n_classes=10, seed=0)(x, y)
+    torch.manual_seed(0)
+    apgd_ce = APGD(eps=0.03, steps=10)(robust_net, x, y)  # the cascade's first attack, from the same seed
+    correct = {name: (robust_net(x_adv).argmax(1) == y) for name, x_adv in
+               {"ours": ours, "theirs": theirs, "apgd_ce": apgd_ce}.items()}
+    assert abs(correct["ours"].float().mean() - correct["theirs"].float().mean()) <= 2 / 128
+    assert (correct["ours"] <= correct["apgd_ce"]).all()

@@ -3,10 +3,12 @@
 from robustlab.attacks.adapter import TorchAttacks
 from robustlab.attacks.apgd import APGD
 from robustlab.attacks.arc import ARC
+from robustlab.attacks.autoattack import AutoAttack
 from robustlab.attacks.base import Attack
 from robustlab.attacks.cascade import WorstCase
+from robustlab.attacks.fab import FAB
 from robustlab.attacks.identity import NoAttack
 from robustlab.attacks.pgd import PGD
 from robustlab.attacks.square import Square
 
-__all__ = ["APGD", "ARC", "Attack", "NoAttack", "PGD", "Square", "TorchAttacks", "WorstCase"]
+__all__ = ["APGD", "ARC", "AutoAttack", "Attack", "FAB", "NoAttack", "PGD", "Square", "TorchAttacks", "WorstCase"]

@@ -1,0 +1,133 @@
+"""FAB-T (Croce & Hein 2020): the targeted fast adaptive boundary attack, a minimum-norm attack under L∞ or L2.
+
+Each iteration linearises the logit difference between the label and the target class and projects both the
+current point and the original image onto that hyperplane (inside [0, 1]); the next point is a convex
+combination of the two projections, biased towards the one near the original (α ≤ α_max), overshooting by η.
+Once a point is adversarial it is kept if it is the closest so far, and the iterate moves back towards the
+original by β. The attack succeeds on an image if its closest adversarial point lies within ε.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from robustlab.attacks.base import Attack, WorstSoFar, per_example
+from robustlab.attacks.expectation import check_eot_samples, expected_correct, expected_logits
+from robustlab.attacks.gradient import loss_and_gradient
+from robustlab.attacks.norms import ball
+from robustlab.errors import is_integer, is_number, require
+
+_BISECTIONS = 40
+
+
+def project_onto_hyperplane(point: torch.Tensor, w: torch.Tensor, c: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per example, the point z of [0, 1]^d with w·z = c closest to `point` in `norm` (the closest point of the
+    box to the hyperplane where they do not meet). Found by bisection on a scalar: the multiplier λ of
+    z = clip(p − λw) under L2, the radius r of z = clip(p + r·sign(w)·s) under L∞."""
+    shape = point.shape
+    p, w = point.flatten(1).double(), w.flatten(1).double()
+    c = c.double()
+    side = torch.sign(c - (w * p).sum(1))[:, None]  # which way w·z must move
+    if norm == "l2":
+        def reach(t):  # t ≥ 0: how far along −side·w the point moves
+            return (p + side * t * w).clamp(0, 1)
+        high = torch.ones(len(p), 1, dtype=p.dtype, device=p.device)
+        for _ in range(60):  # grow the bracket until the hyperplane is reached (or the box is exhausted)
+            short = side[:, 0] * ((w * reach(high)).sum(1) - c) < 0
+            if not short.any():
+                break
+            high = torch.where(short[:, None], 2 * high, high)
+    else:
+        def reach(t):
+            return (p + side * t * torch.sign(w)).clamp(0, 1)
+        high = torch.ones(len(p), 1, dtype=p.dtype, device=p.device)  # a radius of 1 reaches every corner
+    low = torch.zeros_like(high)
+    for _ in range(_BISECTIONS):
+        middle = (low + high) / 2
+        short = side[:, 0] * ((w * reach(middle)).sum(1) - c) < 0
+        low = torch.where(short[:, None], middle, low)
+        high = torch.where(short[:, None], high, middle)
+    return reach(high).view(shape).to(point.dtype)
+
+
+class FAB(Attack):
+    """FAB-T: towards each of the `targets` most likely wrong classes in turn (AutoAttack's 9), `steps`
+    iterations each (`restarts` per target, the first from the image itself, later ones from a random point
+    at half the best distance found so far). α_max = 0.1, η = 1.05, β = 0.9 as in the paper.
+    """
+
+    def __init__(self, eps: float, norm: str = "linf", steps: int = 100, targets: int = 9, restarts: int = 1,
+                 alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, chunk_size: int | None = 256,
+                 eot_samples: int | None = None) -> None:
+        self.threat = ball(norm, eps)
+        require(is_integer(steps) and steps >= 1, "steps", steps, "an integer ≥ 1")
+        require(is_integer(targets) and targets >= 1, "targets", targets, "an integer ≥ 1")
+        require(is_integer(restarts) and restarts >= 1, "restarts", restarts, "an integer ≥ 1")
+        require(is_number(alpha_max) and 0 <= alpha_max <= 1, "alpha_max", alpha_max, "a number in [0, 1]")
+        require(is_number(eta) and eta >= 1, "eta", eta, "a number ≥ 1")
+        require(is_number(beta) and 0 < beta <= 1, "beta", beta, "a number in (0, 1]")
+        require(chunk_size is None or (is_integer(chunk_size) and chunk_size >= 1), "chunk_size", chunk_size,
+                "an integer ≥ 1, or null for whole batches")
+        check_eot_samples(eot_samples)
+        self.eps, self.norm, self.steps, self.targets, self.restarts = float(eps), norm, steps, targets, restarts
+        self.alpha_max, self.eta, self.beta = float(alpha_max), float(eta), float(beta)
+        self.chunk_size, self.eot_samples = chunk_size, eot_samples
+
+    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
+        worst = WorstSoFar(x, expected_correct(model, x, y, draws))
+        logits = expected_logits(model, x, draws)
+        ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
+        targets = [ranked[:, rank] for rank in range(min(self.targets, logits.shape[1] - 1))]
+        runs = [(target, restart) for target in targets for restart in range(self.restarts)]
+        closest = torch.full((len(x),), float("inf"), device=x.device)
+        for index, (target, restart) in enumerate(runs):
+            standing = (worst.score > 0).nonzero().squeeze(1)
+            if len(standing) == 0:
+                break
+            found, distance = self._run(model, x[standing], y[standing], target[standing], draws,
+                                        closest[standing], restart, (index, len(runs)))
+            closest[standing] = torch.minimum(closest[standing], distance)
+            within = distance <= self.eps * (1 + 1e-6)
+            if within.any():
+                chosen = standing[within]
+                inside = x[chosen] + self.threat.project(found[within] - x[chosen], self.eps)
+                worst.offer(inside.clamp(0, 1), expected_correct(model, inside.clamp(0, 1), y[chosen], draws), chosen)
+        return worst.x
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, draws: int,
+             closest: torch.Tensor, restart: int, run: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One FAB-T run: the closest adversarial point found per image and its distance (inf: none)."""
+        def difference(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # < 0 once t beats y
+            return logits.gather(1, labels[:, None])[:, 0] - logits.gather(1, target[:, None])[:, 0]
+
+        x_k = x.clone()
+        if restart > 0:  # a random point at half the best distance so far (ε where none was found)
+            radius = torch.where(torch.isfinite(closest), closest, torch.full_like(closest, self.eps)).clamp(max=self.eps)
+            step = self.threat.random(x, 1.0)
+            step = step / (self.threat.size(step) + 1e-12).view(-1, *([1] * (x.dim() - 1)))
+            x_k = (x + per_example(radius / 2, x) * step).clamp(0, 1)
+        best, distance = x.clone(), torch.full((len(x),), float("inf"), device=x.device)
+        for k in range(self.steps):
+            value, gradient = loss_and_gradient(model, x_k, y, draws, difference)
+            # The hyperplane where the linearised difference is 0: w·z = c.
+            w = gradient
+            c = (w * x_k).flatten(1).sum(1) - value
+            to_current = project_onto_hyperplane(x_k, w, c, self.norm) - x_k
+            to_original = project_onto_hyperplane(x, w, c, self.norm) - x
+            a, b = self.threat.size(to_current), self.threat.size(to_original)
+            alpha = (a / (a + b + 1e-12)).clamp(0, self.alpha_max)
+            x_k = ((1 - per_example(alpha, x)) * (x_k + self.eta * to_current)
+                   + per_example(alpha, x) * (x + self.eta * to_original)).clamp(0, 1)
+            adversarial = expected_correct(model, x_k, y, draws) < 0.5
+            size = self.threat.size(x_k - x)
+            closer = adversarial & (size < distance)
+            best = torch.where(per_example(closer, x), x_k, best)
+            distance = torch.where(closer, size, distance)
+            x_k = torch.where(per_example(adversarial, x), (1 - self.beta) * x + self.beta * x_k, x_k)
+            self.advance((run[0] + (k + 1) / self.steps) / run[1])
+        return best, distance
+
+    def __repr__(self) -> str:
+        return (f"FAB(norm={self.norm}, eps={self.eps:g}, steps={self.steps}, targets={self.targets}, "
+                f"restarts={self.restarts})")
