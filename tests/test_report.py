@@ -102,7 +102,8 @@ def test_matrix_sweep_writes_the_report_and_a_rerun_only_reads(tmp_path):
 
     overrides = ["-m", "sweep=matrix", "hydra.sweeper.params.defense='none,fast_adv_train'", *TINY, "logger=none",
                  "eval.n_samples=32", "eval.audit.n_samples=16", "eval.audit.square_queries=50",
-                 "eval.attacks.apgd_ce.steps=10", "eval.attacks.square.queries=50"]
+                 "eval.attacks.apgd_ce.steps=10", "eval.attacks.square.queries=50", "eval.attacks.autoattack.steps=10",
+                 "eval.attacks.autoattack.square_queries=100"]
     started = time.perf_counter()
     first = run_script("train.py", *overrides, output_root=tmp_path)
     first_seconds = time.perf_counter() - started
