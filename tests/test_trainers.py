@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from conftest import TINY, compose_config, run_script
+from conftest import TINY, run_script
 from robustlab.classifier import RobustClassifier
 from robustlab.configuration import gpu_for_job
 from robustlab.data.base import ShardedBatches, _batches

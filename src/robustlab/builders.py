@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from robustlab.classifier import RobustClassifier, speed_up
 from robustlab.configuration import instantiate, to_plain
-from robustlab.errors import InvalidValue, require
+from robustlab.errors import InvalidValue
 from robustlab.files import AtomicCheckpointIO
 from robustlab.fingerprint import training_code
 from robustlab.validation import check_model_fits_dataset
