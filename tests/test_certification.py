@@ -155,11 +155,22 @@ def test_certified_accuracy_counts_correct_certificates_at_least_as_large():
 
 @pytest.mark.parametrize("override, key", [("eval.certify.n=0", "eval.certify.n"),
                                            ("eval.certify.alpha=1.5", "eval.certify.alpha"),
-                                           ("eval.certify.radius_factors=[-1]", "eval.certify.radius_factors")])
-def test_bad_certification_settings_are_refused_before_training(override, key, tmp_path):
-    result = run_script("train.py", "defense=randomized_smoothing", *TINY, override, output_root=tmp_path)
-    assert result.returncode != 0
-    assert key in result.stderr and "expected" in result.stderr and "Epoch" not in result.stdout + result.stderr
+                                           ("eval.certify.radius_factors=[-1]", "eval.certify.radius_factors"),
+                                           ("eval.certify.attack.steps=0", "steps")])
+def test_bad_certification_settings_name_their_key(override, key, tmp_path):
+    from robustlab.errors import ConfigError
+    from robustlab.evaluation.engine import Evaluation
+
+    cfg = compose_config(["defense=randomized_smoothing", "dataset=synthetic", override], tmp_path)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        Evaluation.from_config(cfg)
+
+
+def test_bad_certification_settings_are_refused_before_training(tmp_path):
+    result = run_script("train.py", "defense=randomized_smoothing", *TINY, "eval.certify.n=0", output_root=tmp_path)
+    assert result.returncode == 2
+    assert "eval.certify.n=0" in result.stderr and "expected an integer ≥ 1" in result.stderr
+    assert "Epoch" not in result.stdout + result.stderr
 
 
 def test_randomized_smoothing_run_is_certified_and_checked(tmp_path):

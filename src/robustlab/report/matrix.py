@@ -236,7 +236,8 @@ def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = (
     out.write("# Attack × defense matrix\n\n")
     out.write("Accuracy (%) on the first n test images (clean: the whole test split). ⚑ marks the gradient-masking "
               "audit's flags for the row (letters below): such a number is likely an overestimate. Randomized "
-              "predictors are attacked with EOT; mixtures exactly (expected loss and accuracy over members).\n\n")
+              "predictors are attacked with EOT; mixtures exactly (expected loss and accuracy over members) and by ARC "
+              "(columns arc, arc_l2), which their worst case includes.\n\n")
     out.write("Built from:\n\n" + "\n".join(provenance_lines(cells)) + "\n\n")
     if left_out:
         out.write("Left out, evaluated by other versions of the code: " + ", ".join(left_out) + "\n\n")
