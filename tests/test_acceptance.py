@@ -1,6 +1,7 @@
 """The README's measured accuracies, as tests: real Fashion-MNIST, default configs (their time: scripts/bench.py).
 
-Run with `.venv/bin/python -m pytest -m slow` (about 4 minutes on 2 CPU cores).
+Run with `.venv/bin/python -m pytest -m slow tests/test_acceptance.py` (each test trains a default config on
+2 CPU cores, and the AutoAttack comparison runs two full AutoAttacks on 1000 images: most of an hour in all).
 """
 
 from __future__ import annotations
@@ -72,3 +73,32 @@ def test_randomized_smoothing_is_certified_under_its_attacked_accuracy(tmp_path)
     assert all(c <= a for c, a in zip(certification["certified_accuracy"], certification["attacked_accuracy"]))
     assert certification["soundness"]["checked"] > 0 and certification["soundness"]["flipped"] == []
     assert certification["certified_acc"] > 0.1 and metrics["clean_acc"] >= 0.7
+
+
+def test_autoattack_on_the_adversarially_trained_model(adversarially_trained):
+    """AutoAttack on the first 1000 test images: never above APGD-CE or PGD-20 on an image, and within 0.5 pp of
+    torchattacks' AutoAttack (version standard, its components at the paper's 100 iterations)."""
+    torchattacks = pytest.importorskip("torchattacks")
+    from robustlab.attacks import APGD, AutoAttack
+
+    predictor = robustlab.load_predictor(adversarially_trained["checkpoint"])
+    data = FashionMNISTDataModule(root=str(DATA_DIR), system_dir=str(FASHION_MNIST_SYSTEM_DIR))
+    data.setup()
+    x, y = data.test_set.tensors[0][:1000], data.test_set.tensors[1][:1000]
+
+    def correct(x_adv):
+        with torch.no_grad():
+            return predictor(x_adv).argmax(1) == y
+
+    results = {}
+    for name, attack in (("pgd_linf", PGD(eps=0.1, steps=20)), ("apgd_ce", APGD(eps=0.1, steps=100)),
+                         ("autoattack", AutoAttack(eps=0.1))):
+        torch.manual_seed(0)
+        results[name] = correct(attack(predictor, x, y))
+    reference = torchattacks.AutoAttack(predictor, norm="Linf", eps=0.1, version="standard", n_classes=10, seed=0)
+    for component in reference._autoattack.attacks:
+        if hasattr(component, "steps"):
+            component.steps = 100
+    theirs = correct(torch.cat([reference(x[i:i + 250], y[i:i + 250]) for i in range(0, 1000, 250)]))
+    assert (results["autoattack"] <= results["apgd_ce"]).all() and (results["autoattack"] <= results["pgd_linf"]).all()
+    assert abs(results["autoattack"].float().mean() - theirs.float().mean()) <= 0.005
