@@ -306,3 +306,19 @@ def test_autoattack_matches_torchattacks_autoattack_standard(robust_net, noisy_s
                {"ours": ours, "theirs": theirs, "apgd_ce": apgd_ce}.items()}
     assert abs(correct["ours"].float().mean() - correct["theirs"].float().mean()) <= 2 / 128
     assert (correct["ours"] <= correct["apgd_ce"]).all()
+
+
+def test_autoattack_cascade_never_raises_accuracy_and_beats_its_first_attack(robust_net, noisy_synthetic):
+    """Per image: never right after the cascade where it was wrong before, nor where APGD-CE alone (the
+    cascade's first attack, from the same seed) already broke it."""
+    from robustlab.attacks import AutoAttack
+
+    x, y = noisy_synthetic.test_set.tensors[0][:64], noisy_synthetic.test_set.tensors[1][:64]
+    torch.manual_seed(0)
+    cascade = AutoAttack(eps=0.03, steps=10, square_queries=100)(robust_net, x, y)
+    torch.manual_seed(0)
+    first = APGD(eps=0.03, steps=10)(robust_net, x, y)
+    with torch.no_grad():
+        clean, after, alone = (robust_net(v).argmax(1) == y for v in (x, cascade, first))
+    assert (after <= clean).all() and (after <= alone).all()
+    assert after.float().mean() < alone.float().mean()  # the later attacks find more
