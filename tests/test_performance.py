@@ -79,6 +79,7 @@ def test_resident_data_moves_once_to_the_trainers_device():
     assert next(iter(datamodule.test_dataloader()))[0].device.type == "cpu"
 
 
+@pytest.mark.slow  # about 100 s: its cold sweep=matrix trains the whole zoo (12 defenses), tiny
 def test_benchmark_script_runs_in_tiny_mode(tmp_path):
     markdown, output = tmp_path / "BENCHMARKS.md", tmp_path / "bench.json"
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--matrix", "--repeats", "2",
