@@ -44,7 +44,7 @@ def evaluate_and_record(cfg: DictConfig, classifier: RobustClassifier, datamodul
     if not trainer.is_global_zero:
         return None
     curves, audit_record = audit_run(cfg, trainer, classifier, datamodule, evaluation, step=last_step)
-    certification = certify_run(cfg, trainer, classifier, datamodule, step=last_step)
+    certification = certify_run(cfg, trainer, classifier, datamodule, evaluation, step=last_step)
     if certification:
         audit_record["certificate_violated"] = certificate_check(certification)
     return record_run(cfg, trainer, results, curves, audit_record, checkpoint, chosen, training, steps,
@@ -80,15 +80,21 @@ def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier
                              pgd_steps=settings.pgd_steps, square_queries=settings.square_queries)
     figure = curves_figure(curves, title=" / ".join(f"{k}={v}" for k, v in choices().items()
                                                     if k in ("dataset", "model", "defense")))
-    for logger in trainer.loggers:
-        if hasattr(getattr(logger, "experiment", None), "add_figure"):
-            logger.experiment.add_figure(f"{VISUAL}/robustness_curves", figure, step, close=False)
-    save_figure(figure, Path(cfg.paths.output_dir) / "robustness_curves.png")
+    publish_figure(cfg, trainer, figure, "robustness_curves", step)
     log.info(f"audit: {flags(audit_record) or 'no flags'}")
     return curves, audit_record
 
 
-def certify_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier, datamodule, step: int = 0) -> dict:
+def publish_figure(cfg: DictConfig, trainer: pl.Trainer, figure, name: str, step: int) -> None:
+    """`<name>.png` in the run directory, and `visual/<name>` in every TensorBoard logger at `step`."""
+    for logger in trainer.loggers:
+        if hasattr(getattr(logger, "experiment", None), "add_figure"):
+            logger.experiment.add_figure(f"{VISUAL}/{name}", figure, step, close=False)
+    save_figure(figure, Path(cfg.paths.output_dir) / f"{name}.png")
+
+
+def certify_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier, datamodule,
+                evaluation: Evaluation, step: int = 0) -> dict:
     """A smoothed classifier's certificates on the first `eval.certify.n_samples` test images, attacked and
     checked (`evaluation/certification.py`); {} for any other predictor or with `eval.certify.enabled=false`.
 
@@ -100,15 +106,11 @@ def certify_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifi
     if not certifiable(predictor) or not OmegaConf.select(cfg, "eval.certify.enabled", default=False):
         return {}
     images, labels = datamodule.test_set.tensors
-    bpda = cfg.eval.get("bpda", True)
-    with trainer.precision_plugin.forward_context(), backward_through_stand_ins(predictor, bpda):
+    with trainer.precision_plugin.forward_context(), backward_through_stand_ins(predictor, evaluation.bpda):
         record = certify_and_check(cfg, predictor, images.to(classifier.device), labels.to(classifier.device))
     figure = curves_figure(certification_curves(record),
                            title=f"randomized smoothing, σ = {record['sigma']:g}: {record['n_samples']} images")
-    for logger in trainer.loggers:
-        if hasattr(getattr(logger, "experiment", None), "add_figure"):
-            logger.experiment.add_figure(f"{VISUAL}/certified_accuracy", figure, step, close=False)
-    save_figure(figure, Path(cfg.paths.output_dir) / "certified_accuracy.png")
+    publish_figure(cfg, trainer, figure, "certified_accuracy", step)
     soundness = record["soundness"]
     log.info(f"certification: certified accuracy {record['certified_acc']:.3f} at L2 ε={record['eps_l2']:g} on "
              f"{record['n_samples']} images; soundness check: {len(soundness['flipped'])} of {soundness['checked']} "

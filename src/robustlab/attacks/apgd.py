@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.base import Attack, WorstSoFar, per_example
-from robustlab.attacks.expectation import check_eot_samples, expected_correct, expected_logits
+from robustlab.attacks.expectation import check_eot_samples, expected_correct, most_likely_wrong_classes
 from robustlab.attacks.gradient import loss_and_gradient
 from robustlab.attacks.losses import TARGETED_LOSSES, loss_function
 from robustlab.attacks.norms import ball, project_image
@@ -78,9 +78,7 @@ class APGD(Attack):
         """[None] untargeted; else per rank r, each image's r-th most likely class other than its label."""
         if self.targets is None:
             return [None]
-        logits = expected_logits(model, x, draws)
-        ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
-        return [ranked[:, rank] for rank in range(min(self.targets, logits.shape[1] - 1))]
+        return most_likely_wrong_classes(model, x, y, draws, self.targets)
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int, run: tuple[int, int],
              target: torch.Tensor | None = None) -> torch.Tensor:

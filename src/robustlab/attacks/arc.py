@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.base import Attack, WorstSoFar, lexicographically_lower, per_example
-from robustlab.attacks.expectation import weighted_members
+from robustlab.attacks.expectation import check_eot_samples, weighted_members
 from robustlab.attacks.losses import margin
 from robustlab.attacks.norms import ball, project_image
 from robustlab.errors import is_integer, is_number, require
@@ -44,8 +44,7 @@ class ARC(Attack):
         require(isinstance(random_start, bool), "random_start", random_start, "true or false")
         require(chunk_size is None or (is_integer(chunk_size) and chunk_size >= 1), "chunk_size", chunk_size,
                 "an integer ≥ 1, or null for whole batches")
-        require(eot_samples is None or (is_integer(eot_samples) and eot_samples >= 1), "eot_samples", eot_samples,
-                "an integer ≥ 1, or null (ARC's expectation over members is exact; the value is unused)")
+        check_eot_samples(eot_samples)  # accepted like every attack's, unused: the expectation over members is exact
         self.eps, self.norm, self.steps, self.step_size = float(eps), norm, steps, float(step_size)
         self.random_start, self.chunk_size, self.eot_samples = random_start, chunk_size, eot_samples
 

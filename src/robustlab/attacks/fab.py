@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.base import Attack, WorstSoFar, per_example
-from robustlab.attacks.expectation import check_eot_samples, expected_correct, expected_logits
+from robustlab.attacks.expectation import check_eot_samples, expected_correct, most_likely_wrong_classes
 from robustlab.attacks.gradient import loss_and_gradient
 from robustlab.attacks.norms import ball
 from robustlab.errors import is_integer, is_number, require
@@ -76,9 +76,7 @@ class FAB(Attack):
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
         worst = WorstSoFar(x, expected_correct(model, x, y, draws))
-        logits = expected_logits(model, x, draws)
-        ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
-        targets = [ranked[:, rank] for rank in range(min(self.targets, logits.shape[1] - 1))]
+        targets = most_likely_wrong_classes(model, x, y, draws, self.targets)
         runs = [(target, restart) for target in targets for restart in range(self.restarts)]
         closest = torch.full((len(x),), float("inf"), device=x.device)
         for index, (target, restart) in enumerate(runs):
