@@ -185,7 +185,7 @@ class Evaluation:
             for key, values in classifier.defense.test_metrics(classifier.model, x, x_eval).items():
                 self.defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values.tolist())
         correct = expected_correct(predictor, x_eval, y, self.draws()).cpu()
-        self.per_example[name].append((index, correct))
+        self.per_example[name].append((index.cpu(), correct))
         if batch_idx == 0 and name != CLEAN and self.image_grid > 0:
             self._log_examples(classifier, name, predictor, x[:self.image_grid], x_eval[:self.image_grid],
                                y[:self.image_grid])
