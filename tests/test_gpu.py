@@ -5,7 +5,6 @@ indices on the GPU indexing correctness on the CPU), which no CPU form could sho
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

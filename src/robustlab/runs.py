@@ -22,7 +22,7 @@ from robustlab.evaluation.certification import curves as certification_curves
 from robustlab.evaluation.audit import audit, certificate_check, flags, robustness_curves
 from robustlab.evaluation.engine import Evaluation, EvaluationResults
 from robustlab.evaluation.plots import curves_figure, save_figure
-from robustlab.evaluation.record import FILE_NAME, RunRecord
+from robustlab.evaluation.record import FILE_NAME, WITHOUT_EOT, RunRecord, encode_per_image
 from robustlab.evaluation.tensorboard import VISUAL, Logger, log_record
 from robustlab.files import locked, write_text_atomically
 from robustlab.fingerprint import evaluation_modules, run_fingerprint
@@ -210,7 +210,10 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: EvaluationResults,
         evaluation_modules=modules,
         provenance=provenance(trainer.strategy.root_device, trainer.precision),
         tensorboard=next((logger.log_dir for logger in trainer.loggers if isinstance(logger, Logger)), None),
-        per_example=results.per_example,
+        intervals=results.intervals,
+        per_image={name: encode_per_image(values[:max(results.n_eval.values())])
+                   for name, values in results.per_example.items()
+                   if results.n_eval and not name.endswith(WITHOUT_EOT)},
     )
     write_text_atomically(Path(cfg.paths.output_dir) / "packages.txt", installed_packages())
     path = record.write(cfg.paths.output_dir)

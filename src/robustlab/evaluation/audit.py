@@ -28,6 +28,7 @@ from robustlab.attacks.expectation import expected_correct, weighted_members
 from robustlab.attacks.gradient import input_gradient
 from robustlab.attacks.pgd import PGD
 from robustlab.attacks.square import Square
+from robustlab.evaluation.statistics import with_intervals
 
 LETTERS = {"non_monotone_curve": "a", "large_eps_not_broken": "b", "pgd_weaker_than_fgsm": "c",
            "black_box_beats_white_box": "d", "more_steps_help": "e", "zero_gradients": "f",
@@ -55,8 +56,8 @@ def robustness_curves(attacks: Mapping[str, tuple[Callable[[float], Callable], f
     curves = {}
     for name, (factory, eps) in attacks.items():
         budgets = [factor * eps for factor in factors]
-        curves[name] = {"default_eps": eps, "eps": budgets, "accuracy": [float(accuracy_under(factory(budget), predictor, x, y, draws)
-                                                          .double().mean()) for budget in budgets]}
+        accuracy = [float(accuracy_under(factory(budget), predictor, x, y, draws).double().mean()) for budget in budgets]
+        curves[name] = with_intervals({"default_eps": eps, "eps": budgets, "accuracy": accuracy}, len(y))
     return curves
 
 

@@ -30,6 +30,7 @@ from scipy.stats import beta, norm
 from robustlab.configuration import instantiate, to_plain
 from robustlab.defenses.base import evaluation_mode
 from robustlab.errors import is_integer, is_number, require
+from robustlab.evaluation.statistics import with_intervals
 from robustlab.models.smoothing import ABSTAIN
 
 CERTIFIED = "certified_l2"  # the certified-accuracy curve (and the report's column)
@@ -170,5 +171,6 @@ def curves(record: dict) -> dict[str, dict]:
     """The certified and attacked curves, in the robustness curves' format (accuracy vs ε, default ε = ε₂)."""
     if not record:
         return {}
-    return {CERTIFIED: {"default_eps": record["eps_l2"], "eps": record["radii"], "accuracy": record["certified_accuracy"]},
-            ATTACKED: {"default_eps": record["eps_l2"], "eps": record["radii"], "accuracy": record["attacked_accuracy"]}}
+    return {name: with_intervals({"default_eps": record["eps_l2"], "eps": record["radii"], "accuracy": record[key]},
+                                 record["n_samples"])
+            for name, key in ((CERTIFIED, "certified_accuracy"), (ATTACKED, "attacked_accuracy"))}

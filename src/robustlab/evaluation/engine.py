@@ -30,6 +30,7 @@ from robustlab.evaluation.images import adversarial_figure
 from robustlab.evaluation.progress import EvaluationProgressBar
 from robustlab.models.preprocessing import backward_through_stand_ins
 from robustlab.evaluation.record import CLEAN, WITHOUT_EOT, WORST_CASE
+from robustlab.evaluation.statistics import wilson_interval
 from robustlab.evaluation.tensorboard import VISUAL
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class EvaluationResults:
     accuracy_draws: int | str  # "exact" for a mixture (Σ α_k·acc_k, no sampling); "vote" for a voting predictor
     defense_metrics: dict[str, dict[str, float]]
     per_example: dict[str, torch.Tensor]  # correctness per evaluated image, in test-split order
+    intervals: dict[str, list[float]]  # clean, each attack, worst case: the 95% Wilson interval
 
 
 class Evaluation:
@@ -228,6 +230,8 @@ class Evaluation:
             defense_metrics={name: {key: sum(values) / len(values) for key, values in metrics.items()}
                              for name, metrics in gathered_metrics.items()},
             per_example=per_example,
+            intervals={name: list(wilson_interval(accuracy[name], counts[name]))
+                       for name in [CLEAN, *self.attacks, *([WORST_CASE] if self.attacks else [])]},
         )
 
     def _gathered(self, trainer: pl.Trainer) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, list[float]]]:

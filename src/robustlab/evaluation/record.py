@@ -63,8 +63,10 @@ class RunRecord:
     evaluation_code: str | None = None
     provenance: dict = field(default_factory=dict)
     tensorboard: str | None = None  # the run's TensorBoard directory (its training stages' in sub-directories)
-    # Per image correctness of each pass, for the audit and tests of the run that computed it; never written.
-    per_example: dict | None = field(default=None, repr=False, compare=False)
+    intervals: dict[str, list[float]] = field(default_factory=dict)  # 95% Wilson interval of clean, attacks, worst case
+    # Per image, in test-split order, on the first n_eval images: correctness under clean, each attack and the
+    # worst case ("1,0,0.5,…"; fractional for a randomized predictor), for paired comparisons across runs.
+    per_image: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_dict(cls, values: Any) -> "RunRecord":
@@ -80,7 +82,7 @@ class RunRecord:
     @classmethod
     def keys(cls) -> list[str]:
         """The keys of metrics.json, in order."""
-        return [f.name for f in fields(cls) if f.name != "per_example"]
+        return [f.name for f in fields(cls)]
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -94,6 +96,15 @@ class RunRecord:
     @classmethod
     def read(cls, path: str | Path) -> "RunRecord":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def encode_per_image(correct) -> str:
+    """Per-image correctness (a tensor or sequence of numbers in [0, 1]) as one short line: "1,0,0.5"."""
+    return ",".join(f"{float(value):.4f}".rstrip("0").rstrip(".") for value in correct)
+
+
+def decode_per_image(text: str) -> list[float]:
+    return [float(value) for value in text.split(",")] if text else []
 
 
 def _finite(value: Any, key: str) -> Any:

@@ -5,7 +5,8 @@ curves there: `train/` (loss, acc, lr, epoch) and `val/`, then `verdict/` (the f
 (labelled adversarial examples, robustness curves). Each final number has one tag, logged once, at the run's
 last training step, so it sits at the end of the learning curves: `verdict/accuracy/clean`,
 `verdict/accuracy/robust` (the worst case), `verdict/accuracy/under/<attack>`, `verdict/accuracy/certified_l2`
-(a smoothed classifier's), `verdict/attack_ms_per_image/<attack>`, `verdict/certify_ms_per_image`,
+(a smoothed classifier's), each accuracy's 95% interval (`verdict/accuracy_interval/<clean|robust|under/<attack>>/
+low` and `/high`), `verdict/attack_ms_per_image/<attack>`, `verdict/certify_ms_per_image`,
 `verdict/best_<selection metric>`, `verdict/train_seconds`, `verdict/audit_flags`. The HParams summary
 lists the settings a researcher sweeps (`settings` of the record) with those same tags as its metrics; the
 attack × defense report writes its HParams table the same way.
@@ -20,7 +21,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from robustlab.evaluation.audit import flags
-from robustlab.evaluation.record import WORST_CASE, RunRecord
+from robustlab.evaluation.record import CLEAN, WORST_CASE, RunRecord
 
 
 FINAL = "verdict"  # the group of a run's final numbers
@@ -52,6 +53,9 @@ def accuracy_metrics(clean_acc: float, robust_acc: dict[str, float], certificati
 def final_metrics(record: RunRecord) -> dict[str, float]:
     """The record's final numbers under their `verdict/` tags (no value twice, no value missing)."""
     metrics = accuracy_metrics(record.clean_acc, record.robust_acc, record.certification)
+    for name, (low, high) in record.intervals.items():  # the 95% interval of each accuracy
+        tag = "clean" if name == CLEAN else "robust" if name == WORST_CASE else f"under/{name}"
+        metrics.update({f"{FINAL}/accuracy_interval/{tag}/low": low, f"{FINAL}/accuracy_interval/{tag}/high": high})
     metrics.update({f"{FINAL}/attack_ms_per_image/{name}": value for name, value in record.attack_ms_per_image.items()})
     if record.certification:
         metrics[f"{FINAL}/certify_ms_per_image"] = record.certification["ms_per_image"]
