@@ -8,6 +8,7 @@ from pathlib import Path
 
 from conftest import ROOT
 from robustlab.evaluation.audit import LETTERS
+from robustlab.evaluation.statistics import wilson_interval
 from robustlab.report import collect_cells, write_report
 import subprocess
 import sys
@@ -25,8 +26,8 @@ PROVENANCE = {"robustlab": "0.1.0", "git_commit": "065b4d4b562cb8fca405161bfe963
 
 def write_cell(directory: Path, defense: str, clean: float, robust: dict, flagged: str = "", train: float = 10.0,
                without_eot: dict | None = None, attack: str = "pgd_linf",
-               modules: dict | None = None) -> None:
-    run = directory / "fashion_mnist" / "basic_net" / defense / f"{attack}-0123"
+               modules: dict | None = None, **extra) -> None:
+    run = directory / "fashion_mnist" / "basic_net" / defense / f"{attack}-{extra.get('seed', 0)}123"
     run.mkdir(parents=True)
     record = {"dataset": "fashion_mnist", "model": "basic_net", "defense": defense, "attack": attack,
               "clean_acc": clean, "robust_acc": robust, "robust_acc_without_eot": without_eot or {},
@@ -35,7 +36,7 @@ def write_cell(directory: Path, defense: str, clean: float, robust: dict, flagge
                                                                       "accuracy": [clean, robust["pgd_linf"], 0.0]}},
               "randomized": bool(without_eot), "n_eval": 1000, "train_seconds": train,
               "evaluation_code": "c0de00000001",
-              "evaluation_modules": modules or EVALUATION_MODULES, "provenance": PROVENANCE}
+              "evaluation_modules": modules or EVALUATION_MODULES, "provenance": PROVENANCE, **extra}
     (run / "metrics.json").write_text(json.dumps(record))
 
 
@@ -61,11 +62,13 @@ def test_report_writes_the_expected_csv(tmp_path):
 def test_report_writes_the_expected_markdown(tmp_path):
     text = write_report(sweep(tmp_path))["markdown"].read_text()
     assert "| defense | clean | fgsm | pgd_linf | worst_case | audit | train s |" in text
-    assert "| adv_train | 77.0 | 68.0 | 64.0 | 60.0 | ok | 217 |" in text
-    assert "| noise_injection | 85.0 | 50.0 | 70.0 | 70.0 | ⚑c | 10 |" in text
+    # ± half the 95% Wilson interval on n_eval = 1000 images (these records give no n_clean: no interval there)
+    assert "| adv_train | 77.0 | 68.0 ±2.9 | 64.0 ±3.0 | 60.0 ±3.0 | ok | 217 |" in text
+    assert "| noise_injection | 85.0 | 50.0 ±3.1 | 70.0 ±2.8 | 70.0 ±2.8 | ⚑c | 10 |" in text
     assert "WITHOUT EOT" in text and "| noise_injection | 60.0 | 80.0 |" in text
     # The flagged row is out of the running, however high its number.
-    assert "**Most effective defense: adv_train** — worst-case robust accuracy 60.0%" in text
+    assert "**Highest worst-case robust accuracy: adv_train** (60.0%) (among rows without audit flags)" in text
+    assert "not tested per image" in text  # these records predate per-image correctness
     assert "| none | pgd_linf | 2.0 |" in text and "| noise_injection | fgsm | 50.0 |" in text
     assert "- **c** `pgd_weaker_than_fgsm`: noise_injection" in text
 
@@ -152,3 +155,65 @@ def test_a_directory_without_results_gives_one_clear_message(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith(f"robustlab: no robustlab results (metrics.json) under {tmp_path / 'empty'}")
     assert "Traceback" not in result.stderr
+
+
+def per_image(*runs: tuple[int, int]) -> str:
+    """Per-image correctness as metrics.json writes it: `(count, value)` runs, e.g. (3, 1), (2, 0) → "1,1,1,0,0"."""
+    return ",".join(str(value) for count, value in runs for _ in range(count))
+
+
+def write_seed(directory: Path, defense: str, seed: int, worst: list[tuple[int, int]], *,
+               linf: list[tuple[int, int]] | None = None, l2: list[tuple[int, int]] | None = None) -> None:
+    """A record of 100 images: clean right on all, the worst case as given; attacks pgd_linf and pgd_l2."""
+    linf, l2 = linf or worst, l2 or worst
+    columns = {"clean": [(100, 1)], "pgd_linf": linf, "pgd_l2": l2, "worst_case": worst}
+    accuracy = {name: sum(count * value for count, value in runs) / 100 for name, runs in columns.items()}
+    write_cell(directory, defense, 1.0, {name: accuracy[name] for name in ("pgd_linf", "pgd_l2", "worst_case")},
+               seed=seed, n_eval=100, n_clean=100, per_image={name: per_image(*runs) for name, runs in columns.items()},
+               attacks={"pgd_linf": {"norm": "linf"}, "pgd_l2": {"norm": "l2"}})
+
+
+def test_seeds_aggregate_into_mean_std_and_interval(tmp_path):
+    for seed, right in enumerate([55, 62, 69]):
+        write_seed(tmp_path, "adv_train", seed, [(right, 1), (100 - right, 0)])
+    for seed, right in enumerate([61, 62, 63]):
+        write_seed(tmp_path, "trades", seed, [(right, 1), (100 - right, 0)])
+    spread, close = collect_cells(tmp_path)
+    summary = spread.summary["worst_case"]
+    assert spread.seeds == [0, 1, 2] and summary.seeds == 3
+    assert abs(summary.mean - 0.62) < 1e-12 and abs(summary.std - 0.07) < 1e-12
+    # Seeds far apart: the t-interval of the mean, t₀.₉₇₅,₂ · 0.07 / √3 = 4.3027 · 0.0404 = 0.1739, is the wider.
+    assert abs(summary.interval[0] - 0.4461) < 1e-4 and abs(summary.interval[1] - 0.7939) < 1e-4
+    # Seeds close together: the pooled Wilson interval of 300 images at 62% is the wider.
+    assert close.summary["worst_case"].interval == wilson_interval(0.62, 300)
+    text = write_report(tmp_path)["markdown"].read_text()
+    assert "## Over seeds" in text and "| adv_train | 0, 1, 2 |" in text and "62.0 ±7.0 (3) [44.6, 79.4]" in text
+    assert "| adv_train | 100.0 ±0.6 | 62.0 ±17.4 | 62.0 ±17.4 | 62.0 ±17.4 | ok |" in text
+    row = next(csv.DictReader((tmp_path / "report" / "results.csv").open()))
+    assert row["seeds"] == "3" and row["worst_case/std"] == "0.0700"
+
+
+def test_the_answer_names_a_winner_only_when_it_wins_per_image(tmp_path):
+    """Same 100 images. `strong` is right on 20 images `weak` gets wrong and never the reverse: exact McNemar,
+    p = 2 · 0.5²⁰ = 1.9e-06, a win. `close` has the same 70% but on other images (2 each way, p = 1): a tie."""
+    write_seed(tmp_path / "win", "strong", 0, [(70, 1), (30, 0)])
+    write_seed(tmp_path / "win", "weak", 0, [(50, 1), (50, 0)])
+    text = write_report(tmp_path / "win")["markdown"].read_text()
+    assert "**Most effective defense: strong** — worst-case robust accuracy 70.0%" in text
+    assert "p = 1.9e-06, exact McNemar, 100 images" in text and "| weak | 50.0 | 20 / 0 | 1.9e-06 |" in text
+    write_seed(tmp_path / "tie", "strong", 0, [(70, 1), (30, 0)])
+    write_seed(tmp_path / "tie", "close", 0, [(2, 0), (68, 1), (2, 1), (28, 0)])
+    text = write_report(tmp_path / "tie")["markdown"].read_text()
+    assert "**No single most effective defense**: close, strong are tied" in text  # equal: by name
+    assert "| strong | 70.0 | 2 / 2 | 1 |" in text
+
+
+def test_each_threat_model_gets_its_own_answer(tmp_path):
+    write_seed(tmp_path, "linf_expert", 0, [(30, 1), (70, 0)], linf=[(80, 1), (20, 0)], l2=[(30, 1), (70, 0)])
+    write_seed(tmp_path, "l2_expert", 0, [(35, 1), (65, 0)], linf=[(40, 1), (60, 0)], l2=[(85, 1), (15, 0)])
+    text = write_report(tmp_path)["markdown"].read_text()
+    union, linf, l2 = (text.split(f"### {title}")[1].split("###")[0]
+                       for title in ("All attacks", "L∞ attacks alone", "L2 attacks alone"))
+    assert "**Most effective defense: linf_expert** — worst-case robust accuracy 80.0%" in linf
+    assert "**Most effective defense: l2_expert** — worst-case robust accuracy 85.0%" in l2
+    assert "l2_expert" in union.split("\n\n")[1]  # 35% vs 30% over all attacks

@@ -24,7 +24,8 @@ from robustlab.errors import RobustlabError
 from robustlab.evaluation.audit import LETTERS, flags
 from robustlab.evaluation.certification import CERTIFIED
 from robustlab.evaluation.plots import curves_grid, heatmap_figure, save_figure
-from robustlab.evaluation.record import CLEAN, FILE_NAME, WORST_CASE, NotARecord, RunRecord
+from robustlab.evaluation.record import CLEAN, FILE_NAME, WORST_CASE, NotARecord, RunRecord, decode_per_image
+from robustlab.evaluation.statistics import LEVEL, SeedSummary, half_width, over_seeds, paired_test
 from robustlab.evaluation.tensorboard import FINAL, accuracy_metrics, write_hparams
 from robustlab.provenance import module_digest
 
@@ -112,6 +113,14 @@ class Cell:
     sources: list[str] = field(default_factory=list)
     evaluation_code: dict[str, str] = field(default_factory=dict)  # source → hash of the code that evaluated it
     provenance: dict[str, dict] = field(default_factory=dict)  # source → its provenance record
+    n_clean: int = 0
+    norms: dict[str, str] = field(default_factory=dict)  # attack → its norm ("linf", "l2")
+    seeds: list = field(default_factory=list)  # the training seeds aggregated into this row
+    # Per (clean, attack, worst case): mean, std over seeds, seeds, 95% interval (statistics.over_seeds).
+    summary: dict[str, SeedSummary] = field(default_factory=dict)
+    # Per image, on the first n_eval test images: correctness (mean over seeds) under clean, each attack, the
+    # worst case; empty where a record predates per-image results.
+    per_image: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -152,33 +161,94 @@ def read_records(directory: str | Path) -> tuple[dict[str, RunRecord], list[str]
 
 
 def collect_cells(directory: str | Path, records: dict[str, RunRecord] | None = None) -> list[Cell]:
-    """The metrics.json records under `directory` (or `records`), merged per (dataset, model, defense);
-    sorted, deterministic."""
-    cells: dict[tuple[str, str, str], Cell] = {}
+    """The metrics.json records under `directory` (or `records`): merged per training (dataset, model, defense,
+    seed), then aggregated over seeds into one row per (dataset, model, defense); sorted, deterministic."""
+    trainings: dict[tuple, Cell] = {}
+    images: dict[tuple, dict[str, list[float]]] = {}
     for source, record in (read_records(directory)[0] if records is None else records).items():
-        key = (record.dataset, record.model, record.defense)
-        cell = cells.setdefault(key, Cell(*key, clean_acc=record.clean_acc))
-        worst = min(cell.robust_acc.get(WORST_CASE, 1.0), record.robust_acc.get(WORST_CASE, 1.0))
-        cell.robust_acc.update(record.robust_acc)
-        if WORST_CASE in cell.robust_acc:  # each run's worst case bounds all of its attacks, so the least does too
-            cell.robust_acc[WORST_CASE] = worst
-        cell.attack_ms_per_image.update(record.attack_ms_per_image)
-        cell.robust_acc_without_eot.update(record.robust_acc_without_eot or {})
-        for name, check in (record.audit or {}).items():  # a flag raised by any evaluation stays raised
-            if name not in cell.audit or check["flagged"]:
-                cell.audit[name] = check
-        cell.curves.update(record.curves or {})
-        cell.certification = record.certification or cell.certification
-        cell.randomized = cell.randomized or bool(record.randomized)
-        cell.n_eval = max(cell.n_eval, int(record.n_eval or 0))
-        if record.train_seconds is not None:
-            cell.train_seconds = record.train_seconds
-        cell.sources.append(source)
-        cell.evaluation_code[source] = record.evaluation_code or "unrecorded"
-        cell.provenance[source] = record.provenance or {}
-    for cell in cells.values():
-        cell.flags = "".join(sorted(flags(cell.audit)))
-    return [cells[key] for key in sorted(cells)]
+        key = (record.dataset, record.model, record.defense, record.seed)
+        merge_record(trainings.setdefault(key, Cell(*key[:3], clean_acc=record.clean_acc)), record, source)
+        for name, text in (record.per_image or {}).items():
+            values, kept = decode_per_image(text), images.setdefault(key, {}).get(name)
+            # Several evaluations of one training: per image, the least correctness (as the worst case is).
+            images[key][name] = values if kept is None or len(kept) != len(values) else \
+                [min(a, b) for a, b in zip(kept, values)]
+    rows: dict[tuple[str, str, str], list[tuple]] = {}
+    for key in sorted(trainings, key=lambda key: (key[:3], -1 if key[3] is None else key[3])):
+        rows.setdefault(key[:3], []).append(key)
+    for key, cell in trainings.items():
+        add_threat_columns(cell, images.get(key, {}))
+    return [aggregate([trainings[key] for key in keys], [key[3] for key in keys],
+                      [images.get(key, {}) for key in keys]) for _, keys in sorted(rows.items())]
+
+
+def merge_record(cell: Cell, record: RunRecord, source: str) -> None:
+    """One more evaluation of the cell's training (another attack, say) into the cell."""
+    worst = min(cell.robust_acc.get(WORST_CASE, 1.0), record.robust_acc.get(WORST_CASE, 1.0))
+    cell.robust_acc.update(record.robust_acc)
+    if WORST_CASE in cell.robust_acc:  # each run's worst case bounds all of its attacks, so the least does too
+        cell.robust_acc[WORST_CASE] = worst
+    cell.attack_ms_per_image.update(record.attack_ms_per_image)
+    cell.robust_acc_without_eot.update(record.robust_acc_without_eot or {})
+    for name, check in (record.audit or {}).items():  # a flag raised by any evaluation stays raised
+        if name not in cell.audit or check["flagged"]:
+            cell.audit[name] = check
+    cell.curves.update(record.curves or {})
+    cell.certification = record.certification or cell.certification
+    cell.randomized = cell.randomized or bool(record.randomized)
+    cell.n_eval = max(cell.n_eval, int(record.n_eval or 0))
+    cell.n_clean = max(cell.n_clean, int(record.n_clean or 0))
+    cell.norms.update({name: attack["norm"] for name, attack in (record.attacks or {}).items()
+                       if isinstance(attack, dict) and attack.get("norm")})
+    if record.train_seconds is not None:
+        cell.train_seconds = record.train_seconds
+    cell.sources.append(source)
+    cell.evaluation_code[source] = record.evaluation_code or "unrecorded"
+    cell.provenance[source] = record.provenance or {}
+
+
+def aggregate(trainings: list[Cell], seeds: list, images: list[dict[str, list[float]]]) -> Cell:
+    """One row from the cells of one (dataset, model, defense) trained with several seeds (or one): accuracies
+    are means over seeds, with `summary` (std, seeds, interval) beside them; a flag of any seed stays raised;
+    curves and certificates are the first seed's."""
+    first = trainings[0]
+    row = Cell(first.dataset, first.model, first.defense, clean_acc=mean([cell.clean_acc for cell in trainings]),
+               curves=first.curves, certification=first.certification, seeds=seeds)
+    for cell in trainings:
+        for name, check in cell.audit.items():
+            if name not in row.audit or check["flagged"]:
+                row.audit[name] = check
+        row.norms.update(cell.norms)
+        row.randomized = row.randomized or cell.randomized
+        row.n_eval, row.n_clean = max(row.n_eval, cell.n_eval), max(row.n_clean, cell.n_clean)
+        row.sources += cell.sources
+        row.evaluation_code.update(cell.evaluation_code)
+        row.provenance.update(cell.provenance)
+    names = [name for name in attack_columns(trainings)]
+    for name in names:
+        values = [cell.robust_acc[name] for cell in trainings if name in cell.robust_acc]
+        row.robust_acc[name] = mean(values)
+        if row.n_eval:  # records without their image counts get no interval
+            row.summary[name] = over_seeds(values, row.n_eval)
+    if row.n_clean:
+        row.summary[CLEAN] = over_seeds([cell.clean_acc for cell in trainings], row.n_clean)
+    for field_name in ("attack_ms_per_image", "robust_acc_without_eot"):
+        merged = {}
+        for name in {name for cell in trainings for name in getattr(cell, field_name)}:
+            merged[name] = mean([getattr(cell, field_name)[name] for cell in trainings if name in getattr(cell, field_name)])
+        setattr(row, field_name, dict(sorted(merged.items())))
+    seconds = [cell.train_seconds for cell in trainings if cell.train_seconds is not None]
+    row.train_seconds = mean(seconds) if seconds else None
+    row.flags = "".join(sorted(flags(row.audit)))
+    if all(images) and len({len(values) for per_seed in images for values in per_seed.values()}) == 1:
+        common = set.intersection(*(set(per_seed) for per_seed in images))
+        row.per_image = {name: [mean(values) for values in zip(*(per_seed[name] for per_seed in images))]
+                         for name in sorted(common)}
+    return row
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def attack_columns(cells: list[Cell]) -> list[str]:
@@ -212,29 +282,47 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def _with_interval(cell: Cell, name: str) -> str:
+    """"64.4 ±3.0": the accuracy (mean over seeds) and half its 95% interval's width, in points."""
+    value = cell.clean_acc if name == CLEAN else cell.robust_acc.get(name)
+    summary = cell.summary.get(name)
+    if value is None or summary is None:
+        return _percent(value)
+    return f"{100 * value:.1f} ±{100 * half_width(summary.interval):.1f}"
+
+
 def write_csv(cells: list[Cell], path: Path) -> None:
     columns = attack_columns(cells)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         certified = certified_column(cells)
+        spread = [CLEAN, *columns]
         writer.writerow(["dataset", "model", "defense", "clean_acc", *columns, *certified, "audit_flags", "randomized",
-                         "n_eval", "train_seconds", *(f"attack_ms_per_image/{name}" for name in columns
-                                                     if name != WORST_CASE)])
+                         "n_eval", "seeds", "train_seconds", *(f"attack_ms_per_image/{name}" for name in columns
+                                                              if name != WORST_CASE),
+                         *(f"{name}/{part}" for name in spread for part in ("low", "high", "std"))])
         for cell in cells:
+            summaries = [cell.summary.get(name) for name in spread]
             writer.writerow([cell.dataset, cell.model, cell.defense, f"{cell.clean_acc:.4f}",
                              *(f"{cell.robust_acc[name]:.4f}" if name in cell.robust_acc else "" for name in columns),
                              *("" if certified_value(cell) is None else f"{certified_value(cell):.4f}" for _ in certified),
-                             cell.flags, cell.randomized, cell.n_eval,
+                             cell.flags, cell.randomized, cell.n_eval, len(cell.seeds),
                              "" if cell.train_seconds is None else f"{cell.train_seconds:.1f}",
                              *(f"{cell.attack_ms_per_image[name]:.3f}" if name in cell.attack_ms_per_image else ""
-                               for name in columns if name != WORST_CASE)])
+                               for name in columns if name != WORST_CASE),
+                             *(value for summary in summaries for value in
+                               (("", "", "") if summary is None else
+                                (f"{summary.interval[0]:.4f}", f"{summary.interval[1]:.4f}", f"{summary.std:.4f}")))])
 
 
 def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = ()) -> str:
     columns = attack_columns(cells)
     out = io.StringIO()
     out.write("# Attack × defense matrix\n\n")
-    out.write("Accuracy (%) on the first n test images (clean: the whole test split). ⚑ marks the gradient-masking "
+    seeds = sorted({len(cell.seeds) for cell in cells})
+    out.write("Accuracy (%) on the first n test images (clean: the whole test split), ± half its 95% interval (Wilson "
+              "on one seed; over several seeds, the mean, its interval holding image and seed noise: section "
+              f"\"Over seeds\"); seeds per row: {', '.join(map(str, seeds))}. ⚑ marks the gradient-masking "
               "audit's flags for the row (letters below): such a number is likely an overestimate. Randomized "
               "predictors are attacked with EOT; mixtures exactly (expected loss and accuracy over members) and by ARC "
               "(columns arc, arc_l2), which their worst case includes.\n\n")
@@ -247,7 +335,7 @@ def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = (
     header = ["defense", "clean", *columns, *certified, "audit", "train s"]
     out.write("| " + " | ".join(header) + " |\n|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|\n")
     for cell in cells:
-        row = [row_label(cell, cells), _percent(cell.clean_acc), *(_percent(cell.robust_acc.get(name)) for name in columns),
+        row = [row_label(cell, cells), _with_interval(cell, CLEAN), *(_with_interval(cell, name) for name in columns),
                *(_percent(certified_value(cell)) for _ in certified),
                f"⚑{cell.flags}" if cell.flags else "ok" if cell.audit else "not audited",
                "–" if cell.train_seconds is None else f"{cell.train_seconds:.0f}"]
@@ -266,6 +354,8 @@ def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = (
         for cell in randomized:
             out.write(f"| {row_label(cell, cells)} | " + " | ".join(
                 _percent(cell.robust_acc_without_eot.get(name)) for name in attacks) + " |\n")
+    if any(len(cell.seeds) > 1 for cell in cells):
+        out.write(seeds_section(cells, [CLEAN, *columns]))
     if certified:
         out.write(certification_section(cells))
     out.write("\n## Audit flags\n\n")
@@ -275,6 +365,23 @@ def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = (
     out.write("\n## Answer\n\n")
     out.write(answer(cells))
     return out.getvalue()
+
+
+def seeds_section(cells: list[Cell], names: list[str]) -> str:
+    """Per row and column: mean, standard deviation over seeds, seeds, and the 95% interval."""
+    lines = ["\n## Over seeds\n\nMean ± standard deviation over the training seeds (number of seeds), then the 95% "
+             "interval: the hull of the Wilson interval of every seed's images pooled and the t-interval of the mean "
+             "over seeds.\n\n",
+             "| defense | seeds | " + " | ".join(names) + " |\n|---|---|" + "|".join(["---:"] * len(names)) + "|\n"]
+    for cell in cells:
+        parts = []
+        for name in names:
+            summary = cell.summary.get(name)
+            parts.append("–" if summary is None else
+                         f"{100 * summary.mean:.1f} ±{100 * summary.std:.1f} ({summary.seeds}) "
+                         f"[{100 * summary.interval[0]:.1f}, {100 * summary.interval[1]:.1f}]")
+        lines.append(f"| {row_label(cell, cells)} | {', '.join(map(str, cell.seeds))} | " + " | ".join(parts) + " |\n")
+    return "".join(lines)
 
 
 def certification_section(cells: list[Cell]) -> str:
@@ -297,19 +404,31 @@ def certification_section(cells: list[Cell]) -> str:
     return "".join(lines)
 
 
+THREATS = {None: "all attacks", "linf": "L∞ attacks alone", "l2": "L2 attacks alone"}
+
+
+def threat_column(norm: str | None) -> str:
+    """The per-image column of the worst case over clean and the attacks of `norm` (None: every attack)."""
+    return WORST_CASE if norm is None else f"{WORST_CASE}/{norm}"
+
+
+def add_threat_columns(cell: Cell, images: dict[str, list[float]]) -> None:
+    """Per image, the worst case over clean and each norm's attacks alone (one training's per-image columns)."""
+    for norm in (norm for norm in THREATS if norm is not None):
+        names = [name for name in images if cell.norms.get(name) == norm]
+        if names and CLEAN in images:
+            images[threat_column(norm)] = [min(values) for values in zip(*(images[name] for name in [CLEAN, *names]))]
+
+
 def answer(cells: list[Cell]) -> str:
-    """The most effective defense by worst-case robust accuracy, and the strongest attack against each defense."""
+    """The most effective defense by worst-case robust accuracy, over all attacks and per threat model, named
+    only where it beats the runner-up per image at the 5% level (else the tied group); and the strongest
+    attack against each defense."""
     ranked = [cell for cell in cells if WORST_CASE in cell.robust_acc]
     if not ranked:
         return "No cell has a worst-case column: evaluate with at least one attack.\n"
-    honest = [cell for cell in ranked if not cell.flags] or ranked
-    best = max(honest, key=lambda cell: (cell.robust_acc[WORST_CASE], cell.clean_acc))
-    lines = [f"**Most effective defense: {row_label(best, cells)}** — worst-case robust accuracy "
-             f"{_percent(best.robust_acc[WORST_CASE])}% over {len(attack_columns([best])) - 1} attacks, clean "
-             f"{_percent(best.clean_acc)}%, trained in "
-             f"{'–' if best.train_seconds is None else f'{best.train_seconds:.0f}'} s"
-             + (" (among rows without audit flags)" if len(honest) < len(ranked) else "") + ".\n",
-             "\n| defense | strongest attack | its accuracy (%) |\n|---|---|---:|\n"]
+    lines = [most_effective(cells, ranked, norm) for norm in THREATS]
+    lines.append("\n| defense | strongest attack | its accuracy (%) |\n|---|---|---:|\n")
     for cell in cells:
         attacks = {name: value for name, value in cell.robust_acc.items() if name != WORST_CASE}
         if attacks:
@@ -317,6 +436,57 @@ def answer(cells: list[Cell]) -> str:
             name = min(sorted(attacks), key=lambda attack: (attacks[attack], cell.attack_ms_per_image.get(attack, 0.0)))
             lines.append(f"| {row_label(cell, cells)} | {name} | {_percent(attacks[name])} |\n")
     return "".join(lines)
+
+
+def most_effective(cells: list[Cell], ranked: list[Cell], norm: str | None) -> str:
+    """One threat model's answer: the best row (unflagged rows first) and its paired test against each other."""
+    column = threat_column(norm)
+    values = {row_label(cell, cells): (mean(cell.per_image[column]) if column in cell.per_image else
+                                       cell.robust_acc[WORST_CASE] if norm is None else None) for cell in ranked}
+    ranked = [cell for cell in ranked if values[row_label(cell, cells)] is not None]
+    title = f"\n### {THREATS[norm][0].upper() + THREATS[norm][1:]}\n\n"
+    if not ranked:
+        return title + "No row has per-image results for these attacks.\n"
+    honest = [cell for cell in ranked if not cell.flags] or ranked
+    ordered = sorted(honest, key=lambda cell: (-values[row_label(cell, cells)], -cell.clean_acc, row_label(cell, cells)))
+    best, others = ordered[0], ordered[1:]
+    value = lambda cell: values[row_label(cell, cells)]  # noqa: E731
+    note = " (among rows without audit flags)" if len(honest) < len(ranked) else ""
+    seeds = f", {len(best.seeds)} seed(s)" if len(best.seeds) > 1 else ""
+    tests = {}
+    for other in others:
+        a, b = best.per_image.get(column), other.per_image.get(column)
+        if a is not None and b is not None:
+            n = min(len(a), len(b))
+            tests[row_label(other, cells)] = (paired_test(a[:n], b[:n]), n)
+    if not others:
+        return title + f"**Most effective defense: {row_label(best, cells)}** — worst-case robust accuracy " \
+                       f"{_percent(value(best))}%{note}; no other row to compare.\n"
+    runner_up = others[0]
+    if len(tests) < len(others):
+        return title + (f"**Highest worst-case robust accuracy: {row_label(best, cells)}** ({_percent(value(best))}%)"
+                        f"{note}, ahead of {row_label(runner_up, cells)} ({_percent(value(runner_up))}%); not tested "
+                        "per image: some results predate per-image correctness (re-run them).\n")
+    tied = [other for other in others if tests[row_label(other, cells)][0].p_value >= LEVEL]
+    if not tied:
+        test, n = tests[row_label(runner_up, cells)]
+        head = (f"**Most effective defense: {row_label(best, cells)}** — worst-case robust accuracy "
+                f"{_percent(value(best))}%{seeds}, clean {_percent(best.clean_acc)}%{note}; it beats the runner-up, "
+                f"{row_label(runner_up, cells)} ({_percent(value(runner_up))}%), per image at the 5% level "
+                f"(p = {test.p_value:.2g}, {test.method}, {n} images).\n")
+    else:
+        group = [best, *tied]
+        head = (f"**No single most effective defense**: {', '.join(row_label(cell, cells) for cell in group)} are tied "
+                f"(worst-case robust accuracy {', '.join(_percent(value(cell)) + '%' for cell in group)}); "
+                f"{row_label(best, cells)} is highest{note}, but no paired test against it reaches the 5% level.\n")
+    table = ["\n| defense | worst case (%) | images where the best is right and it is not / the reverse | p-value | "
+             "test |\n|---|---:|---:|---:|---|\n",
+             f"| {row_label(best, cells)} (best) | {_percent(value(best))} | | | |\n"]
+    for other in others:
+        test, n = tests[row_label(other, cells)]
+        table.append(f"| {row_label(other, cells)} | {_percent(value(other))} | {test.a_better:g} / {test.b_better:g} | "
+                     f"{test.p_value:.2g} | {test.method}, {n} images |\n")
+    return title + head + "".join(table)
 
 
 def write_tensorboard(cells: list[Cell], text: str, directory: Path) -> None:
