@@ -98,3 +98,24 @@ def test_g_stays_quiet_on_a_mixture_which_is_handled_exactly(standard_net, batch
     x, y = batch[0][:40], batch[1][:40]
     record = run_audit(mixture, x, y, num_classes=10, randomized=True, eot_samples={"pgd_linf": 1})
     assert not record["randomized_without_eot"]["flagged"]
+
+
+def test_paired_checks_rest_on_evidence_not_on_a_margin():
+    """Square 65.0% vs PGD 67.5% on 200 images (the 2.5 pp that once raised d on an adv_train checkpoint): the
+    fixed 2 pp margin flagged it whatever the images. Per image, 6 images Square breaks against 1 it misses is
+    no evidence (exact McNemar, one-sided p = 8/128); 5 against 0 is (p = 1/32)."""
+    from robustlab.evaluation.audit import paired_check
+
+    pgd = torch.tensor([1.0] * 135 + [0.0] * 65)
+    mixed = torch.cat([torch.zeros(6), torch.ones(129), torch.ones(1), torch.zeros(64)])  # 6 broken, 1 not broken
+    check = paired_check(pgd, mixed, "resist PGD but fall to Square")
+    assert abs(check.value - 0.025) < 1e-12 and not check.flagged
+    assert check.evidence == {"a_better": 6.0, "b_better": 1.0, "p_value": 8 / 128, "method": "exact McNemar"}
+    one_sided = torch.cat([torch.zeros(5), torch.ones(130), torch.zeros(65)])
+    assert paired_check(pgd, one_sided, "").flagged and paired_check(pgd, one_sided, "").evidence["p_value"] == 1 / 32
+
+
+def test_every_paired_check_records_its_counts_and_p_value(standard_net, batch):
+    record = run_audit(standard_net, *batch, eps=0.1, num_classes=10)
+    for name in ("pgd_weaker_than_fgsm", "black_box_beats_white_box", "more_steps_help"):
+        assert set(record[name]["evidence"]) == {"a_better", "b_better", "p_value", "method"}, name
