@@ -170,7 +170,8 @@ def write_seed(directory: Path, defense: str, seed: int, worst: list[tuple[int, 
     accuracy = {name: sum(count * value for count, value in runs) / 100 for name, runs in columns.items()}
     write_cell(directory, defense, 1.0, {name: accuracy[name] for name in ("pgd_linf", "pgd_l2", "worst_case")},
                seed=seed, n_eval=100, n_clean=100, per_image={name: per_image(*runs) for name, runs in columns.items()},
-               attacks={"pgd_linf": {"norm": "linf"}, "pgd_l2": {"norm": "l2"}})
+               attacks={"pgd_linf": {"norm": "linf"}, "pgd_l2": {"norm": "l2"}},
+               attack_passes_per_image={"pgd_linf": {"forward": 20.25, "backward": 20.0}})
 
 
 def test_seeds_aggregate_into_mean_std_and_interval(tmp_path):
@@ -191,6 +192,7 @@ def test_seeds_aggregate_into_mean_std_and_interval(tmp_path):
     assert "| adv_train | 100.0 ±0.6 | 62.0 ±17.4 | 62.0 ±17.4 | 62.0 ±17.4 | ok |" in text
     row = next(csv.DictReader((tmp_path / "report" / "results.csv").open()))
     assert row["seeds"] == "3" and row["worst_case/std"] == "0.0700"
+    assert row["attack_forward_passes_per_image/pgd_linf"] == "20.25" and "| adv_train | 20 + 20 | – |" in text
 
 
 def test_the_answer_names_a_winner_only_when_it_wins_per_image(tmp_path):

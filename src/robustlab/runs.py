@@ -193,6 +193,7 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: EvaluationResults,
         curves={**curves, **certification_curves(certification or {})},
         certification=certification or {},
         attack_ms_per_image=results.attack_ms_per_image,
+        attack_passes_per_image=results.attack_passes_per_image,
         attacks={**attack_descriptions(cfg), **{name: to_plain(node) for name, node in
                                                  (cfg.eval.get("mixture_attacks") or {}).items()
                                                  if name in results.robust_acc}},

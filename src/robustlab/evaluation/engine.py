@@ -27,6 +27,7 @@ from robustlab.defenses.base import evaluation_mode
 from robustlab.errors import require
 from robustlab.evaluation.certification import check_settings as check_certification
 from robustlab.evaluation.images import adversarial_figure
+from robustlab.evaluation.passes import Passes, counting_passes
 from robustlab.evaluation.progress import EvaluationProgressBar
 from robustlab.models.preprocessing import backward_through_stand_ins
 from robustlab.evaluation.record import CLEAN, WITHOUT_EOT, WORST_CASE
@@ -52,6 +53,7 @@ class EvaluationResults:
     defense_metrics: dict[str, dict[str, float]]
     per_example: dict[str, torch.Tensor]  # correctness per evaluated image, in test-split order
     intervals: dict[str, list[float]]  # clean, each attack, worst case: the 95% Wilson interval
+    attack_passes_per_image: dict[str, dict[str, float]]  # forward and backward passes per image, per attack
 
 
 class Evaluation:
@@ -152,6 +154,7 @@ class Evaluation:
     # -- the passes, batch by batch ---------------------------------------------------------------
     def start(self) -> None:
         self.attack_seconds = {name: 0.0 for name in self.passes}
+        self.attack_passes = {name: Passes() for name in self.passes}
         self.per_example: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
             name: [] for name in [CLEAN, *self.passes]}
         self.defense_metrics: dict[str, dict[str, list[float]]] = {}
@@ -177,7 +180,8 @@ class Evaluation:
                 attack.progress = lambda fraction: bar.attack_progress(batch_idx, fraction)
             started = time.perf_counter()
             try:
-                with torch.enable_grad(), backward_through_stand_ins(predictor, self.bpda):
+                with torch.enable_grad(), backward_through_stand_ins(predictor, self.bpda), \
+                        counting_passes(predictor, self.attack_passes[name]):
                     x_eval = attack(predictor, x, y)
             finally:
                 attack.progress = None
@@ -206,7 +210,7 @@ class Evaluation:
 
     def finish(self, trainer: pl.Trainer) -> None:
         """Gather every process's share, in test-split order, and compute the results (worst case included)."""
-        per_example, seconds, gathered_metrics = self._gathered(trainer)
+        per_example, seconds, passes, gathered_metrics = self._gathered(trainer)
         accuracy = {name: float(values.double().mean()) if len(values) else 0.0 for name, values in per_example.items()}
         counts = {name: len(values) for name, values in per_example.items()}
         if self.attacks:
@@ -225,6 +229,7 @@ class Evaluation:
                                     if name.endswith(WITHOUT_EOT)},
             n_eval={name: counts[name] for name in self.attacks},
             attack_ms_per_image={name: 1000.0 * seconds[name] / max(counts[name], 1) for name in self.attacks},
+            attack_passes_per_image={name: passes[name].per_image(counts[name]) for name in self.attacks},
             randomized=self.randomized,
             accuracy_draws="exact" if self.exact else "vote" if self.votes else self.draws(),
             defense_metrics={name: {key: sum(values) / len(values) for key, values in metrics.items()}
@@ -234,11 +239,13 @@ class Evaluation:
                        for name in [CLEAN, *self.attacks, *([WORST_CASE] if self.attacks else [])]},
         )
 
-    def _gathered(self, trainer: pl.Trainer) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, list[float]]]:
-        """Per-image correctness in test-split order, attack seconds and defense metrics of all processes."""
+    def _gathered(self, trainer: pl.Trainer) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Passes],
+                                                      dict[str, list[float]]]:
+        """Per-image correctness in test-split order, attack seconds and passes, defense metrics, of all processes."""
         local = ({name: (torch.cat([i for i, _ in parts]) if parts else torch.zeros(0, dtype=torch.long),
                          torch.cat([c for _, c in parts]) if parts else torch.zeros(0))
-                  for name, parts in self.per_example.items()}, self.attack_seconds, self.defense_metrics)
+                  for name, parts in self.per_example.items()}, self.attack_seconds, self.defense_metrics,
+                 self.attack_passes)
         shares = [local]
         if torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1:
             shares = [None] * torch.distributed.get_world_size()
@@ -249,9 +256,11 @@ class Evaluation:
             values = torch.cat([share[0][name][1] for share in shares])
             per_example[name] = values[indices.argsort()]
         seconds = {name: sum(share[1][name] for share in shares) for name in self.attack_seconds}
+        passes = {name: Passes(sum(share[3][name].forward for share in shares),
+                               sum(share[3][name].backward for share in shares)) for name in self.attack_passes}
         defense_metrics: dict[str, dict[str, list[float]]] = {}
         for share in shares:
             for name, metrics in share[2].items():
                 for key, values in metrics.items():
                     defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values)
-        return per_example, seconds, defense_metrics
+        return per_example, seconds, passes, defense_metrics

@@ -49,6 +49,7 @@ class RunRecord:
     curves: dict[str, dict] = field(default_factory=dict)  # accuracy vs ε per attack on the audit's images
     certification: dict = field(default_factory=dict)  # a smoothed classifier's certificates (evaluation/certification.py)
     attack_ms_per_image: dict[str, float] = field(default_factory=dict)
+    attack_passes_per_image: dict[str, dict[str, float]] = field(default_factory=dict)  # forward, backward
     attacks: dict[str, dict] = field(default_factory=dict)  # each evaluated attack's config
     settings: dict[str, Any] = field(default_factory=dict)  # the swept settings, flat (TensorBoard's HParams)
     selection: dict | None = None  # the checkpoint's selection metric and its best value

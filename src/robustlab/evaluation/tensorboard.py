@@ -6,7 +6,8 @@ curves there: `train/` (loss, acc, lr, epoch) and `val/`, then `verdict/` (the f
 last training step, so it sits at the end of the learning curves: `verdict/accuracy/clean`,
 `verdict/accuracy/robust` (the worst case), `verdict/accuracy/under/<attack>`, `verdict/accuracy/certified_l2`
 (a smoothed classifier's), each accuracy's 95% interval (`verdict/accuracy_interval/<clean|robust|under/<attack>>/
-low` and `/high`), `verdict/attack_ms_per_image/<attack>`, `verdict/certify_ms_per_image`,
+low` and `/high`), `verdict/attack_ms_per_image/<attack>`, the passes per image
+(`verdict/attack_passes_per_image/<attack>/<forward|backward>`), `verdict/certify_ms_per_image`,
 `verdict/best_<selection metric>`, `verdict/train_seconds`, `verdict/audit_flags`. The HParams summary
 lists the settings a researcher sweeps (`settings` of the record) with those same tags as its metrics; the
 attack × defense report writes its HParams table the same way.
@@ -57,6 +58,8 @@ def final_metrics(record: RunRecord) -> dict[str, float]:
         tag = "clean" if name == CLEAN else "robust" if name == WORST_CASE else f"under/{name}"
         metrics.update({f"{FINAL}/accuracy_interval/{tag}/low": low, f"{FINAL}/accuracy_interval/{tag}/high": high})
     metrics.update({f"{FINAL}/attack_ms_per_image/{name}": value for name, value in record.attack_ms_per_image.items()})
+    metrics.update({f"{FINAL}/attack_passes_per_image/{name}/{direction}": value
+                    for name, passes in record.attack_passes_per_image.items() for direction, value in passes.items()})
     if record.certification:
         metrics[f"{FINAL}/certify_ms_per_image"] = record.certification["ms_per_image"]
     selection = record.selection or {}

@@ -106,6 +106,7 @@ class Cell:
     curves: dict = field(default_factory=dict)
     train_seconds: float | None = None
     attack_ms_per_image: dict[str, float] = field(default_factory=dict)
+    attack_passes_per_image: dict[str, dict[str, float]] = field(default_factory=dict)  # forward, backward
     robust_acc_without_eot: dict[str, float] = field(default_factory=dict)
     randomized: bool = False
     n_eval: int = 0
@@ -189,6 +190,7 @@ def merge_record(cell: Cell, record: RunRecord, source: str) -> None:
     if WORST_CASE in cell.robust_acc:  # each run's worst case bounds all of its attacks, so the least does too
         cell.robust_acc[WORST_CASE] = worst
     cell.attack_ms_per_image.update(record.attack_ms_per_image)
+    cell.attack_passes_per_image.update(record.attack_passes_per_image or {})
     cell.robust_acc_without_eot.update(record.robust_acc_without_eot or {})
     for name, check in (record.audit or {}).items():  # a flag raised by any evaluation stays raised
         if name not in cell.audit or check["flagged"]:
@@ -237,6 +239,10 @@ def aggregate(trainings: list[Cell], seeds: list, images: list[dict[str, list[fl
         for name in {name for cell in trainings for name in getattr(cell, field_name)}:
             merged[name] = mean([getattr(cell, field_name)[name] for cell in trainings if name in getattr(cell, field_name)])
         setattr(row, field_name, dict(sorted(merged.items())))
+    for name in sorted({name for cell in trainings for name in cell.attack_passes_per_image}):
+        counted = [cell.attack_passes_per_image[name] for cell in trainings if name in cell.attack_passes_per_image]
+        row.attack_passes_per_image[name] = {direction: mean([passes[direction] for passes in counted])
+                                             for direction in ("forward", "backward")}
     seconds = [cell.train_seconds for cell in trainings if cell.train_seconds is not None]
     row.train_seconds = mean(seconds) if seconds else None
     row.flags = "".join(sorted(flags(row.audit)))
@@ -300,7 +306,9 @@ def write_csv(cells: list[Cell], path: Path) -> None:
         writer.writerow(["dataset", "model", "defense", "clean_acc", *columns, *certified, "audit_flags", "randomized",
                          "n_eval", "seeds", "train_seconds", *(f"attack_ms_per_image/{name}" for name in columns
                                                               if name != WORST_CASE),
-                         *(f"{name}/{part}" for name in spread for part in ("low", "high", "std"))])
+                         *(f"{name}/{part}" for name in spread for part in ("low", "high", "std")),
+                         *(f"attack_{direction}_passes_per_image/{name}" for name in columns if name != WORST_CASE
+                           for direction in ("forward", "backward"))])
         for cell in cells:
             summaries = [cell.summary.get(name) for name in spread]
             writer.writerow([cell.dataset, cell.model, cell.defense, f"{cell.clean_acc:.4f}",
@@ -312,7 +320,10 @@ def write_csv(cells: list[Cell], path: Path) -> None:
                                for name in columns if name != WORST_CASE),
                              *(value for summary in summaries for value in
                                (("", "", "") if summary is None else
-                                (f"{summary.interval[0]:.4f}", f"{summary.interval[1]:.4f}", f"{summary.std:.4f}")))])
+                                (f"{summary.interval[0]:.4f}", f"{summary.interval[1]:.4f}", f"{summary.std:.4f}"))),
+                             *(f"{cell.attack_passes_per_image[name][direction]:.2f}"
+                               if name in cell.attack_passes_per_image else ""
+                               for name in columns if name != WORST_CASE for direction in ("forward", "backward"))])
 
 
 def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = ()) -> str:
@@ -347,6 +358,14 @@ def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = (
         out.write(f"| {row_label(cell, cells)} | " + " | ".join(
             f"{cell.attack_ms_per_image[name]:.2f}" if name in cell.attack_ms_per_image else "–" for name in attacks)
             + " |\n")
+    if any(cell.attack_passes_per_image for cell in cells):
+        out.write("\n## Cost: forward + backward passes per image (the same on any machine)\n\n")
+        out.write("| defense | " + " | ".join(attacks) + " |\n|---|" + "|".join(["---:"] * len(attacks)) + "|\n")
+        for cell in cells:
+            passes = cell.attack_passes_per_image
+            out.write(f"| {row_label(cell, cells)} | " + " | ".join(
+                f"{passes[name]['forward']:.0f} + {passes[name]['backward']:.0f}" if name in passes else "–"
+                for name in attacks) + " |\n")
     randomized = [cell for cell in cells if cell.robust_acc_without_eot]
     if randomized:
         out.write("\n## Randomized predictors attacked WITHOUT EOT (for comparison only; not robust accuracy)\n\n")
