@@ -119,3 +119,90 @@ def test_every_paired_check_records_its_counts_and_p_value(standard_net, batch):
     record = run_audit(standard_net, *batch, eps=0.1, num_classes=10)
     for name in ("pgd_weaker_than_fgsm", "black_box_beats_white_box", "more_steps_help"):
         assert set(record[name]["evidence"]) == {"a_better", "b_better", "p_value", "method"}, name
+
+
+# -- escalation: each flag's remedy, on the model broken for that flag ---------------------------------------
+SETTINGS = {"steps_factor": 5, "restarts": 5, "eot_samples": 20, "square_queries_factor": 5}
+
+
+def escalated(model, x, y, flag, eps=0.1, draws=1, eot_samples=None, surrogate=None, bpda=True):
+    """The suite (PGD-20 L∞ named pgd_linf) on (x, y), then the remedies for `flag`: (original, escalation)."""
+    from omegaconf import OmegaConf
+
+    from robustlab.attacks.expectation import expected_correct
+    from robustlab.evaluation.escalation import escalate, has_stand_ins, remedies
+    from robustlab.models.preprocessing import backward_through_stand_ins
+
+    torch.manual_seed(0)
+    node = OmegaConf.create({"_target_": "robustlab.attacks.PGD", "eps": eps, "steps": 20, "eot_samples": eot_samples})
+    attack = PGD(eps=eps, steps=20, eot_samples=eot_samples)
+    with backward_through_stand_ins(model, bpda):
+        original = {"clean": expected_correct(model, x, y, draws),
+                    "pgd_linf": expected_correct(model, attack(model, x, y), y, draws)}
+    found = remedies(flag, {"pgd_linf": attack}, {"pgd_linf": node}, OmegaConf.create(SETTINGS), surrogate,
+                     has_stand_ins(model), bpda, square_queries=200)
+    assert found and {remedy.flag for remedy in found} == {flag}
+    return original, escalate(model, x, y, draws, original, flag, found, bpda, batch_size=256)
+
+
+def assert_lowered(original, escalation, strictly=True):
+    from robustlab.evaluation.record import decode_per_image
+
+    after = torch.tensor(decode_per_image(escalation["per_image"]["pgd_linf"]))
+    assert (after <= original["pgd_linf"]).all()  # never raised, on any image
+    before = float(original["pgd_linf"].double().mean())
+    assert escalation["robust_acc"]["pgd_linf"] < before if strictly else escalation["robust_acc"]["pgd_linf"] <= before
+    assert escalation["robust_acc"]["worst_case"] <= escalation["robust_acc"]["pgd_linf"]
+
+
+def test_escalation_e_more_steps_and_restarts_find_the_narrow_band():
+    low, width = 0.06, 0.006
+    model = MeanShiftModel(lambda u: torch.where(u < low, 100 * (u - low) - 0.01,
+                                                 torch.where(u < low + width, torch.ones_like(u), -torch.ones_like(u))))
+    original, escalation = escalated(model, *grey_images(200), "e")
+    assert_lowered(original, escalation)
+    assert escalation["trust"] == "escalated" and "pgd_linf/steps×5,restarts=5" in escalation["remedies"]
+
+
+def test_escalation_c_starts_pgd_where_fgsm_ended():
+    model = MeanShiftModel(lambda u: torch.where(u < 0.09, -0.5 - 1000 * (u - 0.03) ** 2, torch.full_like(u, 5.0)))
+    original, escalation = escalated(model, *grey_images(), "c")
+    assert float(original["pgd_linf"].mean()) == 1.0 and escalation["robust_acc"]["pgd_linf"] == 0.0
+    assert_lowered(original, escalation)
+
+
+def test_escalation_d_f_transfers_from_an_undefended_surrogate(standard_net, batch):
+    """Saturated logits (zero gradients): PGD stalls; the same network without the saturation, as a
+    surrogate, crafts examples that transfer, and Square with 5× the queries reads the scores."""
+    saturated = nn.Sequential(standard_net)
+    saturated.forward = lambda inputs: 1e4 * standard_net(inputs)
+    original, escalation = escalated(saturated, *batch, "f", surrogate=standard_net)
+    assert {"pgd_linf/transfer", "square_linf/queries=1000"} <= set(escalation["remedies"])
+    assert escalation["remedies"]["pgd_linf/transfer"]["accuracy"] < 0.5 * float(original["pgd_linf"].mean())
+    assert_lowered(original, escalation)
+
+
+def test_escalation_f_differentiates_a_non_differentiable_step_through_its_stand_in(standard_net, batch):
+    from robustlab.models import BitDepthReduction, Preprocessed
+
+    squeezed = Preprocessed(standard_net, BitDepthReduction(bits=4)).eval()
+    original, escalation = escalated(squeezed, *batch, "f", bpda=False)
+    assert escalation["remedies"]["pgd_linf/bpda"]["accuracy"] < 0.5 * float(original["pgd_linf"].mean())
+    assert_lowered(original, escalation)
+
+
+def test_escalation_g_attacks_with_eot(standard_net, batch):
+    noisy = NoisyModel(standard_net, sigma=0.1)
+    x, y = batch[0][:40], batch[1][:40]
+    original, escalation = escalated(noisy, x, y, "g", draws=10, eot_samples=1)
+    assert "pgd_linf/eot20" in escalation["remedies"]
+    assert_lowered(original, escalation, strictly=False)
+
+
+def test_a_flag_without_remedy_stays_flagged():
+    from robustlab.evaluation.escalation import escalate
+
+    x, y = grey_images(8)
+    escalation = escalate(MeanShiftModel(lambda u: u), x, y, 1, {"clean": torch.ones(8), "pgd_linf": torch.ones(8)},
+                          "b", [], True, 8)
+    assert escalation["trust"] == "still flagged" and escalation["without_remedy"] == "b"

@@ -63,11 +63,12 @@ def test_report_writes_the_expected_markdown(tmp_path):
     text = write_report(sweep(tmp_path))["markdown"].read_text()
     assert "| defense | clean | fgsm | pgd_linf | worst_case | audit | train s |" in text
     # ± half the 95% Wilson interval on n_eval = 1000 images (these records give no n_clean: no interval there)
-    assert "| adv_train | 77.0 | 68.0 ±2.9 | 64.0 ±3.0 | 60.0 ±3.0 | ok | 217 |" in text
-    assert "| noise_injection | 85.0 | 50.0 ±3.1 | 70.0 ±2.8 | 70.0 ±2.8 | ⚑c | 10 |" in text
+    assert "| adv_train | 77.0 | 68.0 ±2.9 | 64.0 ±3.0 | 60.0 ±3.0 | trusted | 217 |" in text
+    # flagged, and never re-attacked (a record without escalation): still flagged
+    assert "| noise_injection | 85.0 | 50.0 ±3.1 | 70.0 ±2.8 | 70.0 ±2.8 | ⚑c still flagged | 10 |" in text
     assert "WITHOUT EOT" in text and "| noise_injection | 60.0 | 80.0 |" in text
     # The flagged row is out of the running, however high its number.
-    assert "**Highest worst-case robust accuracy: adv_train** (60.0%) (among rows without audit flags)" in text
+    assert "**Highest worst-case robust accuracy: adv_train** (60.0%) (among rows trusted or escalated)" in text
     assert "not tested per image" in text  # these records predate per-image correctness
     assert "| none | pgd_linf | 2.0 |" in text and "| noise_injection | fgsm | 50.0 |" in text
     assert "- **c** `pgd_weaker_than_fgsm`: noise_injection" in text
@@ -189,7 +190,7 @@ def test_seeds_aggregate_into_mean_std_and_interval(tmp_path):
     assert close.summary["worst_case"].interval == wilson_interval(0.62, 300)
     text = write_report(tmp_path)["markdown"].read_text()
     assert "## Over seeds" in text and "| adv_train | 0, 1, 2 |" in text and "62.0 ±7.0 (3) [44.6, 79.4]" in text
-    assert "| adv_train | 100.0 ±0.6 | 62.0 ±17.4 | 62.0 ±17.4 | 62.0 ±17.4 | ok |" in text
+    assert "| adv_train | 100.0 ±0.6 | 62.0 ±17.4 | 62.0 ±17.4 | 62.0 ±17.4 | trusted |" in text
     row = next(csv.DictReader((tmp_path / "report" / "results.csv").open()))
     assert row["seeds"] == "3" and row["worst_case/std"] == "0.0700"
     assert row["attack_forward_passes_per_image/pgd_linf"] == "20.25" and "| adv_train | 20 + 20 | – |" in text
@@ -219,3 +220,16 @@ def test_each_threat_model_gets_its_own_answer(tmp_path):
     assert "**Most effective defense: linf_expert** — worst-case robust accuracy 80.0%" in linf
     assert "**Most effective defense: l2_expert** — worst-case robust accuracy 85.0%" in l2
     assert "l2_expert" in union.split("\n\n")[1]  # 35% vs 30% over all attacks
+
+
+def test_an_escalated_cell_shows_the_lower_number_and_its_trust_mark(tmp_path):
+    write_cell(tmp_path, "adv_train", 0.77, {"fgsm": 0.68, "pgd_linf": 0.64, "worst_case": 0.60}, flagged="e",
+               escalation={"trust": "escalated", "flags": "e", "without_remedy": "",
+                           "robust_acc": {"fgsm": 0.68, "pgd_linf": 0.61, "worst_case": 0.58},
+                           "remedies": {"pgd_linf/steps×5,restarts=5": {"accuracy": 0.61}}, "seconds": 12.0})
+    write_cell(tmp_path, "trades", 0.79, {"fgsm": 0.70, "pgd_linf": 0.59, "worst_case": 0.55})
+    text = write_report(tmp_path)["markdown"].read_text()
+    assert "| adv_train | 77.0 | 68.0 ±2.9 | 61.0 ±3.0 | 58.0 ±3.1 | ⚑e escalated | 10 |" in text
+    assert "| adv_train | e | escalated | 60.0 → 58.0 | pgd_linf/steps×5,restarts=5 61.0 | 12.0 |" in text
+    # escalated rows compete in the answer, with their escalated number
+    assert "**Highest worst-case robust accuracy: adv_train** (58.0%)," in text

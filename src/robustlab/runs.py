@@ -21,6 +21,8 @@ from robustlab.evaluation.certification import certifiable, certify_and_check
 from robustlab.evaluation.certification import curves as certification_curves
 from robustlab.evaluation.audit import audit, certificate_check, flags, robustness_curves
 from robustlab.evaluation.engine import Evaluation, EvaluationResults
+from robustlab.evaluation.escalation import (STILL_FLAGGED, TRUSTED, escalate, has_stand_ins, remedies,
+                                             undefended_surrogate)
 from robustlab.evaluation.plots import curves_figure, save_figure
 from robustlab.evaluation.record import FILE_NAME, WITHOUT_EOT, RunRecord, encode_per_image
 from robustlab.evaluation.tensorboard import VISUAL, Logger, log_record
@@ -47,8 +49,9 @@ def evaluate_and_record(cfg: DictConfig, classifier: RobustClassifier, datamodul
     certification = certify_run(cfg, trainer, classifier, datamodule, evaluation, step=last_step)
     if certification:
         audit_record["certificate_violated"] = certificate_check(certification)
+    escalation = escalate_run(cfg, trainer, classifier, datamodule, evaluation, results, audit_record)
     return record_run(cfg, trainer, results, curves, audit_record, checkpoint, chosen, training, steps,
-                      certification)
+                      certification, escalation)
 
 
 def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier, datamodule,
@@ -83,6 +86,36 @@ def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier
     publish_figure(cfg, trainer, figure, "robustness_curves", step)
     log.info(f"audit: {flags(audit_record) or 'no flags'}")
     return curves, audit_record
+
+
+def escalate_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier, datamodule,
+                 evaluation: Evaluation, results: EvaluationResults, audit_record: dict) -> dict:
+    """Re-attack a cell whose audit raised a flag with the flag's remedies, on the evaluation's images
+    (`evaluation/escalation.py`); {} without an audit or with `eval.audit.escalation.enabled=false`."""
+    settings = OmegaConf.select(cfg, "eval.audit.escalation")
+    if not audit_record or settings is None or not settings.enabled:
+        return {}
+    raised = flags(audit_record)
+    n = max(results.n_eval.values(), default=0)
+    if not raised:
+        return {"trust": TRUSTED}
+    if not n:  # no attack ran: nothing to escalate
+        return {"trust": STILL_FLAGGED, "flags": raised, "without_remedy": raised}
+    classifier.eval()
+    predictor = classifier.predictor()
+    images, labels = datamodule.test_set.tensors
+    x, y = images[:n].to(classifier.device), labels[:n].to(classifier.device)
+    surrogate = undefended_surrogate(cfg, classifier.device) if set(raised) & {"d", "f"} else None
+    found = remedies(raised, evaluation.attacks, evaluation_attack_configs(cfg), settings, surrogate,
+                     has_stand_ins(predictor), evaluation.bpda, int(cfg.eval.audit.square_queries))
+    pl.seed_everything(cfg.seed, verbose=False)
+    with trainer.precision_plugin.forward_context():
+        record = escalate(predictor, x, y, evaluation.draws(), results.per_example, raised, found, evaluation.bpda,
+                          int(cfg.dataset.datamodule.eval_batch_size))
+    log.info(f"escalation: {record['trust']} (flags {raised}; worst case "
+             f"{results.robust_acc.get('worst_case', float('nan')):.3f} → "
+             f"{record['robust_acc'].get('worst_case', float('nan')):.3f} in {record['seconds']:.1f} s)")
+    return record
 
 
 def publish_figure(cfg: DictConfig, trainer: pl.Trainer, figure, name: str, step: int) -> None:
@@ -164,7 +197,7 @@ def swept_settings(cfg: DictConfig, chosen: dict[str, str]) -> dict:
 
 def record_run(cfg: DictConfig, trainer: pl.Trainer, results: EvaluationResults, curves: dict, audit_record: dict,
                checkpoint: str | None, chosen: dict[str, str], training: Training | None = None,
-               steps: int = 0, certification: dict | None = None) -> RunRecord:
+               steps: int = 0, certification: dict | None = None, escalation: dict | None = None) -> RunRecord:
     """Write metrics.json into the run directory, log its final numbers and HParams to TensorBoard at the last
     training step (of `steps`; Lightning logs step k's numbers at index k − 1), print where the file is.
 
@@ -192,6 +225,7 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: EvaluationResults,
         audit=audit_record,
         curves={**curves, **certification_curves(certification or {})},
         certification=certification or {},
+        escalation=escalation or {},
         attack_ms_per_image=results.attack_ms_per_image,
         attack_passes_per_image=results.attack_passes_per_image,
         attacks={**attack_descriptions(cfg), **{name: to_plain(node) for name, node in

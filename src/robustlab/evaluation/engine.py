@@ -26,6 +26,7 @@ from robustlab.configuration import instantiate
 from robustlab.defenses.base import evaluation_mode
 from robustlab.errors import require
 from robustlab.evaluation.certification import check_settings as check_certification
+from robustlab.evaluation.escalation import check_settings as check_escalation
 from robustlab.evaluation.images import adversarial_figure
 from robustlab.evaluation.passes import Passes, counting_passes
 from robustlab.evaluation.progress import EvaluationProgressBar
@@ -91,6 +92,7 @@ class Evaluation:
         class_names = cfg.dataset.get("class_names")
         if cfg.eval.get("certify") is not None:
             check_certification(cfg.eval.certify)
+        check_escalation(cfg)
         return cls(evaluation_attacks(cfg), n_eval=n_eval, image_grid=cfg.eval.image_grid,
                    accuracy_draws=cfg.eval.accuracy_draws, compare_without_eot=cfg.eval.compare_without_eot,
                    class_names=list(class_names) if class_names else None, bpda=cfg.eval.get("bpda", True),

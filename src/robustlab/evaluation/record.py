@@ -48,6 +48,7 @@ class RunRecord:
     audit: dict[str, dict] = field(default_factory=dict)  # the gradient-masking checks (evaluation/audit.py)
     curves: dict[str, dict] = field(default_factory=dict)  # accuracy vs ε per attack on the audit's images
     certification: dict = field(default_factory=dict)  # a smoothed classifier's certificates (evaluation/certification.py)
+    escalation: dict = field(default_factory=dict)  # trust mark; a flagged cell's re-attacks (evaluation/escalation.py)
     attack_ms_per_image: dict[str, float] = field(default_factory=dict)
     attack_passes_per_image: dict[str, dict[str, float]] = field(default_factory=dict)  # forward, backward
     attacks: dict[str, dict] = field(default_factory=dict)  # each evaluated attack's config

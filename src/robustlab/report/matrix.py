@@ -23,13 +23,15 @@ from pathlib import Path
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.audit import LETTERS, flags
 from robustlab.evaluation.certification import CERTIFIED
+from robustlab.evaluation.escalation import ESCALATED, STILL_FLAGGED, TRUSTED
 from robustlab.evaluation.plots import curves_grid, heatmap_figure, save_figure
 from robustlab.evaluation.record import CLEAN, FILE_NAME, WORST_CASE, NotARecord, RunRecord, decode_per_image
 from robustlab.evaluation.statistics import LEVEL, SeedSummary, half_width, over_seeds, paired_test
 from robustlab.evaluation.tensorboard import FINAL, accuracy_metrics, write_hparams
 from robustlab.provenance import module_digest
 
-VERSIONS = ("refuse", "current", "mix")  # what to do with results evaluated by different code
+VERSIONS = ("refuse", "current", "mix")
+TRUST_ORDER = ("", TRUSTED, ESCALATED, STILL_FLAGGED)  # a row is as trusted as its least trusted result  # what to do with results evaluated by different code
 
 
 class MixedVersions(RobustlabError):
@@ -102,6 +104,8 @@ class Cell:
     clean_acc: float
     robust_acc: dict[str, float] = field(default_factory=dict)
     flags: str = ""
+    trust: str = ""  # trusted, escalated (flagged, re-attacked with every remedy), still flagged (evaluation/escalation.py)
+    escalations: list[dict] = field(default_factory=list)  # the records' escalations that re-attacked
     audit: dict = field(default_factory=dict)
     curves: dict = field(default_factory=dict)
     train_seconds: float | None = None
@@ -169,7 +173,8 @@ def collect_cells(directory: str | Path, records: dict[str, RunRecord] | None = 
     for source, record in (read_records(directory)[0] if records is None else records).items():
         key = (record.dataset, record.model, record.defense, record.seed)
         merge_record(trainings.setdefault(key, Cell(*key[:3], clean_acc=record.clean_acc)), record, source)
-        for name, text in (record.per_image or {}).items():
+        escalated = (record.escalation or {}).get("per_image", {})
+        for name, text in {**(record.per_image or {}), **escalated}.items():
             values, kept = decode_per_image(text), images.setdefault(key, {}).get(name)
             # Several evaluations of one training: per image, the least correctness (as the worst case is).
             images[key][name] = values if kept is None or len(kept) != len(values) else \
@@ -184,9 +189,13 @@ def collect_cells(directory: str | Path, records: dict[str, RunRecord] | None = 
 
 
 def merge_record(cell: Cell, record: RunRecord, source: str) -> None:
-    """One more evaluation of the cell's training (another attack, say) into the cell."""
-    worst = min(cell.robust_acc.get(WORST_CASE, 1.0), record.robust_acc.get(WORST_CASE, 1.0))
-    cell.robust_acc.update(record.robust_acc)
+    """One more evaluation of the cell's training (another attack, say) into the cell. An escalated record
+    counts with its escalated numbers (at most the original ones)."""
+    escalation = record.escalation or {}
+    robust_acc = {name: min(value, escalation.get("robust_acc", {}).get(name, value))
+                  for name, value in record.robust_acc.items()}
+    worst = min(cell.robust_acc.get(WORST_CASE, 1.0), robust_acc.get(WORST_CASE, 1.0))
+    cell.robust_acc.update(robust_acc)
     if WORST_CASE in cell.robust_acc:  # each run's worst case bounds all of its attacks, so the least does too
         cell.robust_acc[WORST_CASE] = worst
     cell.attack_ms_per_image.update(record.attack_ms_per_image)
@@ -200,6 +209,10 @@ def merge_record(cell: Cell, record: RunRecord, source: str) -> None:
     cell.randomized = cell.randomized or bool(record.randomized)
     cell.n_eval = max(cell.n_eval, int(record.n_eval or 0))
     cell.n_clean = max(cell.n_clean, int(record.n_clean or 0))
+    trust = escalation.get("trust") or (STILL_FLAGGED if flags(record.audit or {}) else TRUSTED if record.audit else "")
+    cell.trust = max(cell.trust, trust, key=TRUST_ORDER.index)
+    if escalation.get("remedies") is not None:
+        cell.escalations.append({**escalation, "source": source, "original": record.robust_acc.get(WORST_CASE)})
     cell.norms.update({name: attack["norm"] for name, attack in (record.attacks or {}).items()
                        if isinstance(attack, dict) and attack.get("norm")})
     if record.train_seconds is not None:
@@ -221,6 +234,8 @@ def aggregate(trainings: list[Cell], seeds: list, images: list[dict[str, list[fl
             if name not in row.audit or check["flagged"]:
                 row.audit[name] = check
         row.norms.update(cell.norms)
+        row.trust = max(row.trust, cell.trust, key=TRUST_ORDER.index)
+        row.escalations += cell.escalations
         row.randomized = row.randomized or cell.randomized
         row.n_eval, row.n_clean = max(row.n_eval, cell.n_eval), max(row.n_clean, cell.n_clean)
         row.sources += cell.sources
@@ -303,7 +318,7 @@ def write_csv(cells: list[Cell], path: Path) -> None:
         writer = csv.writer(handle, lineterminator="\n")
         certified = certified_column(cells)
         spread = [CLEAN, *columns]
-        writer.writerow(["dataset", "model", "defense", "clean_acc", *columns, *certified, "audit_flags", "randomized",
+        writer.writerow(["dataset", "model", "defense", "clean_acc", *columns, *certified, "audit_flags", "trust", "randomized",
                          "n_eval", "seeds", "train_seconds", *(f"attack_ms_per_image/{name}" for name in columns
                                                               if name != WORST_CASE),
                          *(f"{name}/{part}" for name in spread for part in ("low", "high", "std")),
@@ -314,7 +329,7 @@ def write_csv(cells: list[Cell], path: Path) -> None:
             writer.writerow([cell.dataset, cell.model, cell.defense, f"{cell.clean_acc:.4f}",
                              *(f"{cell.robust_acc[name]:.4f}" if name in cell.robust_acc else "" for name in columns),
                              *("" if certified_value(cell) is None else f"{certified_value(cell):.4f}" for _ in certified),
-                             cell.flags, cell.randomized, cell.n_eval, len(cell.seeds),
+                             cell.flags, cell.trust, cell.randomized, cell.n_eval, len(cell.seeds),
                              "" if cell.train_seconds is None else f"{cell.train_seconds:.1f}",
                              *(f"{cell.attack_ms_per_image[name]:.3f}" if name in cell.attack_ms_per_image else ""
                                for name in columns if name != WORST_CASE),
@@ -334,7 +349,9 @@ def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = (
     out.write("Accuracy (%) on the first n test images (clean: the whole test split), ± half its 95% interval (Wilson "
               "on one seed; over several seeds, the mean, its interval holding image and seed noise: section "
               f"\"Over seeds\"); seeds per row: {', '.join(map(str, seeds))}. ⚑ marks the gradient-masking "
-              "audit's flags for the row (letters below): such a number is likely an overestimate. Randomized "
+              "audit's flags for the row (letters below): such a number is likely an overestimate, so the cell is "
+              "attacked again with each flag's remedy (section Escalation) and shows the lower number, marked "
+              "*escalated*, or *still flagged* where a flag has no remedy. Randomized "
               "predictors are attacked with EOT; mixtures exactly (expected loss and accuracy over members) and by ARC "
               "(columns arc, arc_l2), which their worst case includes.\n\n")
     out.write("Built from:\n\n" + "\n".join(provenance_lines(cells)) + "\n\n")
@@ -348,7 +365,7 @@ def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = (
     for cell in cells:
         row = [row_label(cell, cells), _with_interval(cell, CLEAN), *(_with_interval(cell, name) for name in columns),
                *(_percent(certified_value(cell)) for _ in certified),
-               f"⚑{cell.flags}" if cell.flags else "ok" if cell.audit else "not audited",
+               trust_mark(cell),
                "–" if cell.train_seconds is None else f"{cell.train_seconds:.0f}"]
         out.write("| " + " | ".join(row) + " |\n")
     attacks = [name for name in columns if name != WORST_CASE]
@@ -377,6 +394,8 @@ def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = (
         out.write(seeds_section(cells, [CLEAN, *columns]))
     if certified:
         out.write(certification_section(cells))
+    if any(cell.escalations for cell in cells):
+        out.write(escalation_section(cells))
     out.write("\n## Audit flags\n\n")
     for name, letter in LETTERS.items():
         flagged = [row_label(cell, cells) for cell in cells if letter in cell.flags]
@@ -384,6 +403,33 @@ def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = (
     out.write("\n## Answer\n\n")
     out.write(answer(cells))
     return out.getvalue()
+
+
+def trust_mark(cell: Cell) -> str:
+    """The audit column: "trusted", or the flags and whether escalation settled them ("not audited" if no audit)."""
+    if not cell.audit:
+        return "not audited"
+    if not cell.flags:
+        return TRUSTED
+    return f"⚑{cell.flags} {cell.trust or STILL_FLAGGED}"
+
+
+def escalation_section(cells: list[Cell]) -> str:
+    """Each escalated result: its flags, the worst case before and after, each remedy, and the cost."""
+    lines = ["\n## Escalation\n\nA flagged cell is attacked again with its flags' remedies (e: 5× the steps and 5 "
+             "restarts; c: from FGSM's point; g: EOT; d, f: BPDA, a transfer attack from an undefended surrogate, "
+             "Square with 5× the queries); the table shows the lower number. a, b and h have no remedy: such a "
+             "cell stays *still flagged* and is left out of the answer.\n\n",
+             "| defense | flags | trust | worst case before → after (%) | remedies (accuracy %) | seconds |\n"
+             "|---|---|---|---:|---|---:|\n"]
+    for cell in cells:
+        for escalation in cell.escalations:
+            remedies = ", ".join(f"{name} {_percent(result['accuracy'])}"
+                                 for name, result in escalation["remedies"].items()) or "none"
+            lines.append(f"| {row_label(cell, cells)} | {escalation['flags']} | {escalation['trust']} | "
+                         f"{_percent(escalation['original'])} → {_percent(escalation['robust_acc'].get(WORST_CASE))} | "
+                         f"{remedies} | {escalation['seconds']:.1f} |\n")
+    return "".join(lines)
 
 
 def seeds_section(cells: list[Cell], names: list[str]) -> str:
@@ -466,11 +512,11 @@ def most_effective(cells: list[Cell], ranked: list[Cell], norm: str | None) -> s
     title = f"\n### {THREATS[norm][0].upper() + THREATS[norm][1:]}\n\n"
     if not ranked:
         return title + "No row has per-image results for these attacks.\n"
-    honest = [cell for cell in ranked if not cell.flags] or ranked
+    honest = [cell for cell in ranked if cell.trust != STILL_FLAGGED] or ranked
     ordered = sorted(honest, key=lambda cell: (-values[row_label(cell, cells)], -cell.clean_acc, row_label(cell, cells)))
     best, others = ordered[0], ordered[1:]
     value = lambda cell: values[row_label(cell, cells)]  # noqa: E731
-    note = " (among rows without audit flags)" if len(honest) < len(ranked) else ""
+    note = " (among rows trusted or escalated)" if len(honest) < len(ranked) else ""
     seeds = f", {len(best.seeds)} seed(s)" if len(best.seeds) > 1 else ""
     tests = {}
     for other in others:
