@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,9 +86,14 @@ class Figure:
 
 
 def compose_config(overrides: list[str], output_dir: str):
+    """The config `python train.py <overrides>` runs, with Hydra's own config set as in a run, so that
+    `${hydra:...}` interpolations resolve (`trainer=gpu` reads the job number)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"paths.root_dir={ROOT}", f"paths.output_dir={output_dir}", *overrides])
+        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", f"paths.output_dir={output_dir}", *overrides],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
 
 
 def timed(function, repeats: int, device: torch.device, warmup: int = 1) -> list[float]:
@@ -370,10 +376,15 @@ def main() -> None:
             print(measure_evaluation_memory(args.evaluation_memory, rest, output_dir, device))
             return
         sizes = Sizes.tiny() if args.tiny else Sizes.full()
-        figures = [*attack_throughput(sizes, args.repeats, output_dir, device),
-                   *training_epoch(sizes, args.repeats, output_dir, device),
-                   *evaluation_memory(sizes, args.repeats, device),
-                   *(cold_matrix(sizes, device) if args.matrix else [])]
+        figures = []
+        for measure in (lambda: attack_throughput(sizes, args.repeats, output_dir, device),
+                        lambda: training_epoch(sizes, args.repeats, output_dir, device),
+                        lambda: evaluation_memory(sizes, args.repeats, device),
+                        *([lambda: cold_matrix(sizes, device)] if args.matrix else [])):
+            measured = measure()
+            for figure in measured:  # as soon as measured: a run stopped part way still says what it found
+                print(f"measured {figure.name}: {figure.median:,.1f} {figure.unit}", flush=True)
+            figures += measured
     ratio_lines = ratios({figure.name: figure for figure in figures}, sizes, device)
     command = "python scripts/bench.py" + (" --tiny" if args.tiny else "") + \
               (f" --device {args.device}" if args.device != "cpu" else "") + (" --matrix" if args.matrix else "") + \
