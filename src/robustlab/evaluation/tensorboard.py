@@ -7,7 +7,8 @@ last training step, so it sits at the end of the learning curves: `verdict/accur
 `verdict/accuracy/robust` (the worst case), `verdict/accuracy/under/<attack>`, `verdict/accuracy/certified_l2`
 (a smoothed classifier's), each accuracy's 95% interval (`verdict/accuracy_interval/<clean|robust|under/<attack>>/
 low` and `/high`), `verdict/attack_ms_per_image/<attack>`, the passes per image
-(`verdict/attack_passes_per_image/<attack>/<forward|backward>`), `verdict/certify_ms_per_image`,
+(`verdict/attack_passes_per_image/<attack>/<forward|backward>`), a flagged run's escalated numbers
+(`verdict/accuracy_escalated/...`, `verdict/escalation_seconds`), `verdict/certify_ms_per_image`,
 `verdict/best_<selection metric>`, `verdict/train_seconds`, `verdict/audit_flags`. The HParams summary
 lists the settings a researcher sweeps (`settings` of the record) with those same tags as its metrics; the
 attack × defense report writes its HParams table the same way.
@@ -62,6 +63,11 @@ def final_metrics(record: RunRecord) -> dict[str, float]:
                     for name, passes in record.attack_passes_per_image.items() for direction, value in passes.items()})
     if record.certification:
         metrics[f"{FINAL}/certify_ms_per_image"] = record.certification["ms_per_image"]
+    escalated = (record.escalation or {}).get("robust_acc", {})
+    if escalated:  # a flagged run attacked again with its remedies: the lower numbers, and their cost
+        metrics.update({f"{FINAL}/accuracy_escalated/{'robust' if name == WORST_CASE else f'under/{name}'}": value
+                        for name, value in escalated.items()})
+        metrics[f"{FINAL}/escalation_seconds"] = record.escalation["seconds"]
     selection = record.selection or {}
     if selection.get("best") is not None:
         metrics[f"{FINAL}/best_{selection['metric'].replace('/', '_')}"] = selection["best"]
