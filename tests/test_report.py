@@ -99,12 +99,14 @@ def test_report_script_prints_the_markdown(tmp_path):
 
 
 def test_matrix_sweep_writes_the_report_and_a_rerun_only_reads(tmp_path):
-    """sweep=matrix end to end on tiny data: the Hydra callback writes the report; a re-run retrains nothing."""
+    """sweep=matrix end to end on tiny data, over two seeds: the Hydra callback writes the report, which
+    aggregates the seeds per defense; each seed trains its own model; a re-run retrains nothing."""
     import time
 
     from conftest import TINY, run_script
 
-    overrides = ["-m", "sweep=matrix", "hydra.sweeper.params.defense='none,fast_adv_train'", *TINY, "logger=none",
+    overrides = ["-m", "sweep=matrix", "hydra.sweeper.params.defense='none,fast_adv_train'", "seed=0,1", *TINY,
+                 "logger=none",
                  "eval.n_samples=32", "eval.audit.n_samples=16", "eval.audit.square_queries=50",
                  "eval.attacks.apgd_ce.steps=10", "eval.attacks.square.queries=50", "eval.attacks.autoattack.steps=10",
                  "eval.attacks.autoattack.square_queries=100"]
@@ -116,9 +118,12 @@ def test_matrix_sweep_writes_the_report_and_a_rerun_only_reads(tmp_path):
     text = (report / "REPORT.md").read_text()
     assert "| fast_adv_train |" in text and "| none |" in text and "apgd_ce" in text and "square" in text
     assert (report / "heatmap.png").is_file() and (report / "results.csv").is_file()
+    assert "## Over seeds" in text and "| fast_adv_train | 0, 1 |" in text and "| none | 0, 1 |" in text
+    checkpoints = tmp_path / "checkpoints" / "synthetic" / "basic_net"
+    assert len(list((checkpoints / "fast_adv_train").glob("*/trained.json"))) == 2  # a training per seed
     started = time.perf_counter()
     second = run_script("train.py", *overrides, output_root=tmp_path)
-    assert second.returncode == 0 and second.stdout.count("run already finished") == 2
+    assert second.returncode == 0 and second.stdout.count("run already finished") == 4
     assert (report / "REPORT.md").read_text() == text
     assert time.perf_counter() - started < first_seconds
 
