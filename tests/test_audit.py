@@ -171,12 +171,13 @@ def test_escalation_c_starts_pgd_where_fgsm_ended():
     assert_lowered(original, escalation)
 
 
-def test_escalation_d_f_transfers_from_an_undefended_surrogate(standard_net, batch):
-    """Saturated logits (zero gradients): PGD stalls; the same network without the saturation, as a
-    surrogate, crafts examples that transfer, and Square with 5× the queries reads the scores."""
+@pytest.mark.parametrize("flag", ["d", "f"])
+def test_escalation_d_f_transfers_from_an_undefended_surrogate(flag, standard_net, batch):
+    """Saturated logits (zero gradients, flags d and f): PGD stalls; the same network without the saturation,
+    as a surrogate, crafts examples that transfer, and Square with 5× the queries reads the scores."""
     saturated = nn.Sequential(standard_net)
     saturated.forward = lambda inputs: 1e4 * standard_net(inputs)
-    original, escalation = escalated(saturated, *batch, "f", surrogate=standard_net)
+    original, escalation = escalated(saturated, *batch, flag, surrogate=standard_net)
     assert {"pgd_linf/transfer", "square_linf/queries=1000"} <= set(escalation["remedies"])
     assert escalation["remedies"]["pgd_linf/transfer"]["accuracy"] < 0.5 * float(original["pgd_linf"].mean())
     assert_lowered(original, escalation)
@@ -206,3 +207,44 @@ def test_a_flag_without_remedy_stays_flagged():
     escalation = escalate(MeanShiftModel(lambda u: u), x, y, 1, {"clean": torch.ones(8), "pgd_linf": torch.ones(8)},
                           "b", [], True, 8)
     assert escalation["trust"] == "still flagged" and escalation["without_remedy"] == "b"
+
+
+@pytest.mark.parametrize("override, key", [("eval.audit.escalation.steps_factor=0", "eval.audit.escalation.steps_factor"),
+                                           ("eval.audit.escalation.eot_samples=1.5", "eval.audit.escalation.eot_samples"),
+                                           ("eval.audit.escalation.surrogate=/no/such.ckpt",
+                                            "eval.audit.escalation.surrogate")])
+def test_bad_escalation_settings_name_their_key(override, key, tmp_path):
+    from conftest import compose_config
+    from robustlab.errors import ConfigError
+    from robustlab.evaluation.engine import Evaluation
+
+    cfg = compose_config(["dataset=synthetic", override], tmp_path)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        Evaluation.from_config(cfg)
+
+
+def test_bad_escalation_settings_are_refused_before_training(tmp_path):
+    from conftest import TINY, run_script
+
+    result = run_script("train.py", *TINY, "eval.audit.escalation.restarts=0", output_root=tmp_path)
+    assert result.returncode == 2
+    assert "eval.audit.escalation.restarts=0" in result.stderr and "an integer ≥ 1" in result.stderr
+    assert "Epoch" not in result.stdout + result.stderr
+
+
+def test_a_flagged_run_records_its_escalation(tmp_path):
+    """`python train.py defense=bit_depth eval.bpda=false`: plain PGD meets zero gradients (flags b, d, f); the
+    run attacks again through BPDA and with Square, and records the lower numbers beside the original ones."""
+    import json
+
+    from conftest import TINY, run_script
+
+    result = run_script("train.py", *TINY, "defense=bit_depth", "eval.bpda=false", "eval.audit.n_samples=32",
+                        "eval.audit.square_queries=50", f"hydra.run.dir={tmp_path}", output_root=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    escalation = metrics["escalation"]
+    assert "f" in escalation["flags"] and "pgd_linf/bpda" in escalation["remedies"]
+    assert escalation["trust"] == ("still flagged" if "b" in escalation["flags"] else "escalated")
+    assert escalation["robust_acc"]["worst_case"] <= metrics["robust_acc"]["worst_case"]
+    assert escalation["robust_acc"]["pgd_linf"] < metrics["robust_acc"]["pgd_linf"]
