@@ -82,7 +82,11 @@ def test_tensorboard_has_one_tag_per_quantity_and_the_final_numbers_once_at_the_
     attacks = ("fgsm", "pgd_linf", "pgd_l2")
     final = {"verdict/accuracy/clean", "verdict/accuracy/robust", "verdict/audit_flags", "verdict/train_seconds",
              "verdict/best_val_robust_acc", *(f"verdict/accuracy/under/{name}" for name in attacks),
-             *(f"verdict/attack_ms_per_image/{name}" for name in attacks)}
+             *(f"verdict/attack_ms_per_image/{name}" for name in attacks),
+             *(f"verdict/attack_passes_per_image/{name}/{direction}" for name in attacks
+               for direction in ("forward", "backward")),
+             *(f"verdict/accuracy_interval/{name}/{end}" for name in ("clean", "robust", *(f"under/{a}" for a in attacks))
+               for end in ("low", "high"))}
     assert set(tags["scalars"]) == learning | final  # one tag per quantity: no loss_step/_epoch, no copies
     last_step = max(event.step for tag in learning for event in events.Scalars(tag))
     for tag in final:
@@ -165,10 +169,14 @@ def test_train_script_on_a_real_fashion_mnist_subset(tmp_path):
 
 
 def test_worst_case_is_at_most_every_attack_on_every_image(trained_run):
+    """From the per-image results metrics.json keeps (on the first n_eval images)."""
+    from robustlab.evaluation.record import decode_per_image
+
     _, results = trained_run
-    per_example = results.per_example
-    worst = per_example["worst_case"]
+    per_image = {name: torch.tensor(decode_per_image(text)) for name, text in results.per_image.items()}
+    worst = per_image["worst_case"]
     assert len(worst) == 64
     for name in ("clean", "fgsm", "pgd_linf", "pgd_l2"):
-        assert (worst <= per_example[name][:64]).all(), name
+        assert len(per_image[name]) == 64 and (worst <= per_image[name]).all(), name
     assert results.robust_acc["worst_case"] == pytest.approx(worst.double().mean().item())
+    assert results.robust_acc["pgd_linf"] == pytest.approx(per_image["pgd_linf"].double().mean().item())

@@ -303,6 +303,11 @@ def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def _count(images: float) -> str:
+    """Images, or a sum of per-image differences (fractional for means over seeds or draws)."""
+    return f"{images:.0f}" if abs(images - round(images)) < 1e-9 else f"{images:.1f}"
+
+
 def _with_interval(cell: Cell, name: str) -> str:
     """"64.4 ±3.0": the accuracy (mean over seeds) and half its 95% interval's width, in points."""
     value = cell.clean_acc if name == CLEAN else cell.robust_acc.get(name)
@@ -549,7 +554,7 @@ def most_effective(cells: list[Cell], ranked: list[Cell], norm: str | None) -> s
              f"| {row_label(best, cells)} (best) | {_percent(value(best))} | | | |\n"]
     for other in others:
         test, n = tests[row_label(other, cells)]
-        table.append(f"| {row_label(other, cells)} | {_percent(value(other))} | {test.a_better:g} / {test.b_better:g} | "
+        table.append(f"| {row_label(other, cells)} | {_percent(value(other))} | {_count(test.a_better)} / {_count(test.b_better)} | "
                      f"{test.p_value:.2g} | {test.method}, {n} images |\n")
     return title + head + "".join(table)
 
