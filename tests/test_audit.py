@@ -248,3 +248,13 @@ def test_a_flagged_run_records_its_escalation(tmp_path):
     assert escalation["trust"] == ("still flagged" if "b" in escalation["flags"] else "escalated")
     assert escalation["robust_acc"]["worst_case"] <= metrics["robust_acc"]["worst_case"]
     assert escalation["robust_acc"]["pgd_linf"] < metrics["robust_acc"]["pgd_linf"]
+
+
+def test_escalation_keeps_the_single_draw_copies_out_of_the_worst_case():
+    """A randomized predictor's `/without_eot` passes are reported apart, never in its worst case."""
+    from robustlab.evaluation.escalation import escalate
+
+    x, y = grey_images(8)
+    per_example = {"clean": torch.ones(8), "pgd_linf": torch.ones(8), "pgd_linf/without_eot": torch.zeros(8)}
+    escalation = escalate(MeanShiftModel(lambda u: u), x, y, 1, per_example, "b", [], True, 8)
+    assert escalation["robust_acc"] == {"pgd_linf": 1.0, "worst_case": 1.0}
