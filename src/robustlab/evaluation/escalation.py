@@ -96,8 +96,9 @@ class FromFGSM(Attack):
 
 
 def remedies(flags: str, attacks: Mapping[str, Attack], configs: Mapping[str, DictConfig], settings: DictConfig,
-             surrogate: nn.Module | None, has_stand_ins: bool, bpda: bool, square_queries: int) -> list[Remedy]:
-    """The re-attacks for the raised `flags` (letters), given the suite's attacks and their configs."""
+             surrogate: nn.Module | None, stand_ins: bool, bpda: bool, square_queries: int) -> list[Remedy]:
+    """The re-attacks for the raised `flags` (letters), given the suite's attacks and their configs; `stand_ins`:
+    whether the predictor has non-differentiable steps that BPDA can differentiate."""
     pgds = {name: attack for name, attack in attacks.items() if isinstance(attack, PGD) and attack.steps > 1}
     found: list[Remedy] = []
     if "e" in flags:
@@ -117,7 +118,7 @@ def remedies(flags: str, attacks: Mapping[str, Attack], configs: Mapping[str, Di
                                     attack.with_eot_samples(settings.eot_samples)))
     if "d" in flags or "f" in flags:
         letter = "f" if "f" in flags else "d"
-        if has_stand_ins and not bpda:
+        if stand_ins and not bpda:
             found += [Remedy(f"{name}/bpda", letter, name, attack, bpda=True) for name, attack in pgds.items()]
         if surrogate is not None:
             found += [Remedy(f"{name}/transfer", letter, name, transfer(attack, surrogate))
