@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import shutil
+from statistics import fmean as mean
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,8 +242,7 @@ def aggregate(trainings: list[Cell], seeds: list, images: list[dict[str, list[fl
         row.sources += cell.sources
         row.evaluation_code.update(cell.evaluation_code)
         row.provenance.update(cell.provenance)
-    names = [name for name in attack_columns(trainings)]
-    for name in names:
+    for name in attack_columns(trainings):
         values = [cell.robust_acc[name] for cell in trainings if name in cell.robust_acc]
         row.robust_acc[name] = mean(values)
         if row.n_eval:  # records without their image counts get no interval
@@ -266,10 +266,6 @@ def aggregate(trainings: list[Cell], seeds: list, images: list[dict[str, list[fl
         row.per_image = {name: [mean(values) for values in zip(*(per_seed[name] for per_seed in images))]
                          for name in sorted(common)}
     return row
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def attack_columns(cells: list[Cell]) -> list[str]:
