@@ -65,6 +65,7 @@ def test_every_record_carries_its_provenance(tmp_path):
     assert stored["provenance"]["git_commit"] == head and stored["robustlab"]["training_code"] == trained["code"]
 
 
+@pytest.mark.slow  # 54 s, six runs; the default suite checks each record's code digests and what changes a hash
 def test_a_changed_attack_re_evaluates_and_a_changed_model_retrains(tmp_path):
     package = tmp_path / "package"
     shutil.copytree(SOURCE, package / "robustlab", ignore=shutil.ignore_patterns("__pycache__"))

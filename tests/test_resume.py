@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 import robustlab.train
@@ -44,6 +45,7 @@ def kill_after_first_checkpoint(command: list[str], checkpoint_root: Path, run_d
     assert not (run_dir / "metrics.json").exists(), "the run finished before it could be killed"
 
 
+@pytest.mark.slow  # 51 s; the default suite kills and resumes a training in tests/test_defenses.py (multi-stage)
 def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
     for root in (uninterrupted, interrupted):
@@ -84,6 +86,7 @@ def test_finished_run_is_skipped_and_training_is_reused_for_a_new_budget(tmp_pat
     assert rebudgeted["attacks"]["pgd_linf"]["eps"] == 0.05
 
 
+@pytest.mark.slow  # 47 s; the default suite re-runs a sweep in tests/test_report.py and reuses a training above
 def test_sweep_rerun_skips_finished_cells_and_retrains_only_for_training_keys(tmp_path):
     sweep = ["-m", *TINY, "logger=none", "attack=fgsm,pgd_l2"]
     first = run_script("train.py", *sweep, output_root=tmp_path)

@@ -71,6 +71,7 @@ def test_ddp_trains_once_and_evaluates_every_image_once(tmp_path):
     assert not list(tmp_path.glob("*.partial"))
 
 
+@pytest.mark.slow  # 47 s; the default suite runs DDP over gloo in the test above
 def test_ddp_evaluation_equals_a_single_device_evaluation(tmp_path):
     """Same checkpoint, same images, same precision: 2 gloo processes give exactly the single-process numbers,
     per attack, worst case and curves, even when the passes' batches do not divide evenly between them."""
@@ -95,6 +96,7 @@ def test_ddp_evaluation_equals_a_single_device_evaluation(tmp_path):
     assert single["n_eval"] == 100 and single["n_clean"] == 256
 
 
+@pytest.mark.slow  # 37 s; the default suite runs DDP above and a trainer=gpu multirun in its CPU form
 def test_ddp_inside_a_multirun_runs_each_cell_once(tmp_path):
     """Lightning starts DDP process 1 by re-running the command; in a multirun that must be the cell alone."""
     result = run_script("train.py", "-m", *TINY, "trainer.max_epochs=1", *DDP_CPU, "attack=fgsm,pgd_l2",
