@@ -17,9 +17,9 @@ import csv
 import io
 import json
 import shutil
-from statistics import fmean as mean
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import fmean as mean
 
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.audit import LETTERS, flags
