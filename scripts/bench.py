@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
@@ -171,18 +172,71 @@ def attack_throughput(sizes: Sizes, repeats: int, output_dir: str, device: torch
     return figures
 
 
-# -- 2. adversarial-training epoch ------------------------------------------------------------------------
+# -- 2. adversarial training: whole epochs, and the framework's cost per step ---------------------------
+TRAINING = ["defense=adv_train", "trainer.max_epochs=1", "trainer.limit_val_batches=0"]
+QUIET = ["logger=none", "~callbacks.model_checkpoint", "+trainer.enable_checkpointing=false", "~callbacks.progress_bar",
+         "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+WARM_STEPS = 10  # steps left out of a per-step time: the first ones pay for allocations and caches
+
+
+def plain_adversarial_training(cfg, datamodule, device: torch.device, batches: int | None) -> float:
+    """What a user writes by hand: the same data (on the device), model, PGD-7 and optimizer, in fp32, one epoch
+    (or `batches` steps). Returns the seconds per step after the first `WARM_STEPS`."""
+    torch.manual_seed(0)
+    model = build_classifier(cfg).model.to(device, memory_format=torch.contiguous_format).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
+    eps, steps = cfg.defense.attack.eps, cfg.defense.attack.steps
+    alpha = 2.5 * eps / steps
+    images, labels = (tensor.to(device) for tensor in datamodule.train_set.tensors)
+    order = torch.randperm(len(labels), device=device)
+    started, index = time.perf_counter(), 0
+    for index, batch in enumerate(order.split(datamodule.batch_size)):
+        if batches is not None and index == batches:
+            break
+        if index == WARM_STEPS:
+            started = synchronized(device)
+        x, y = images[batch], labels[batch]
+        delta = torch.empty_like(x).uniform_(-eps, eps)
+        x_adv = (x + delta).clamp(0, 1)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            grad, = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
+            x_adv = x_adv.detach() + alpha * grad.sign()
+            x_adv = (x + (x_adv - x).clamp(-eps, eps)).clamp(0, 1)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x_adv), y).backward()
+        optimizer.step()
+    return (synchronized(device) - started) / max(index - WARM_STEPS, 1)
+
+
+def synchronized(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class StepClock(pl.Callback):
+    """The seconds per training step after the first `WARM_STEPS`, as Lightning runs them."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if batch_idx == WARM_STEPS:
+            self.started = synchronized(pl_module.device)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.ended, self.steps = synchronized(pl_module.device), batch_idx + 1 - WARM_STEPS
+
+    @property
+    def seconds_per_step(self) -> float:
+        return (self.ended - self.started) / max(self.steps, 1)
+
+
 def training_epoch(sizes: Sizes, repeats: int, output_dir: str, device: torch.device) -> list[Figure]:
     limit = [] if sizes.train_batches is None else [f"trainer.limit_train_batches={sizes.train_batches}"]
     trainer = ["trainer=gpu"] if device.type == "cuda" else []
     models = model_overrides(sizes) if device.type == "cuda" else model_overrides(sizes)[:1]
     figures = []
     for model_name, overrides in models:
-        cfg = compose_config([*sizes.dataset, *overrides, "defense=adv_train", *trainer, "trainer.max_epochs=1",
-                              "trainer.limit_val_batches=0", "logger=none", "~callbacks.model_checkpoint",
-                              "+trainer.enable_checkpointing=false", "~callbacks.progress_bar",
-                              "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *limit],
-                             output_dir)
+        cfg = compose_config([*sizes.dataset, *overrides, *TRAINING, *trainer, *QUIET, *limit], output_dir)
         datamodule = build_datamodule(cfg.dataset)
 
         def robustlab_epoch() -> None:
@@ -191,34 +245,36 @@ def training_epoch(sizes: Sizes, repeats: int, output_dir: str, device: torch.de
             trainer.fit(classifier, datamodule=datamodule)
 
         def plain_epoch() -> None:
-            """What a user writes by hand: the same data (on the device), model, PGD-7 and optimizer, in fp32."""
-            torch.manual_seed(0)
-            model = build_classifier(cfg).model.to(device, memory_format=torch.contiguous_format).train()
-            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr)
-            eps, steps = cfg.defense.attack.eps, cfg.defense.attack.steps
-            alpha = 2.5 * eps / steps
-            images, labels = (tensor.to(device) for tensor in datamodule.train_set.tensors)
-            order = torch.randperm(len(labels), device=device)
-            for index, batch in enumerate(order.split(datamodule.batch_size)):
-                if sizes.train_batches is not None and index == sizes.train_batches:
-                    break
-                x, y = images[batch], labels[batch]
-                delta = torch.empty_like(x).uniform_(-eps, eps)
-                x_adv = (x + delta).clamp(0, 1)
-                for _ in range(steps):
-                    x_adv.requires_grad_(True)
-                    grad, = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
-                    x_adv = x_adv.detach() + alpha * grad.sign()
-                    x_adv = (x + (x_adv - x).clamp(-eps, eps)).clamp(0, 1)
-                optimizer.zero_grad()
-                F.cross_entropy(model(x_adv), y).backward()
-                optimizer.step()
+            plain_adversarial_training(cfg, datamodule, device, sizes.train_batches)
 
         for name, run in tqdm([("robustlab", robustlab_epoch), ("plain PyTorch loop", plain_epoch)],
                               desc=f"PGD-7 training epoch, {model_name}", leave=False):
             figures.append(Figure(f"PGD-7 adversarial-training epoch, {model_name}: {name}", "s",
                                   timed(run, repeats, device, warmup=0 if device.type == "cpu" else 1)))
     return figures
+
+
+def step_overhead(sizes: Sizes, repeats: int, output_dir: str, device: torch.device) -> list[Figure]:
+    """One PGD-7 adversarial-training step of a one-linear-layer model (`model=linear`: compute is negligible,
+    so the time is the framework's), through `python train.py`'s config with its default progress bar,
+    TensorBoard logging and checkpointing, against the plain loop; alternated, per step after the first ten."""
+    limit = [] if sizes.train_batches is None else [f"trainer.limit_train_batches={WARM_STEPS + sizes.train_batches}"]
+    trainer = ["trainer=gpu"] if device.type == "cuda" else []
+    cfg = compose_config([*sizes.dataset, "model=linear", *TRAINING, *trainer, *limit, f"paths.output_root={output_dir}"],
+                         output_dir)
+    datamodule = build_datamodule(cfg.dataset)
+    batches = None if sizes.train_batches is None else WARM_STEPS + sizes.train_batches
+    ours, plain = [], []
+    for _ in tqdm(range(repeats), desc="per-step overhead, linear model", leave=False):
+        torch.manual_seed(0)
+        clock = StepClock()
+        classifier, lightning = build_classifier(cfg), build_trainer(cfg)
+        lightning.callbacks.append(clock)
+        lightning.fit(classifier, datamodule=datamodule)
+        ours.append(1000 * clock.seconds_per_step)
+        plain.append(1000 * plain_adversarial_training(cfg, datamodule, device, batches))
+    return [Figure("PGD-7 adversarial-training step, linear model: robustlab (train.py defaults)", "ms", ours),
+            Figure("PGD-7 adversarial-training step, linear model: plain PyTorch loop", "ms", plain)]
 
 
 # -- 3. evaluation memory ---------------------------------------------------------------------------------
@@ -300,6 +356,9 @@ def ratios(figures: dict[str, Figure], sizes: Sizes, device: torch.device) -> li
         lines.append((f"adversarial-training epoch robustlab / plain loop, {model}",
                       find(f"epoch, {model}: robustlab") / find(f"epoch, {model}: plain PyTorch loop"),
                       "≤ 0.5" if gpu else "≤ 1.10"))
+    lines.append(("adversarial-training step robustlab / plain loop, linear model (framework overhead)",
+                  find("step, linear model: robustlab (train.py defaults)") / find("step, linear model: plain PyTorch loop"),
+                  "≤ 1.10"))
     small, large = sizes.eval_counts
     lines.append((f"evaluation peak memory {large:,} / {small:,} images",
                   find(f"{large:,} test images") / find(f"{small:,} test images"), "≤ 1.2"))
@@ -379,6 +438,7 @@ def main() -> None:
         figures = []
         for measure in (lambda: attack_throughput(sizes, args.repeats, output_dir, device),
                         lambda: training_epoch(sizes, args.repeats, output_dir, device),
+                        lambda: step_overhead(sizes, args.repeats, output_dir, device),
                         lambda: evaluation_memory(sizes, args.repeats, device),
                         *([lambda: cold_matrix(sizes, device)] if args.matrix else [])):
             measured = measure()

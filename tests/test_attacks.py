@@ -174,3 +174,17 @@ def test_an_attack_reports_its_progress_step_by_step(attack, trained_model, batc
     finally:
         attack.progress = None
     assert len(seen) >= 5 and seen == sorted(seen) and seen[-1] == pytest.approx(1.0) and seen[0] > 0
+
+
+def test_a_random_start_in_the_linf_ball_is_uniform_and_centred():
+    """Four pixels from each 64 random bits: every level of [-ε, ε) is reachable, the sample is centred (the
+    sign bit of each 16-bit level is random too) and its spread is a uniform's, ε/√3, in the input's dtype."""
+    torch.manual_seed(0)
+    like = torch.zeros(1000, 1, 28, 28)
+    sample = LinfBall.random(like, 0.1)
+    assert sample.shape == like.shape and sample.dtype == like.dtype
+    assert float(sample.abs().max()) <= 0.1 + 1e-7  # ε itself, rounded to the dtype
+    assert abs(float(sample.mean())) < 1e-3
+    assert float(sample.std()) == pytest.approx(0.1 / 3 ** 0.5, rel=1e-2)
+    assert len(sample.unique()) > 60000  # of the 2¹⁶ levels
+    assert LinfBall.random(torch.zeros(5, 3, 7, 7, dtype=torch.float64), 0.5).dtype == torch.float64

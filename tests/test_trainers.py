@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import BatchSampler, RandomSampler, TensorDataset
 
 from conftest import TINY, run_script
 from robustlab.classifier import RobustClassifier
@@ -110,7 +110,7 @@ def test_ddp_inside_a_multirun_runs_each_cell_once(tmp_path):
 # -- the sharding itself ----------------------------------------------------------------------------------
 def test_evaluation_shards_cover_every_image_exactly_once():
     shards = [list(ShardedBatches(100, 48, shuffle=False, rank=rank, world_size=2)) for rank in range(2)]
-    indices = sorted(i for shard in shards for batch in shard for i in batch)
+    indices = sorted(i for shard in shards for batch in shard for i in batch.tolist())
     assert indices == list(range(100))
     assert [len(shard) for shard in shards] == [2, 1]
 
@@ -119,12 +119,12 @@ def test_training_shards_share_one_permutation_and_take_equal_steps():
     shards = [ShardedBatches(100, 16, shuffle=True, rank=rank, world_size=2) for rank in range(2)]
     for shard in shards:
         shard.set_epoch(3)
-    batches = [list(shard) for shard in shards]
+    batches = [[batch.tolist() for batch in shard] for shard in shards]
     assert len(batches[0]) == len(batches[1]) == 4  # 7 batches padded to 8
     seen = {i for shard in batches for batch in shard for i in batch}
     assert seen == set(range(100))
     shards[0].set_epoch(4)
-    assert list(shards[0]) != batches[0]  # a new order every epoch
+    assert [batch.tolist() for batch in shards[0]] != batches[0]  # a new order every epoch
 
 
 
@@ -136,6 +136,17 @@ def test_more_processes_than_training_batches_still_take_equal_steps():
 def test_a_single_process_keeps_the_plain_batches():
     dataset = TensorDataset(torch.arange(10))
     assert [batch[0].tolist() for batch in _batches(dataset, 4, shuffle=False)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_a_single_process_shuffles_as_torchs_random_sampler():
+    """Tensor index batches, in the order `BatchSampler(RandomSampler)` gives from the same global seed: the
+    trained weights of a single-process run do not depend on how the batches are cut."""
+    dataset = TensorDataset(torch.arange(50))
+    torch.manual_seed(3)
+    ours = [batch[0].tolist() for batch in _batches(dataset, 8, shuffle=True)]
+    torch.manual_seed(3)
+    theirs = list(BatchSampler(RandomSampler(dataset), 8, drop_last=False))
+    assert ours == theirs
 
 
 # -- the GPU's non-finite-loss check ---------------------------------------------------------------------
@@ -191,3 +202,55 @@ def test_the_progress_bar_redraws_less_often_on_a_gpu():
     on_cpu.setup(trainer_on("cpu"), None, "fit")
     assert automatic.refresh_rate >= GPU_REFRESH_RATE and chosen.refresh_rate == 2
     assert on_cpu.refresh_rate == EvaluationProgressBar().refresh_rate
+
+
+# -- the training step without per-step framework cost ----------------------------------------------------
+def fit_tiny(compose, *overrides: str, epochs: int = 1):
+    from pytorch_lightning import Callback
+
+    from robustlab.builders import build_classifier, build_datamodule, build_trainer
+
+    class Losses(Callback):
+        """Each step's loss and batch size, as the step returned them."""
+        def __init__(self) -> None:
+            self.seen: list[tuple[float, int]] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self.seen.append((float(loss), len(batch[1])))
+
+    cfg = compose("dataset=synthetic", "defense=adv_train", f"trainer.max_epochs={epochs}",
+                  "trainer.limit_train_batches=5", "trainer.limit_val_batches=1", "logger=none", *overrides)
+    torch.manual_seed(0)
+    datamodule, classifier, trainer = build_datamodule(cfg.dataset), build_classifier(cfg), build_trainer(cfg)
+    losses = Losses()
+    trainer.callbacks.append(losses)
+    trainer.fit(classifier, datamodule=datamodule)
+    return classifier, trainer, losses.seen
+
+
+def test_the_step_that_steps_its_own_optimizer_trains_the_weights_lightnings_automatic_step_does(compose_train):
+    """No clipping or accumulation asked for: the module steps the optimizer itself. A clipping bound no
+    gradient reaches puts Lightning's automatic loop back; both give the same weights, step for step."""
+    manual, trainer, _ = fit_tiny(compose_train)
+    assert not manual.automatic_optimization
+    automatic, trainer, _ = fit_tiny(compose_train, "+trainer.gradient_clip_val=1e9")
+    assert automatic.automatic_optimization
+    for (name, ours), (_, theirs) in zip(manual.state_dict().items(), automatic.state_dict().items()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_epoch_means_are_over_every_training_image(compose_train):
+    """`train/loss` is summed on the device and logged once per epoch: the mean of every step's loss, weighted
+    by its batch size, as the steps returned them."""
+    classifier, trainer, seen = fit_tiny(compose_train)
+    expected = sum(loss * count for loss, count in seen) / sum(count for _, count in seen)
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(expected, rel=1e-5)
+    assert 0.0 <= float(trainer.callback_metrics["train/acc"]) <= 1.0
+
+
+def test_the_scheduler_steps_once_per_epoch_when_the_module_steps_the_optimizer(compose_train):
+    classifier, trainer, _ = fit_tiny(compose_train, "scheduler=cosine", epochs=2)
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.last_epoch == 2
+    assert classifier.optimizers().param_groups[0]["lr"] == pytest.approx(scheduler.get_last_lr()[0])

@@ -78,6 +78,8 @@ class RobustClassifier(pl.LightningModule):
         self.evaluation = None  # the `Evaluation` that the test hooks serve
         self.allow_zero_length_dataloader_with_multiple_devices = True  # DDP: a short pass may leave a process none
         self.nonfinite_steps: torch.Tensor | None = None  # non-finite losses since the check was last read
+        self.train_sums: torch.Tensor | None = None  # this epoch's summed loss and correct predictions
+        self.train_images = 0
         self.nan_check_every = NAN_CHECK_EVERY
 
     # -- deployment -------------------------------------------------------------------------------
@@ -93,14 +95,53 @@ class RobustClassifier(pl.LightningModule):
         return self.accuracy_draws if self.randomized else 1
 
     # -- training ---------------------------------------------------------------------------------
+    @property
+    def automatic_optimization(self) -> bool:
+        """Lightning's automatic optimization only where its gradient clipping or accumulation is asked for.
+
+        Otherwise `training_step` steps the optimizer itself: the automatic loop's closure and hooks cost about
+        half a millisecond per step, a tenth of a small model's adversarial-training step (the same weights;
+        `tests/test_trainers.py`)."""
+        trainer = self._trainer
+        return trainer is not None and bool(trainer.gradient_clip_val or trainer.accumulate_grad_batches != 1)
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:  # LightningModule.__init__ assigns it
+        pass
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss, logits = self.defense.training_loss(self.model, x, y)
         self._check_finite(loss, batch_idx)
-        self._log_mean("train/loss", loss.detach(), len(y), prog_bar=False)
-        self._log_mean("train/acc", (logits.argmax(1) == y).float().mean(), len(y))
-        self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)  # the bar's running loss
+        if not self.automatic_optimization:
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+        # Summed on the device: Lightning's `self.log` costs about a millisecond per call, more than a small
+        # model's whole step, so the epoch means are logged once, at the epoch's end.
+        value = loss.detach()
+        sums = torch.stack([value * len(y), (logits.detach().argmax(1) == y).sum()])
+        self.train_sums = sums if self.train_sums is None else self.train_sums.add_(sums)
+        self.train_images += len(y)
+        if batch_idx % self.trainer.log_every_n_steps == 0:  # the bar's running loss, at the logging cadence
+            self.log("loss", value, on_step=True, on_epoch=False, prog_bar=True, logger=False)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        """`train/loss` and `train/acc`: the epoch's means over every image, across DDP processes; the
+        scheduler's epoch step where this module steps the optimizer itself."""
+        if not self.automatic_optimization:
+            scheduler = self.lr_schedulers()
+            if scheduler is not None:
+                scheduler.step()
+        if self.train_sums is None:
+            return
+        sums = torch.cat([self.train_sums, torch.tensor([float(self.train_images)], device=self.train_sums.device)])
+        loss_sum, correct, count = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        self.train_sums, self.train_images = None, 0
+        self.log("train/loss", loss_sum / count, on_step=False, on_epoch=True, prog_bar=False)
+        self.log("train/acc", correct / count, on_step=False, on_epoch=True, prog_bar=True)
 
     def _log_mean(self, name: str, value: torch.Tensor, count: int, prog_bar: bool = True) -> None:
         """An epoch mean weighted by batch size, reduced over DDP processes once, at the epoch's end (an

@@ -17,7 +17,7 @@ from robustlab.attacks.base import Attack, WorstSoFar, per_example
 from robustlab.attacks.expectation import check_eot_samples, expected_correct, most_likely_wrong_classes
 from robustlab.attacks.gradient import loss_and_gradient
 from robustlab.attacks.losses import TARGETED_LOSSES, loss_function
-from robustlab.attacks.norms import ball, project_image
+from robustlab.attacks.norms import ball, image_projector
 from robustlab.errors import is_integer, is_number, require
 
 
@@ -95,7 +95,7 @@ class APGD(Attack):
             predictions.clear()
             return fooled
 
-        project = lambda point: project_image(x, point, self.threat, self.eps)  # noqa: E731
+        project = image_projector(x, self.threat, self.eps)
         x_k = project(x + self.threat.random(x, self.eps))
         loss, grad = loss_and_gradient(model, x_k, y, draws, loss_fn)
         found = fooled_by_all_draws()

@@ -30,14 +30,16 @@ DEFAULT_EOT_DRAWS = 10
 
 
 def weighted_members(model: nn.Module) -> list[tuple[float, nn.Module]] | None:
-    members = getattr(model, "weighted_members", None)
-    return members() if callable(members) else None
+    # Looked up on the class: a missing attribute of a module instance costs an exception in
+    # `nn.Module.__getattr__`, and attacks ask at every step.
+    members = getattr(type(model), "weighted_members", None)
+    return members(model) if callable(members) else None
 
 
 def voting(model: nn.Module):
     """The predictor's deployed decision rule, `vote(x)` → a class per image (−1: abstain), or None."""
-    vote = getattr(model, "vote", None)
-    return vote if callable(vote) else None
+    vote = getattr(type(model), "vote", None)
+    return vote.__get__(model) if callable(vote) else None
 
 
 @torch.no_grad()
@@ -58,7 +60,7 @@ def per_example_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: 
     total = loss(model(x), y)
     for _ in range(draws - 1):
         total = total + loss(model(x), y)
-    return total / draws
+    return total if draws == 1 else total / draws
 
 
 @torch.no_grad()

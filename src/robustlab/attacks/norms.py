@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from robustlab.errors import InvalidValue, is_number
@@ -24,8 +26,13 @@ class LinfBall:
 
     @staticmethod
     def random(like: torch.Tensor, eps: float) -> torch.Tensor:
-        """A uniform sample from the ball."""
-        return torch.empty_like(like).uniform_(-eps, eps)
+        """A uniform sample from the ball, on a grid of 2¹⁶ levels per pixel: four pixels from each 64 random bits
+        of the generator. On the CPU, `uniform_` spends one draw per pixel and costs about a tenth of a small
+        model's adversarial-training step."""
+        count = like.numel()
+        bits = torch.empty((count + 3) // 4, dtype=torch.int64, device=like.device).random_(-2 ** 63, 2 ** 63 - 1)
+        levels = bits.view(torch.int16)[:count].view(like.shape).to(like.dtype)  # uniform on [-2¹⁵, 2¹⁵)
+        return levels.mul_(eps / 32768.0)
 
     @staticmethod
     def ascent_direction(grad: torch.Tensor) -> torch.Tensor:
@@ -82,3 +89,13 @@ def ball(norm: str, eps: float) -> type[LinfBall] | type[L2Ball]:
 def project_image(x: torch.Tensor, x_adv: torch.Tensor, threat: type[LinfBall] | type[L2Ball], eps: float) -> torch.Tensor:
     """Project `x_adv` onto the ε-ball around `x`, then into [0, 1] (which never leaves the ball)."""
     return (x + threat.project(x_adv - x, eps)).clamp_(0.0, 1.0)
+
+
+def image_projector(x: torch.Tensor, threat: type[LinfBall] | type[L2Ball], eps: float
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`project_image(x, ·, threat, eps)` for an attack's many steps around the same `x`. Under L∞ the ball
+    and [0, 1] are both boxes, so their intersection's bounds are computed once and each step is one clamp."""
+    if threat is LinfBall:
+        low, high = (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
+        return lambda x_adv: torch.clamp(x_adv, low, high)
+    return lambda x_adv: project_image(x, x_adv, threat, eps)

@@ -11,7 +11,7 @@ from robustlab.attacks.base import Attack, WorstSoFar
 from robustlab.attacks.expectation import check_eot_samples
 from robustlab.attacks.gradient import loss_and_correct, loss_and_gradient
 from robustlab.attacks.losses import loss_function
-from robustlab.attacks.norms import ball, project_image
+from robustlab.attacks.norms import ball, image_projector
 from robustlab.errors import is_integer, is_number, require
 
 
@@ -78,18 +78,19 @@ class PGD(Attack):
         return torch.stack([correct.float(), -loss], dim=1)
 
     def start(self, x: torch.Tensor) -> torch.Tensor:
-        """A uniform point of the ball (in [0, 1]) with `random_start`, else x."""
+        """A uniform point of the ball (in [0, 1]) with `random_start`, else x. Clamping into [0, 1] moves each
+        pixel towards x (itself in [0, 1]), so the point stays in the ball: no projection is needed."""
         if not self.random_start:
             return x.clone()
-        return project_image(x, x + self.threat.random(x, self.eps), self.threat, self.eps)
+        return (x + self.threat.random(x, self.eps)).clamp_(0.0, 1.0)
 
     def ascend(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, start: torch.Tensor,
                draws: int = 1, restart: int = 0) -> torch.Tensor:
         """`steps` steepest-ascent steps of `loss(model(·), target)` from `start`, each projected onto the ball."""
-        x_adv = start
+        x_adv, project = start, image_projector(x, self.threat, self.eps)
         for step in range(self.steps):
             grad = loss_and_gradient(model, x_adv, target, draws, self.loss_fn)[1]
-            x_adv = project_image(x, x_adv + self.step_size * self.threat.ascent_direction(grad), self.threat, self.eps)
+            x_adv = project(torch.add(x_adv, self.threat.ascent_direction(grad), alpha=self.step_size))
             self.advance((restart + (step + 1) / self.steps) / self.restarts)
         return x_adv.detach()
 

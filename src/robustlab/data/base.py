@@ -19,7 +19,7 @@ import os
 
 import torch
 from pytorch_lightning import LightningDataModule
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from robustlab.errors import require
 
@@ -96,14 +96,17 @@ class InMemoryImageDataModule(LightningDataModule):
         return dataset
 
 
-class ShardedBatches(Sampler[list[int]]):
-    """Index batches for process `rank` of `world_size` (DDP).
+class ShardedBatches(Sampler[torch.Tensor]):
+    """Index batches, as tensors (one slice of the split each, no per-index Python work), for process `rank` of
+    `world_size`.
 
-    `shuffle=True` (training): one permutation per epoch, the same in every process (seeded by the run's
-    seed and the epoch, which Lightning passes through `set_epoch`), cut into batches; process r takes
-    batches r, r + W, ...; the batch list is padded, cyclically, with its first batches to a multiple of W, so
-    every process takes the same number of steps, as DDP requires. `shuffle=False` (evaluation): the split's
-    batches in order, dealt out the same way with no padding, so each image is seen by exactly one process.
+    `shuffle=True` (training): one permutation per epoch, cut into batches. Under DDP it is the same in every
+    process (seeded by the run's seed and the epoch, which Lightning passes through `set_epoch`); process r
+    takes batches r, r + W, ...; the batch list is padded, cyclically, with its first batches to a multiple of
+    W, so every process takes the same number of steps, as DDP requires. A single process draws the
+    permutation as torch's `RandomSampler` does (a seed from the global generator), so its order follows the
+    run's seed and resumed RNG state. `shuffle=False` (evaluation): the split's batches in order, dealt out
+    the same way with no padding, so each image is seen by exactly one process.
     """
 
     def __init__(self, size: int, batch_size: int, shuffle: bool, rank: int, world_size: int) -> None:
@@ -115,12 +118,15 @@ class ShardedBatches(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _batches(self) -> list[list[int]]:
-        if self.shuffle:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        else:
+    def _batches(self) -> list[torch.Tensor]:
+        if not self.shuffle:
             order = torch.arange(self.size)
-        batches = [chunk.tolist() for chunk in order.split(self.batch_size) if len(chunk)]
+        elif self.world_size == 1:
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(seed))
+        else:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        batches = [chunk for chunk in order.split(self.batch_size) if len(chunk)]
         if self.shuffle and batches:
             padded = math.ceil(len(batches) / self.world_size) * self.world_size
             batches += [batches[i % len(batches)] for i in range(padded - len(batches))]  # cyclic: W may exceed them
@@ -149,9 +155,5 @@ def _as_float_images(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
 def _batches(dataset: TensorDataset, batch_size: int, shuffle: bool, shard: tuple[int, int] = (0, 1)) -> DataLoader:
     # A sampler of index batches + batch_size=None: one tensor slice per batch, no per-sample collate.
     rank, world_size = shard
-    if world_size > 1:
-        batches = ShardedBatches(len(dataset), batch_size, shuffle, rank, world_size)
-    else:
-        batches = BatchSampler(RandomSampler(dataset) if shuffle else SequentialSampler(dataset), batch_size,
-                               drop_last=False)
-    return DataLoader(dataset, sampler=batches, batch_size=None)
+    return DataLoader(dataset, sampler=ShardedBatches(len(dataset), batch_size, shuffle, rank, world_size),
+                      batch_size=None)
