@@ -8,7 +8,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
 
 from robustlab.classifier import RobustClassifier, speed_up
 from robustlab.configuration import instantiate, to_plain
@@ -28,11 +29,29 @@ def config_key(node: DictConfig):
 
 
 def choices() -> dict[str, str]:
-    """Which option of each config group this run uses (empty outside a Hydra app)."""
+    """What this run uses, per config group, by name (empty outside a Hydra app): the option's name, or, where
+    the command line replaced a group's `_target_` (`model._target_=mynet.MyNet`), the class's name, never
+    the name of the option it replaced. Run directories, records and the report are labelled by it."""
     if not HydraConfig.initialized():
         return {}
-    return {group: str(option) for group, option in HydraConfig.get().runtime.choices.items()
-            if not group.startswith("hydra/") and option is not None}
+    hydra = HydraConfig.get()
+    chosen = {group: str(option) for group, option in hydra.runtime.choices.items()
+              if not group.startswith("hydra/") and option is not None}
+    for override in OverridesParser.create().parse_overrides(list(hydra.overrides.task)):
+        group, _, leaf = override.key_or_group.rpartition(".")
+        if leaf == "_target_" and "." not in group and not override.is_delete() and isinstance(override.value(), str):
+            chosen[group] = override.value().rpartition(".")[2]
+    return chosen
+
+
+def _choice(group: str) -> str:
+    """`${choice:model}`: the name `choices()` gives the group (its option's name before Hydra knows it)."""
+    if not HydraConfig.initialized():
+        raise ValueError("${choice:...} is resolved inside a Hydra run")
+    return choices().get(group) or str(HydraConfig.get().runtime.choices.get(group))
+
+
+OmegaConf.register_new_resolver("choice", _choice, replace=True)
 
 
 def build_datamodule(dataset_cfg: DictConfig) -> pl.LightningDataModule:

@@ -10,9 +10,10 @@ import hydra.utils
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from robustlab.errors import InvalidValue
+from robustlab.errors import ConfigError, InvalidValue
 
 _FULL_KEY = re.compile(r"^full_key: (\S+)$", re.MULTILINE)
+_TARGET = re.compile(r"^Error locating target '([^']*)'")
 
 
 def instantiate(node: DictConfig, **kwargs: Any) -> Any:
@@ -24,17 +25,25 @@ def instantiate(node: DictConfig, **kwargs: Any) -> Any:
     try:
         return hydra.utils.instantiate(node, **kwargs)
     except InstantiationException as error:
-        cause = _invalid_value_in_chain(error)
-        if cause is None:
-            raise
         match = _FULL_KEY.search(str(error))
         prefix = match.group(1) if match else _node_key(node)
+        located = _TARGET.search(str(error))
+        if located:  # Hydra could not import the `_target_`
+            missing = _in_chain(error, ImportError)
+            key = f"{prefix}._target_" if prefix else "_target_"
+            reason = ' '.join(str(missing).split()) if missing else 'not found'
+            raise ConfigError(f"{key}={located.group(1)!r} cannot be imported ({reason}): a "
+                              "`_target_` is `module.Class` with the module on Python's path (for your own files: "
+                              "run from their directory with PYTHONPATH=., or install them)") from None
+        cause = _in_chain(error, InvalidValue)
+        if cause is None:
+            raise
         raise cause.under(prefix) from None
 
 
-def _invalid_value_in_chain(error: BaseException) -> InvalidValue | None:
+def _in_chain(error: BaseException | None, kind: type[Exception]) -> Exception | None:
     while error is not None:
-        if isinstance(error, InvalidValue):
+        if isinstance(error, kind):
             return error
         error = error.__cause__ or error.__context__
     return None

@@ -1,11 +1,22 @@
 """Which code made a result: source hashes that key the fingerprints, and the provenance every record carries.
 
-`code_hash(targets, entry_modules)` hashes the robustlab source that a config runs: the modules of its
-`_target_`s and of the fixed entry modules, with every robustlab module they import, followed through the
-import graph (a `from robustlab.attacks import PGD` counts as `attacks/pgd.py`, not the whole package).
-Each module is hashed as its syntax tree without docstrings, so comments, formatting and documentation do not
-invalidate results, while any change to what the code does does. `provenance(...)` is what metrics.json,
-trained.json and checkpoints record: versions, the source revision, the device, the precision and the command.
+`code_hash(targets, entry_modules)` hashes all the code that a config runs, wherever it lives: the modules of
+its `_target_`s and of the fixed entry modules, and every module they import, followed through the import
+graph (a `from robustlab.attacks import PGD` counts as `attacks/pgd.py`, not the whole package; a user's
+`mynet.py` and what it imports count like robustlab's own modules). Three kinds of module:
+
+- *source*: robustlab's modules, and any module whose file lies outside the standard library and the
+  installed packages (a user's model, defense or attack in their own directory). Each is hashed as its
+  syntax tree without docstrings, so comments, formatting and documentation do not invalidate results, while
+  any change to what the code does does; its imports are followed.
+- *installed*: a module from site-packages (torch, torchattacks, ...), keyed by its distribution's version
+  (`torch==2.14.1`); its imports are not followed.
+- the standard library and built-in modules: not keyed (the Python version is in every record's provenance).
+
+Modules that only present results (figures, TensorBoard, image grids, progress bars, the report) are outside
+the key (`PRESENTATION`): changing a figure's title keeps every result. `provenance(...)` is what
+metrics.json, trained.json and checkpoints record: versions, the source revision, the device, the precision
+and the command.
 """
 
 from __future__ import annotations
@@ -13,10 +24,13 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import importlib.util
 import platform
 import shlex
+import site
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
@@ -24,60 +38,166 @@ from typing import Any
 
 PACKAGE = "robustlab"
 PACKAGE_DIR = Path(__file__).resolve().parent
+# Code that shows numbers but never changes one: outside every code hash, and not followed.
+PRESENTATION = frozenset({"robustlab.evaluation.plots", "robustlab.evaluation.tensorboard",
+                          "robustlab.evaluation.images", "robustlab.evaluation.progress", "robustlab.report",
+                          "robustlab.report.matrix", "robustlab.report.callback"})
 
 
-# -- the import graph of robustlab's own modules ----------------------------------------------------------
-def _module_file(module: str) -> Path | None:
-    """The source file of a robustlab module or package, or None if it is not one."""
-    parts = module.split(".")
-    if parts[0] != PACKAGE:
-        return None
-    base = PACKAGE_DIR.joinpath(*parts[1:])
-    if (base / "__init__.py").is_file():
-        return base / "__init__.py"
-    if base.with_suffix(".py").is_file():
-        return base.with_suffix(".py")
-    return None
+# -- which file a module is, and what kind ------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _installed_dirs() -> tuple[Path, ...]:
+    paths = sysconfig.get_paths()
+    dirs = {paths.get("purelib"), paths.get("platlib"), *getattr(site, "getsitepackages", lambda: [])(),
+            site.getusersitepackages() if site.ENABLE_USER_SITE else None}
+    return tuple(Path(d).resolve() for d in dirs if d)
 
 
 @functools.lru_cache(maxsize=None)
+def _stdlib_dirs() -> tuple[Path, ...]:
+    paths = sysconfig.get_paths()
+    return tuple(Path(d).resolve() for d in {paths.get("stdlib"), paths.get("platstdlib")} if d)
+
+
+def _is_within(path: Path, directories: tuple[Path, ...]) -> bool:
+    return any(path.is_relative_to(directory) for directory in directories)
+
+
+@functools.lru_cache(maxsize=None)
+def _origin(module: str) -> Path | None:
+    """The file a module is loaded from (a package's `__init__.py`), or None for built-in, frozen, namespace
+    and unknown modules. Only a dotted name's parent packages are imported to find it."""
+    parts = module.split(".")
+    if parts[0] == PACKAGE:
+        base = PACKAGE_DIR.joinpath(*parts[1:])
+        for candidate in (base / "__init__.py", base.with_suffix(".py")):
+            if candidate.is_file():
+                return candidate
+        return None
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError, AttributeError):  # a parent is no package, or the name is no module
+        return None
+    if spec is None or not spec.origin or not spec.has_location:
+        return None
+    return Path(spec.origin).resolve()
+
+
+@functools.lru_cache(maxsize=None)
+def _kind(module: str) -> str | None:
+    """"source" (hashed by content, imports followed), "installed" (keyed by its distribution's version), or
+    None (the standard library, built-ins, presentation code, and names that are not modules)."""
+    if module in PRESENTATION:
+        return None
+    top = module.split(".")[0]
+    if top != module and top != PACKAGE and _kind(top) != "source":
+        return _kind(top)  # a part of an installed package is the package (and finding it would import it)
+    path = _origin(module)
+    if path is None:
+        return None
+    if top == PACKAGE:
+        return "source"
+    if _is_within(path, _installed_dirs()):
+        return "installed"
+    if _is_within(path, _stdlib_dirs()) or path.suffix != ".py":
+        return None
+    return "source"
+
+
+def _module_file(module: str) -> Path | None:
+    """The source file of a module whose content is hashed (see `_kind`), or None."""
+    return _origin(module) if _kind(module) == "source" else None
+
+
+@functools.lru_cache(maxsize=None)
+def _distribution(top_level: str) -> str:
+    """`name==version` of the distribution that installs the top-level module (the module's name alone if none
+    says so). Most distributions are named as their module; the others (hydra-core for hydra, say) are found by
+    their `top_level.txt`, read once per process."""
+    try:
+        return f"{metadata.distribution(top_level).metadata['Name']}=={metadata.version(top_level)}"
+    except metadata.PackageNotFoundError:
+        pass
+    for name, version in _declared_top_levels().get(top_level, []):
+        return f"{name}=={version}"
+    return top_level
+
+
+@functools.lru_cache(maxsize=None)
+def _declared_top_levels() -> dict[str, list[tuple[str, str]]]:
+    found: dict[str, list[tuple[str, str]]] = {}
+    for distribution in metadata.distributions():
+        for line in (distribution.read_text("top_level.txt") or "").split():
+            found.setdefault(line, []).append((distribution.metadata["Name"], distribution.version))
+    return found
+
+
+# -- the import graph -------------------------------------------------------------------------------------
 def _syntax(path: Path) -> ast.Module:
+    """The module's syntax tree, parsed again when its file changes (a long session may edit it)."""
+    stat = path.stat()
+    return _parsed(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed(path: Path, mtime_ns: int, size: int) -> ast.Module:
     return ast.parse(path.read_text(), filename=str(path))
 
 
 def _defining_module(module: str, name: str) -> str:
-    """The module that `from <module> import <name>` takes `name` from: a submodule, or what a package's
-    `__init__` re-exports it from, or the module itself."""
-    if _module_file(f"{module}.{name}") is not None:
+    """The module that `from <module> import <name>` takes `name` from: a submodule, or what a source
+    package's `__init__` re-exports it from, or the module itself."""
+    if _kind(f"{module}.{name}") is not None:
         return f"{module}.{name}"
     path = _module_file(module)
     if path is not None and path.name == "__init__.py":
         for node in _syntax(path).body:
             if isinstance(node, ast.ImportFrom) and node.module and any(
                     (alias.asname or alias.name) == name for alias in node.names):
-                return _defining_module(node.module, name)
+                return _defining_module(_absolute(node, module, path), name)
     return module
 
 
+def _absolute(node: ast.ImportFrom, module: str, path: Path) -> str:
+    """The absolute name of the module an `ImportFrom` in `module` (at `path`) reads from."""
+    if not node.level:
+        return node.module or ""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    return importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+
+
 def _imports(module: str) -> set[str]:
-    """The robustlab modules that `module` imports (anywhere in its body, function-level imports too)."""
+    """The modules that a source `module` imports (anywhere in its body, function-level imports too)."""
+    path = _module_file(module)
     found = set()
-    for node in ast.walk(_syntax(_module_file(module))):
+    for node in ast.walk(_syntax(path)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.update(_defining_module(node.module, alias.name) for alias in node.names)
-    return {name for name in found if _module_file(name) is not None}
+        elif isinstance(node, ast.ImportFrom):
+            try:
+                base = _absolute(node, module, path)
+            except ImportError:  # a relative import beyond the top-level package
+                continue
+            found.update(_defining_module(base, alias.name) if base else alias.name for alias in node.names
+                         if alias.name != "*")
+            if any(alias.name == "*" for alias in node.names):
+                found.add(base)
+    return {name for name in found if _kind(name) is not None}
 
 
 def module_closure(modules: Iterable[str]) -> set[str]:
-    """`modules` and every robustlab module they import, transitively."""
+    """`modules` and every module they import, transitively: source modules by name, installed ones by their
+    top-level name (their own imports are the distribution's business)."""
     seen: set[str] = set()
-    pending = [module for module in modules if _module_file(module) is not None]
+    pending = [module for module in modules if _kind(module) is not None]
     while pending:
         module = pending.pop()
-        if module not in seen:
-            seen.add(module)
+        if _kind(module) == "installed":
+            module = module.split(".")[0]
+        if module in seen:
+            continue
+        seen.add(module)
+        if _kind(module) == "source":
             pending.extend(_imports(module) - seen)
     return seen
 
@@ -108,18 +228,23 @@ def _without_docstrings(tree: ast.Module) -> str:
     return ast.dump(tree, annotate_fields=False)
 
 
-@functools.lru_cache(maxsize=None)
-def _module_digest(module: str) -> str:
-    return hashlib.sha256(_without_docstrings(ast.parse(_module_file(module).read_text())).encode()).hexdigest()
+def _source_digest(path: Path) -> str:
+    return hashlib.sha256(_without_docstrings(ast.parse(path.read_text())).encode()).hexdigest()
 
 
 def module_digest(module: str) -> str | None:
-    """A short hash of one robustlab module as it is now (None if there is no such module)."""
-    return _module_digest(module)[:12] if _module_file(module) is not None else None
+    """What keys one module as it is now: a short hash of a source module, `name==version` of an installed
+    one's distribution; None for anything else (presentation code, the standard library, no such module)."""
+    kind = _kind(module)
+    if kind == "source":
+        return _source_digest(_origin(module))[:12]
+    if kind == "installed":
+        return _distribution(module.split(".")[0])
+    return None
 
 
 def code_modules(targets: Iterable[str], entry_modules: Iterable[str]) -> dict[str, str]:
-    """Each robustlab module that runs `targets` and `entry_modules`, with its digest."""
+    """Each module that runs `targets` and `entry_modules`, with its digest (`module_digest`)."""
     modules = module_closure([*(target_module(target) for target in targets), *entry_modules])
     return {module: module_digest(module) for module in sorted(modules)}
 
@@ -130,7 +255,7 @@ def modules_hash(modules: dict[str, str]) -> str:
 
 
 def code_hash(targets: Iterable[str], entry_modules: Iterable[str]) -> str:
-    """A short hash of the robustlab code that runs `targets` and `entry_modules`."""
+    """A short hash of all the code that runs `targets` and `entry_modules`."""
     return modules_hash(code_modules(targets, entry_modules))
 
 

@@ -50,8 +50,11 @@ def evaluate_and_record(cfg: DictConfig, classifier: RobustClassifier, datamodul
     if certification:
         audit_record["certificate_violated"] = certificate_check(certification)
     escalation = escalate_run(cfg, trainer, classifier, datamodule, evaluation, results, audit_record)
+    built = classifier.build_config or {}
+    targets = {group: built[group]["_target_"] for group in ("model", "defense")
+               if isinstance(built.get(group), dict) and "_target_" in built[group]}
     return record_run(cfg, trainer, results, curves, audit_record, checkpoint, chosen, training, steps,
-                      certification, escalation)
+                      certification, escalation, targets)
 
 
 def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier, datamodule,
@@ -73,7 +76,7 @@ def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier
     factories = {name: ((lambda eps, node=node: instantiate(node, eps=eps)), float(node.eps))
                  for name, node in evaluation_attack_configs(cfg).items()
                  if node.get("eps") is not None and float(node.eps) > 0}  # eps: null is an unbounded attack
-    eot_samples = {name: attack.eot_samples for name, attack in evaluation.attacks.items() if attack.eps > 0}
+    eot_samples = {name: attack.eot_samples for name, attack in evaluation.attacks.items() if (attack.eps or 0) > 0}
     # The evaluation's precision (bf16 autocast on a GPU), and its gradients (BPDA unless eval.bpda=false).
     with trainer.precision_plugin.forward_context(), backward_through_stand_ins(predictor, evaluation.bpda):
         curves = robustness_curves(factories, predictor, x, y, draws, list(settings.curve_factors))
@@ -112,6 +115,9 @@ def escalate_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassif
     with trainer.precision_plugin.forward_context():
         record = escalate(predictor, x, y, evaluation.draws(), results.per_example, raised, found, evaluation.bpda,
                           int(cfg.dataset.datamodule.eval_batch_size))
+    record["not_escalated"] = [name for name in evaluation.attacks if name not in {r.strengthens for r in found}]
+    if record["not_escalated"]:
+        log.info(f"escalation: no remedy strengthens {', '.join(record['not_escalated'])}: not escalated")
     log.info(f"escalation: {record['trust']} (flags {raised}; worst case "
              f"{results.robust_acc.get('worst_case', float('nan')):.3f} → "
              f"{record['robust_acc'].get('worst_case', float('nan')):.3f} in {record['seconds']:.1f} s)")
@@ -197,7 +203,8 @@ def swept_settings(cfg: DictConfig, chosen: dict[str, str]) -> dict:
 
 def record_run(cfg: DictConfig, trainer: pl.Trainer, results: EvaluationResults, curves: dict, audit_record: dict,
                checkpoint: str | None, chosen: dict[str, str], training: Training | None = None,
-               steps: int = 0, certification: dict | None = None, escalation: dict | None = None) -> RunRecord:
+               steps: int = 0, certification: dict | None = None, escalation: dict | None = None,
+               targets: dict[str, str] | None = None) -> RunRecord:
     """Write metrics.json into the run directory, log its final numbers and HParams to TensorBoard at the last
     training step (of `steps`; Lightning logs step k's numbers at index k − 1), print where the file is.
 
@@ -228,6 +235,8 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: EvaluationResults,
         escalation=escalation or {},
         attack_ms_per_image=results.attack_ms_per_image,
         attack_passes_per_image=results.attack_passes_per_image,
+        threat_model=results.threat_model or {},
+        targets=targets or {},
         attacks={**attack_descriptions(cfg), **{name: to_plain(node) for name, node in
                                                  (cfg.eval.get("mixture_attacks") or {}).items()
                                                  if name in results.robust_acc}},

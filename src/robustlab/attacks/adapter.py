@@ -54,6 +54,9 @@ class TorchAttacks(Attack):
     def does_nothing(self) -> bool:
         return self.threat is not None and self.eps == 0
 
+    def balls(self) -> list[tuple[str, float]]:
+        return [] if self.threat is None else super().balls()
+
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
         extra = {"eps": self.eps} if self.takes_eps and self.threat is not None else {}
         was_training = model.training

@@ -20,6 +20,13 @@ from torch import nn
 
 from robustlab.attacks.batching import chunks
 from robustlab.attacks.expectation import eot_draws
+from robustlab.attacks.norms import NORMS
+
+# The threat model's float tolerance: x′ is inside the ε-ball when ‖x′ − x‖ ≤ ε·(1 + EPS_RELATIVE_TOLERANCE) +
+# ABSOLUTE_TOLERANCE in the attack's norm, and inside [0, 1] within ABSOLUTE_TOLERANCE (float32 rounds
+# ε = 0.1 to 0.10000000149).
+EPS_RELATIVE_TOLERANCE = 1e-5
+ABSOLUTE_TOLERANCE = 1e-6
 
 
 def per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -65,6 +72,11 @@ class Attack:
         """Whether the attack's settings leave every image as it is (a budget of 0)."""
         return self.eps == 0
 
+    def balls(self) -> list[tuple[str, float]]:
+        """The threat model as (norm, ε) balls; a returned image must lie in one of them. None for an unbounded
+        attack (`eps: null`), whose images are only checked to be finite and in [0, 1]."""
+        return [(self.norm, float(self.eps))] if self.eps is not None and self.norm in NORMS else []
+
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
         """The adversarial examples for one chunk, each loss or score averaged over `draws` passes."""
         raise NotImplementedError
@@ -108,3 +120,19 @@ def lexicographically_lower(score: torch.Tensor, than: torch.Tensor) -> torch.Te
         lower |= tied & (score[:, column] < than[:, column])
         tied &= score[:, column] == than[:, column]
     return lower
+
+
+def outside_threat_model(attack: Attack, x: torch.Tensor, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, whether `x_adv` breaks `attack`'s threat model (not finite, outside [0, 1], or outside every
+    ball of `attack.balls()`, each within the stated tolerance), and its perturbation's size in the first
+    ball's norm (0 for an unbounded attack): what the evaluation checks after every attack."""
+    flat, delta = x_adv.flatten(1), (x_adv - x).flatten(1).nan_to_num(nan=float("inf"))
+    bad = ~torch.isfinite(flat).all(dim=1)
+    bad |= ((flat < -ABSOLUTE_TOLERANCE) | (flat > 1 + ABSOLUTE_TOLERANCE)).any(dim=1)
+    balls = attack.balls()
+    sizes = [NORMS[norm].size(delta) for norm, _ in balls]
+    if balls:
+        inside = torch.stack([size <= eps * (1 + EPS_RELATIVE_TOLERANCE) + ABSOLUTE_TOLERANCE
+                              for size, (_, eps) in zip(sizes, balls)]).any(dim=0)
+        bad |= ~inside
+    return bad, sizes[0] if sizes else torch.zeros(len(x), device=x.device)

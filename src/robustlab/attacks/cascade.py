@@ -30,6 +30,10 @@ class WorstCase(Attack):
         self.eps = max(attack.eps for attack in self.attacks.values())
         self.eot_samples = None if all(a.eot_samples is None for a in self.attacks.values()) else 1
 
+    def balls(self) -> list[tuple[str, float]]:
+        """Each image is one of the attacks' points, so it lies in one of their balls."""
+        return [ball for attack in self.attacks.values() for ball in attack.balls()]
+
     def with_eot_samples(self, eot_samples: int | None) -> "WorstCase":
         """The cascade with every attack's draws set (copies: other holders of the attacks are unaffected)."""
         return WorstCase({name: attack.with_eot_samples(eot_samples) for name, attack in self.attacks.items()})

@@ -19,12 +19,12 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from robustlab.attacks.base import Attack
+from robustlab.attacks.base import Attack, outside_threat_model
 from robustlab.attacks.expectation import expected_correct, is_randomized, predicted_classes, voting, weighted_members
 from robustlab.builders import evaluation_attacks
 from robustlab.configuration import instantiate
 from robustlab.defenses.base import evaluation_mode
-from robustlab.errors import require
+from robustlab.errors import AttackContractError, require
 from robustlab.evaluation.certification import check_settings as check_certification
 from robustlab.evaluation.escalation import check_settings as check_escalation
 from robustlab.evaluation.images import adversarial_figure
@@ -55,6 +55,9 @@ class EvaluationResults:
     per_example: dict[str, torch.Tensor]  # correctness per evaluated image, in test-split order
     intervals: dict[str, list[float]]  # clean, each attack, worst case: the 95% Wilson interval
     attack_passes_per_image: dict[str, dict[str, float]]  # forward and backward passes per image, per attack
+    # Per attack: images outside its threat model (counted as not broken), the largest perturbation returned
+    # (in its first ball's norm), and its balls.
+    threat_model: dict[str, dict] = None
 
 
 class Evaluation:
@@ -160,6 +163,7 @@ class Evaluation:
         self.per_example: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
             name: [] for name in [CLEAN, *self.passes]}
         self.defense_metrics: dict[str, dict[str, list[float]]] = {}
+        self.threat_model: dict[str, list] = {}  # per pass: [images outside its threat model, largest perturbation]
         self.results = None
         self.seed = torch.initial_seed()  # the run's seed (pl.seed_everything), the same in every process
 
@@ -190,6 +194,7 @@ class Evaluation:
             if x.is_cuda:
                 torch.cuda.synchronize(x.device)
             self.attack_seconds[name] += time.perf_counter() - started
+            x_eval = self._within_threat_model(name, attack, x, x_eval)
             for key, values in classifier.defense.test_metrics(classifier.model, x, x_eval).items():
                 self.defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values.tolist())
         correct = expected_correct(predictor, x_eval, y, self.draws()).cpu()
@@ -197,6 +202,24 @@ class Evaluation:
         if batch_idx == 0 and name != CLEAN and self.image_grid > 0:
             self._log_examples(classifier, name, predictor, x[:self.image_grid], x_eval[:self.image_grid],
                                y[:self.image_grid])
+
+    def _within_threat_model(self, name: str, attack: Attack, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """The attack's images, each one outside its threat model (`attacks.base.outside_threat_model`: not
+        finite, outside [0, 1] or outside the ε-ball) replaced by the clean image: it counts as not broken,
+        and is counted under `threat_model`. An output that is no batch like `x` stops the run."""
+        if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape or x_adv.dtype != x.dtype \
+                or x_adv.device != x.device:
+            got = (f"{tuple(x_adv.shape)} {x_adv.dtype} on {x_adv.device}" if isinstance(x_adv, torch.Tensor)
+                   else type(x_adv).__name__)
+            raise AttackContractError(f"attack {name!r} ({attack!r}) returned {got}; an attack must return images "
+                                      f"shaped like its input: {tuple(x.shape)} {x.dtype} on {x.device}")
+        bad, sizes = outside_threat_model(attack, x, x_adv)
+        count = self.threat_model.setdefault(name, [0, 0.0])
+        count[1] = max(count[1], float(sizes.nan_to_num(nan=float("inf")).max()) if len(sizes) else 0.0)
+        if not bad.any():
+            return x_adv
+        count[0] += int(bad.sum())
+        return torch.where(bad.view(-1, *([1] * (x.dim() - 1))), x, x_adv)
 
     def _log_examples(self, classifier: pl.LightningModule, name: str, predictor: nn.Module, x: torch.Tensor,
                       x_adv: torch.Tensor, y: torch.Tensor) -> None:
@@ -212,7 +235,7 @@ class Evaluation:
 
     def finish(self, trainer: pl.Trainer) -> None:
         """Gather every process's share, in test-split order, and compute the results (worst case included)."""
-        per_example, seconds, passes, gathered_metrics = self._gathered(trainer)
+        per_example, seconds, passes, gathered_metrics, threat_model = self._gathered(trainer)
         accuracy = {name: float(values.double().mean()) if len(values) else 0.0 for name, values in per_example.items()}
         counts = {name: len(values) for name, values in per_example.items()}
         if self.attacks:
@@ -239,15 +262,25 @@ class Evaluation:
             per_example=per_example,
             intervals={name: list(wilson_interval(accuracy[name], counts[name]))
                        for name in [CLEAN, *self.attacks, *([WORST_CASE] if self.attacks else [])]},
+            threat_model={name: {"violations": threat_model.get(name, [0, 0.0])[0],
+                                 "largest_perturbation": threat_model.get(name, [0, 0.0])[1],
+                                 "balls": [list(ball) for ball in self.attacks[name].balls()]}
+                          for name in self.attacks},
         )
+        for name, check in self.results.threat_model.items():
+            if check["violations"]:
+                log.warning(f"threat model: attack {name} returned {check['violations']} of {counts[name]} images "
+                            f"outside its threat model {check['balls'] or 'finite, in [0, 1]'} (largest perturbation "
+                            f"{check['largest_perturbation']:.4g}); they count as not broken")
 
     def _gathered(self, trainer: pl.Trainer) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Passes],
-                                                      dict[str, list[float]]]:
-        """Per-image correctness in test-split order, attack seconds and passes, defense metrics, of all processes."""
+                                                      dict[str, list[float]], dict[str, list]]:
+        """Per-image correctness in test-split order, attack seconds and passes, defense metrics, threat-model
+        counts, of all processes."""
         local = ({name: (torch.cat([i for i, _ in parts]) if parts else torch.zeros(0, dtype=torch.long),
                          torch.cat([c for _, c in parts]) if parts else torch.zeros(0))
                   for name, parts in self.per_example.items()}, self.attack_seconds, self.defense_metrics,
-                 self.attack_passes)
+                 self.attack_passes, self.threat_model)
         shares = [local]
         if torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1:
             shares = [None] * torch.distributed.get_world_size()
@@ -265,4 +298,7 @@ class Evaluation:
             for name, metrics in share[2].items():
                 for key, values in metrics.items():
                     defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values)
-        return per_example, seconds, passes, defense_metrics
+        threat_model = {name: [sum(share[4].get(name, [0, 0.0])[0] for share in shares),
+                               max(share[4].get(name, [0, 0.0])[1] for share in shares)]
+                        for name in {name for share in shares for name in share[4]}}
+        return per_example, seconds, passes, defense_metrics, threat_model

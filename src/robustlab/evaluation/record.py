@@ -52,6 +52,10 @@ class RunRecord:
     attack_ms_per_image: dict[str, float] = field(default_factory=dict)
     attack_passes_per_image: dict[str, dict[str, float]] = field(default_factory=dict)  # forward, backward
     attacks: dict[str, dict] = field(default_factory=dict)  # each evaluated attack's config
+    # Per attack, checked on every image it returned: how many were outside its threat model (not finite,
+    # outside [0, 1] or the ε-ball; counted as not broken), the largest perturbation, its balls.
+    threat_model: dict[str, dict] = field(default_factory=dict)
+    targets: dict[str, str] = field(default_factory=dict)  # the model's and defense's `_target_` (the report's key)
     settings: dict[str, Any] = field(default_factory=dict)  # the swept settings, flat (TensorBoard's HParams)
     selection: dict | None = None  # the checkpoint's selection metric and its best value
     train_seconds: float | None = None

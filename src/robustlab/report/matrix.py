@@ -127,6 +127,8 @@ class Cell:
     # Per image, on the first n_eval test images: correctness (mean over seeds) under clean, each attack, the
     # worst case; empty where a record predates per-image results.
     per_image: dict[str, list[float]] = field(default_factory=dict)
+    # Per attack: images returned outside its threat model (counted as not broken), the largest perturbation.
+    threat_model: dict[str, dict] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -171,8 +173,10 @@ def collect_cells(directory: str | Path, records: dict[str, RunRecord] | None = 
     seed), then aggregated over seeds into one row per (dataset, model, defense); sorted, deterministic."""
     trainings: dict[tuple, Cell] = {}
     images: dict[tuple, dict[str, list[float]]] = {}
-    for source, record in (read_records(directory)[0] if records is None else records).items():
-        key = (record.dataset, record.model, record.defense, record.seed)
+    records = read_records(directory)[0] if records is None else records
+    names = distinct_names(records)
+    for source, record in records.items():
+        key = (record.dataset, *names[source], record.seed)
         merge_record(trainings.setdefault(key, Cell(*key[:3], clean_acc=record.clean_acc)), record, source)
         escalated = (record.escalation or {}).get("per_image", {})
         for name, text in {**(record.per_image or {}), **escalated}.items():
@@ -187,6 +191,24 @@ def collect_cells(directory: str | Path, records: dict[str, RunRecord] | None = 
         add_threat_columns(cell, images.get(key, {}))
     return [aggregate([trainings[key] for key in keys], [key[3] for key in keys],
                       [images.get(key, {}) for key in keys]) for _, keys in sorted(rows.items())]
+
+
+def distinct_names(records: dict[str, RunRecord]) -> dict[str, tuple[str, str]]:
+    """Each result's (model, defense) row names: its record's, unless results of one name ran different classes
+    (two users' classes named `Net`, say): then each is named with its `_target_` too, so that no row merges
+    two different models or defenses. (Records from before targets were recorded keep their name.)"""
+    targets: dict[tuple[str, str], set[str]] = {}
+    for record in records.values():
+        for group in ("model", "defense"):
+            target = (record.targets or {}).get(group)
+            if target:
+                targets.setdefault((group, getattr(record, group)), set()).add(target)
+
+    def name(record: RunRecord, group: str) -> str:
+        label, target = getattr(record, group), (record.targets or {}).get(group)
+        return f"{label} ({target})" if target and len(targets[(group, label)]) > 1 else label
+
+    return {source: (name(record, "model"), name(record, "defense")) for source, record in records.items()}
 
 
 def merge_record(cell: Cell, record: RunRecord, source: str) -> None:
@@ -214,6 +236,10 @@ def merge_record(cell: Cell, record: RunRecord, source: str) -> None:
     cell.trust = max(cell.trust, trust, key=TRUST_ORDER.index)
     if escalation.get("remedies") is not None:
         cell.escalations.append({**escalation, "source": source, "original": record.robust_acc.get(WORST_CASE)})
+    for name, check in (record.threat_model or {}).items():
+        kept = cell.threat_model.setdefault(name, {"violations": 0, "largest_perturbation": 0.0})
+        kept["violations"] += int(check.get("violations", 0))
+        kept["largest_perturbation"] = max(kept["largest_perturbation"], float(check.get("largest_perturbation", 0)))
     cell.norms.update({name: attack["norm"] for name, attack in (record.attacks or {}).items()
                        if isinstance(attack, dict) and attack.get("norm")})
     if record.train_seconds is not None:
@@ -240,6 +266,10 @@ def aggregate(trainings: list[Cell], seeds: list, images: list[dict[str, list[fl
         row.randomized = row.randomized or cell.randomized
         row.n_eval, row.n_clean = max(row.n_eval, cell.n_eval), max(row.n_clean, cell.n_clean)
         row.sources += cell.sources
+        for name, check in cell.threat_model.items():
+            kept = row.threat_model.setdefault(name, {"violations": 0, "largest_perturbation": 0.0})
+            kept["violations"] += check["violations"]
+            kept["largest_perturbation"] = max(kept["largest_perturbation"], check["largest_perturbation"])
         row.evaluation_code.update(cell.evaluation_code)
         row.provenance.update(cell.provenance)
     for name in attack_columns(trainings):
@@ -397,6 +427,7 @@ def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = (
         out.write(certification_section(cells))
     if any(cell.escalations for cell in cells):
         out.write(escalation_section(cells))
+    out.write(threat_model_section(cells))
     out.write("\n## Audit flags\n\n")
     for name, letter in LETTERS.items():
         flagged = [row_label(cell, cells) for cell in cells if letter in cell.flags]
@@ -404,6 +435,23 @@ def markdown(cells: list[Cell], left_out: list[str] = (), skipped: list[str] = (
     out.write("\n## Answer\n\n")
     out.write(answer(cells))
     return out.getvalue()
+
+
+def threat_model_section(cells: list[Cell]) -> str:
+    """How many images each attack returned outside its threat model (they counted as not broken)."""
+    checked = [cell for cell in cells if cell.threat_model]
+    if not checked:
+        return ""
+    lines = ["\n## Threat model\n\nEvery image an attack returned was checked: finite, in [0, 1] and inside its "
+             "ε-ball (‖x′ − x‖ ≤ ε·(1 + 1e-5) + 1e-6 in the attack's norm); one outside counts as not broken. "]
+    violating = [(cell, name, check) for cell in checked for name, check in sorted(cell.threat_model.items())
+                 if check["violations"]]
+    if not violating:
+        return "".join(lines) + f"Every attack stayed inside its threat model ({len(checked)} row(s) checked).\n"
+    lines.append("These did not:\n\n| defense | attack | images outside | largest perturbation |\n|---|---|---:|---:|\n")
+    lines += [f"| {row_label(cell, cells)} | {name} | {check['violations']} | {check['largest_perturbation']:.4g} |\n"
+              for cell, name, check in violating]
+    return "".join(lines)
 
 
 def trust_mark(cell: Cell) -> str:
@@ -421,15 +469,18 @@ def escalation_section(cells: list[Cell]) -> str:
              "restarts; c: from FGSM's point; g: EOT; d, f: BPDA, a transfer attack from an undefended surrogate, "
              "Square with 5× the queries); the table shows the lower number. a, b and h have no remedy: such a "
              "cell stays *still flagged* and is left out of the answer.\n\n",
-             "| defense | flags | trust | worst case before → after (%) | remedies (accuracy %) | seconds |\n"
-             "|---|---|---|---:|---|---:|\n"]
+             "Attacks that no remedy strengthens (not a PGD of the suite: a user's attack, say) are listed as *not "
+             "escalated*: their numbers stand as measured.\n\n",
+             "| defense | flags | trust | worst case before → after (%) | remedies (accuracy %) | not escalated | "
+             "seconds |\n|---|---|---|---:|---|---|---:|\n"]
     for cell in cells:
         for escalation in cell.escalations:
             remedies = ", ".join(f"{name} {_percent(result['accuracy'])}"
                                  for name, result in escalation["remedies"].items()) or "none"
             lines.append(f"| {row_label(cell, cells)} | {escalation['flags']} | {escalation['trust']} | "
                          f"{_percent(escalation['original'])} → {_percent(escalation['robust_acc'].get(WORST_CASE))} | "
-                         f"{remedies} | {escalation['seconds']:.1f} |\n")
+                         f"{remedies} | {', '.join(escalation.get('not_escalated') or []) or '–'} | "
+                         f"{escalation['seconds']:.1f} |\n")
     return "".join(lines)
 
 
@@ -579,6 +630,9 @@ def write_report(directory: str | Path, versions: str = "refuse") -> dict[str, P
     directory = Path(directory)
     records, skipped = read_records(directory)
     records, left_out = select_versions(records, versions)
+    if not records:
+        raise NoResults(f"no result under {directory} was evaluated by the code installed now (--versions "
+                        f"{versions}); left out: {', '.join(left_out)}")
     cells = collect_cells(directory, records)
     output = directory / "report"
     output.mkdir(parents=True, exist_ok=True)
