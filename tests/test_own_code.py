@@ -28,7 +28,8 @@ QUICK = ["dataset=synthetic", "trainer.max_epochs=1", "eval=quick", "eval.n_samp
 def run_in(directory: Path, *overrides: str, script: str = "train.py"):
     import subprocess
 
-    environment = {**script_environment(), "PYTHONPATH": "."}
+    inherited = script_environment().get("PYTHONPATH")
+    environment = {**script_environment(), "PYTHONPATH": "." + (f":{inherited}" if inherited else "")}
     return subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=directory, env=environment,
                           capture_output=True, text=True, timeout=600)
 
