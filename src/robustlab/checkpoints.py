@@ -1,4 +1,5 @@
-"""Reading robustlab checkpoints back: the classifier, or just the deployed predictor."""
+"""Reading models back: robustlab checkpoints (the classifier, or just the deployed predictor), and models
+robustlab did not train (a state_dict for a model config, a TorchScript file)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from robustlab.classifier import RobustClassifier, speed_up
 from robustlab.configuration import instantiate
+from robustlab.defenses import AdversarialTraining
 from robustlab.errors import CheckpointError
 
 
@@ -99,3 +101,74 @@ def load_classifier(path: str | Path) -> RobustClassifier:
 def load_predictor(path: str | Path) -> nn.Module:
     """The deployed model (defense applied) from a checkpoint: an `nn.Module` in eval mode taking [0, 1] images."""
     return load_classifier(path).predictor().eval()
+
+
+# -- models robustlab did not train ---------------------------------------------------------------------------
+EXTERNAL_DEFENSE = "external"  # the defense label of a model trained elsewhere: whatever it had is in its weights
+
+
+def read_state_dict(path: str | Path) -> dict:
+    """A state_dict from a file, unpickling nothing but tensors and plain containers (`weights_only`). A
+    Lightning or robustlab checkpoint is accepted too: its `state_dict`, with robustlab's `model.` prefix
+    removed (the classifier network's weights)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights={str(path)!r}: no such file")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"weights={str(path)!r} cannot be read as a state_dict (a file saved with "
+                              f"torch.save(model.state_dict(), path)): {type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+        if any(key.startswith("model.") for key in loaded):
+            loaded = {key.removeprefix("model."): value for key, value in loaded.items() if key.startswith("model.")}
+    if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
+        raise CheckpointError(f"weights={str(path)!r} holds a {type(loaded).__name__}, not a state_dict "
+                              "(a dict of tensors: torch.save(model.state_dict(), path))")
+    return loaded
+
+
+def model_with_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """`model` with the state_dict in `path` loaded, or a `CheckpointError` naming what does not fit."""
+    try:
+        model.load_state_dict(read_state_dict(path))
+    except RuntimeError as error:
+        details = " ".join(str(error).split())
+        raise CheckpointError(f"weights={str(path)!r} does not fit the model {type(model).__name__} "
+                              f"(model._target_): {details}") from None
+    return model
+
+
+def read_torchscript(path: str | Path) -> nn.Module:
+    """A TorchScript module (torch.jit.save) on the CPU: its code is TorchScript's, no pickled Python objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"torchscript={str(path)!r}: no such file")
+    try:
+        return TorchScriptModel(torch.jit.load(str(path), map_location="cpu"))
+    except Exception as error:
+        raise CheckpointError(f"torchscript={str(path)!r} is not a TorchScript file (torch.jit.save of a scripted "
+                              f"or traced model): {type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}") from None
+
+
+class TorchScriptModel(nn.Module):
+    """A TorchScript module as a plain module: the evaluation counts passes with forward hooks, which
+    ScriptModules refuse."""
+
+    def __init__(self, scripted: nn.Module) -> None:
+        super().__init__()
+        self.scripted = scripted
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scripted(x)
+
+
+def external_classifier(model: nn.Module, build_config: dict, performance: dict | None = None) -> RobustClassifier:
+    """A model trained elsewhere as robustlab's classifier: deployed as it is (no defense of robustlab's)."""
+    defense = AdversarialTraining()
+    if not isinstance(model, TorchScriptModel):  # a TorchScript graph runs as it was saved
+        speed_up(model, defense, **(performance or {}))
+    return RobustClassifier(model=model, defense=defense, build_config=build_config).eval()

@@ -18,8 +18,10 @@ Data locations, loggers, progress bars and output paths are not part of either k
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -31,7 +33,9 @@ TRAINING_KEYS = ("dataset", "model", "defense", "optimizer", "scheduler", "seed"
                  "trainer.precision", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val")
 EVALUATION_KEYS = ("attack", "eval.attacks", "eval.n_samples", "eval.accuracy_draws", "eval.compare_without_eot", "eval.bpda",
                    "eval.mixture_attacks",
-                   "eval.audit", "eval.certify", "ckpt_path")
+                   "eval.audit", "eval.certify", "ckpt_path", "weights", "torchscript")
+# Model files from elsewhere are keyed by their content, not their path: a new file at the same path is a new run.
+FILE_KEYS = ("weights", "torchscript")
 # Code that runs whatever the config says: the training loop and stages; the evaluation passes, audit, record.
 TRAINING_CODE = ("robustlab.stages", "robustlab.classifier")
 EVALUATION_CODE = ("robustlab.runs",)
@@ -46,11 +50,31 @@ def _select(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, Any]:
         if node is None:
             continue
         value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        if key in FILE_KEYS:
+            value = file_digest(str(value))
         if key == "dataset" and isinstance(value, dict):
             value = {**value, "datamodule": {k: v for k, v in value.get("datamodule", {}).items()
                                              if k not in LOCATION_KEYS}}
         chosen[key] = value
     return chosen
+
+
+def file_digest(path: str) -> str:
+    """A short hash of a file's bytes (the path itself if it cannot be read: the run then stops saying why)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return path
+    return _file_digest(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
 
 
 def _digest(content: dict) -> str:
@@ -96,7 +120,8 @@ def _resolve(kind: str, *, _root_: DictConfig) -> str:
     functions = {"training": training_fingerprint, "run": run_fingerprint}
     if kind not in functions:
         raise ValueError(f"${{fingerprint:{kind}}}: expected one of {sorted(functions)}")
-    if OmegaConf.select(_root_, "dataset", throw_on_missing=False) is None and "ckpt_path" in _root_.keys():
+    if OmegaConf.select(_root_, "dataset", throw_on_missing=False) is None and \
+            OmegaConf.select(_root_, "ckpt_path", throw_on_missing=False) is not None:
         from robustlab.checkpoints import read_checkpoint, with_checkpoint_dataset
         from robustlab.errors import CheckpointError
 

@@ -88,10 +88,10 @@ def check_model_fits_dataset(model: nn.Module, cfg: DictConfig, key: str = "mode
             logits = model.eval()(torch.zeros(shape))
     except RuntimeError as error:
         raise ConfigError(f"{key}: {subject} does not accept images of {description}: model.in_channels="
-                          f"{cfg.model.get('in_channels')}, dataset.channels={dataset.channels} "
+                          f"{OmegaConf.select(cfg, 'model.in_channels')}, dataset.channels={dataset.channels} "
                           f"({str(error).splitlines()[0]})") from None
     finally:
         model.train(was_training)
     if logits.shape != (2, dataset.num_classes):
         raise ConfigError(f"{key}: {subject} predicts {logits.shape[-1]} classes but {description}: model.num_classes="
-                          f"{cfg.model.get('num_classes')}, dataset.num_classes={dataset.num_classes}")
+                          f"{OmegaConf.select(cfg, 'model.num_classes')}, dataset.num_classes={dataset.num_classes}")
