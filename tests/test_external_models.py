@@ -87,3 +87,65 @@ def test_evaluate_needs_a_dataset_for_a_file_from_elsewhere(trained, tmp_path):
     result = run_script("evaluate.py", f"torchscript={trained['root'] / 'traced.pt'}", "logger=none",
                         f"hydra.run.dir={tmp_path}", output_root=tmp_path)
     assert result.returncode == 2 and "needs dataset=<option>" in result.stderr
+
+
+# -- the Python API -----------------------------------------------------------------------------------------
+API_SETTINGS = ["eval=quick", "eval.n_samples=64", "eval.audit.n_samples=32", "eval.audit.square_queries=50",
+                "logger=none"]
+
+
+def test_the_python_api_on_a_checkpoints_predictor_gives_evaluate_pys_numbers(trained, tmp_path):
+    """`robustlab.evaluate_model` on `load_predictor(checkpoint)`: per image, every attack and the worst case, the
+    numbers `python evaluate.py ckpt_path=...` wrote; on the dataset's split or on its tensors handed over."""
+    import robustlab
+    from robustlab.builders import build_datamodule
+
+    predictor = robustlab.load_predictor(trained["checkpoint"])
+    record = robustlab.evaluate_model(predictor, dataset="synthetic", overrides=API_SETTINGS,
+                                      output_dir=tmp_path / "split")
+    assert record.per_image == trained["record"]["per_image"]
+    assert (tmp_path / "split" / "metrics.json").is_file() and record.defense == "external"
+
+    images, labels = build_datamodule(compose_config(["dataset=synthetic"], tmp_path).dataset).test_set.tensors
+    given = robustlab.evaluate_model(predictor, images, labels, dataset="synthetic", overrides=API_SETTINGS,
+                                     output_dir=tmp_path / "tensors", name="mine")
+    assert given.per_image == trained["record"]["per_image"] and given.model == "mine"
+    assert given.audit and given.intervals["worst_case"] and given.attack_passes_per_image["pgd_linf"]["backward"] > 0
+    assert next(predictor.parameters()).is_contiguous()  # the caller's model is not converted in place
+
+
+class NoisyInput(torch.nn.Module):
+    """A randomized model: Gaussian noise on the input, every forward pass."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x + 0.3 * torch.randn_like(x))
+
+
+def test_the_python_api_attacks_a_randomized_model_with_eot(trained, tmp_path):
+    import robustlab
+
+    record = robustlab.evaluate_model(NoisyInput(robustlab.load_predictor(trained["checkpoint"])), dataset="synthetic",
+                                      overrides=[*API_SETTINGS, "eval.audit.enabled=false"], output_dir=tmp_path)
+    assert record.randomized and record.accuracy_draws == 10
+    assert "pgd_linf" in record.robust_acc_without_eot  # the single-draw pass, reported apart
+    assert record.attacks["pgd_linf"]["eot_samples"] is None  # automatic: EOT on this predictor
+
+
+@pytest.mark.parametrize("images,labels,fragment", [
+    (torch.rand(4, 1, 28, 28) * 2, torch.zeros(4, dtype=torch.long), "values in [0, 1]"),
+    (torch.rand(4, 3, 32, 32), torch.zeros(4, dtype=torch.long), "dataset=synthetic describes (1, 28, 28)"),
+    (torch.rand(4, 1, 28, 28), torch.zeros(5, dtype=torch.long), "expected images (N, C, H, W) and labels (N,)"),
+])
+def test_the_python_api_refuses_bad_tensors(images, labels, fragment, tmp_path):
+    import robustlab
+    from robustlab.errors import ConfigError
+    from robustlab.models import BasicNet
+
+    with pytest.raises(ConfigError) as refused:
+        robustlab.evaluate_model(BasicNet(1, 28, 10, [0.5], [0.25]), images, labels, dataset="synthetic",
+                                 overrides=API_SETTINGS, output_dir=tmp_path)
+    assert fragment in str(refused.value)
