@@ -20,8 +20,11 @@ from robustlab.fingerprint import evaluation_modules
 from robustlab.provenance import PRESENTATION, code_modules, module_digest
 
 EXAMPLE = ROOT / "examples" / "own_code"
-# The README's command, run from a copy of examples/own_code (any directory outside the repository).
-EXAMPLE_COMMAND = ["--config-dir", "conf", "model=tiny_cnn", "defense=blur", "attack=margin_pgd"]
+# The README's command, run from a copy of examples/own_code (any directory outside the repository): its
+# arguments after `PYTHONPATH=. python ../../train.py`.
+EXAMPLE_COMMAND = next(line for line in (ROOT / "README.md").read_text().splitlines()
+                       if line.startswith("PYTHONPATH=. python ../../train.py "))
+EXAMPLE_COMMAND = EXAMPLE_COMMAND.split("#")[0].split()[3:]
 QUICK = ["dataset=synthetic", "trainer.max_epochs=1", "eval=quick", "eval.n_samples=64", "logger=none"]
 
 
@@ -227,3 +230,18 @@ def test_an_attack_returning_another_shape_stops_the_run_naming_it(tmp_path):
     with pytest.raises(AttackContractError, match=r"attack 'WrongShape' .* returned \(64, 1, 27, 28\)"):
         run(cfg)
     assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.slow  # a ResNet-18 on the whole Fashion-MNIST test split on the CPU: minutes; the default suite runs
+# the API in tests/test_external_models.py
+def test_the_torchvision_example_runs_through_the_python_api(tmp_path):
+    import subprocess
+
+    directory = user_directory(tmp_path)
+    result = subprocess.run([sys.executable, "evaluate_torchvision.py", "eval.n_samples=16", "eval.audit.n_samples=16",
+                             "eval.audit.square_queries=20", "attack.steps=5"], cwd=directory,
+                            env=script_environment(), capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((directory / "outputs" / "api" / "resnet18" / "metrics.json").read_text())
+    assert record["model"] == "resnet18" and record["n_eval"] == 16 and record["n_clean"] == 10000
+    assert "outside the threat model: 0" in result.stdout

@@ -33,6 +33,14 @@ ELSEWHERE = {
     "python train.py trainer=gpu": "tests/test_trainers.py::test_gpu_trainer_single_run_in_its_cpu_form",
     "python train.py trainer=ddp": "tests/test_trainers.py::test_ddp_trains_once_and_evaluates_every_image_once",
     "bash scripts/setup.sh && .venv/bin/python -m pytest": ".ci/run (CI runs exactly this)",
+    "python evaluate.py weights=weights.pt model=basic_net dataset=fashion_mnist":
+        "tests/test_external_models.py::test_a_state_dict_gives_the_numbers_of_its_checkpoint",
+    "python evaluate.py torchscript=model.pt dataset=fashion_mnist":
+        "tests/test_external_models.py::test_a_torchscript_model_is_evaluated_as_it_is",
+    "cd examples/own_code": "tests/test_own_code.py (each test runs from a copy of examples/own_code outside the repository)",
+    "PYTHONPATH=. python ../../train.py --config-dir conf model=tiny_cnn defense=blur attack=margin_pgd":
+        "tests/test_own_code.py::test_the_examples_model_defense_and_attack_run_under_their_own_names",
+    "python evaluate_torchvision.py": "tests/test_own_code.py::test_the_torchvision_example_runs_through_the_python_api",
 }
 # Commands no test can run here, and why.
 NOT_RUN = {
@@ -232,9 +240,11 @@ PYTHON_API = readme_commands()[[i for i, c in enumerate(readme_commands()) if c.
 
 def test_python_api_block(outputs, plain_run):
     code = readme_path(PYTHON_API, outputs, last_checkpoint(plain_run))
-    script = f"import torch\nimages = torch.rand(4, 1, 28, 28)\n{code}\nassert logits.shape == (4, 10)\nprint('ok')"
+    script = (f"import torch\nimages, labels = torch.rand(4, 1, 28, 28), torch.arange(4)\n{code}\n"
+              "assert logits.shape == (4, 10) and record.n_eval == 4 and record.threat_model['pgd_linf']['violations'] == 0\n"
+              "print('ok')")
     assert ok(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
-                             timeout=120)).stdout.strip() == "ok"
+                             timeout=300)).stdout.strip().splitlines()[-1] == "ok"
 
 
 LOCAL_GPUS = ("python train.py -m hydra/launcher=local_gpus hydra.launcher.n_jobs=4 trainer=gpu defense=none,adv_train "
