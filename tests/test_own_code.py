@@ -245,3 +245,26 @@ def test_the_torchvision_example_runs_through_the_python_api(tmp_path):
     record = json.loads((directory / "outputs" / "api" / "resnet18" / "metrics.json").read_text())
     assert record["model"] == "resnet18" and record["n_eval"] == 16 and record["n_clean"] == 10000
     assert "outside the threat model: 0" in result.stdout
+
+
+class Grey(Attack):
+    """An unbounded attack (`eps: None`): every image turned mid-grey. It takes and ignores the settings of the
+    PGD config it replaces."""
+
+    def __init__(self, eps=None, norm: str = "linf", **pgd_settings) -> None:
+        self.eps, self.norm, self.eot_samples = None, norm, 1
+
+    def attack(self, model, x, y, draws):
+        return torch.full_like(x, 0.5)
+
+
+def test_an_unbounded_attack_runs_through_the_evaluation_and_the_audit(tmp_path):
+    from robustlab.train import run
+
+    cfg = compose_config(["dataset=synthetic", "trainer.max_epochs=1", "eval=quick", "eval.n_samples=64",
+                          "eval.audit.n_samples=32", "eval.audit.square_queries=20", "logger=tensorboard",
+                          "attack._target_=test_own_code.Grey", "attack.eps=null"], tmp_path)
+    record = run(cfg)
+    assert record.threat_model["Grey"] == {"violations": 0, "largest_perturbation": 0.0, "balls": []}
+    assert record.robust_acc["Grey"] <= 0.2 and record.audit  # grey images: about chance; the audit ran
+    assert "Grey" not in record.curves  # no ε to scale: left out of the robustness curves

@@ -207,6 +207,10 @@ def test_matrix_sweep_and_its_report(outputs):
     defenses = re.findall(r"^\| (\w+) \| \d", written, flags=re.MULTILINE)
     zoo = set((ROOT / "conf" / "sweep" / "zoo.yaml").read_text().split("defense: ")[1].split()[0].split(","))
     assert zoo <= set(defenses)
+    # Every shipped attack of eval=matrix stayed inside its threat model, on every defense of the zoo.
+    checked = [json.loads(path.read_text())["threat_model"] for path in (outputs / "sweeps" / "matrix").rglob("metrics.json")]
+    assert len(checked) >= len(zoo) and all(check["violations"] == 0 for record in checked for check in record.values())
+    assert "Every attack stayed inside its threat model" in written
     result = ok(subprocess.run([sys.executable, *shlex.split(readme_path(REPORT, outputs))[1:]], cwd=ROOT,
                                env=script_environment(), capture_output=True, text=True, timeout=300))
     assert report.read_text() == written and "| random_mixture |" in result.stdout

@@ -119,6 +119,11 @@ def test_matrix_sweep_writes_the_report_and_a_rerun_only_reads(tmp_path):
     assert "| fast_adv_train |" in text and "| none |" in text and "apgd_ce" in text and "square" in text
     assert (report / "heatmap.png").is_file() and (report / "results.csv").is_file()
     assert "## Over seeds" in text and "| fast_adv_train | 0, 1 |" in text and "| none | 0, 1 |" in text
+    records = [json.loads(path.read_text()) for path in (tmp_path / "sweeps" / "matrix").rglob("metrics.json")]
+    assert len(records) == 4 and {"fgsm", "pgd_linf", "pgd_l2", "apgd_ce", "square", "autoattack"} <= set(
+        records[0]["threat_model"])  # every attack of eval=matrix checked, and none left its ball
+    assert all(check["violations"] == 0 for record in records for check in record["threat_model"].values())
+    assert "Every attack stayed inside its threat model (2 row(s) checked)" in text
     checkpoints = tmp_path / "checkpoints" / "synthetic" / "basic_net"
     assert len(list((checkpoints / "fast_adv_train").glob("*/trained.json"))) == 2  # a training per seed
     started = time.perf_counter()

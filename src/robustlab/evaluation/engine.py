@@ -230,7 +230,8 @@ class Evaluation:
         clean, adversarial = predicted_classes(predictor, x).cpu(), predicted_classes(predictor, x_adv).cpu()
         attack = self.passes[name]
         figure = adversarial_figure(x, x_adv, y.cpu(), clean, adversarial, class_names=self.class_names,
-                                    title=f"{name}: {NORM_NAMES.get(attack.norm, attack.norm)} ε = {attack.eps:g}")
+                                    title=f"{name}: {NORM_NAMES.get(attack.norm, attack.norm)} "
+                                    + ("unbounded" if attack.eps is None else f"ε = {attack.eps:g}"))
         experiment.add_figure(f"{VISUAL}/adversarial_examples/{name}", figure, self.image_step)
 
     def finish(self, trainer: pl.Trainer) -> None:
