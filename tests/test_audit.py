@@ -248,6 +248,8 @@ def test_a_flagged_run_records_its_escalation(tmp_path):
     assert escalation["trust"] == ("still flagged" if "b" in escalation["flags"] else "escalated")
     assert escalation["robust_acc"]["worst_case"] <= metrics["robust_acc"]["worst_case"]
     assert escalation["robust_acc"]["pgd_linf"] < metrics["robust_acc"]["pgd_linf"]
+    # No remedy strengthens the one-step FGSM: its number stands as measured, and the record says so.
+    assert escalation["not_escalated"] == ["fgsm"]
 
 
 def test_escalation_keeps_the_single_draw_copies_out_of_the_worst_case():

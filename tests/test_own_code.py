@@ -268,3 +268,36 @@ def test_an_unbounded_attack_runs_through_the_evaluation_and_the_audit(tmp_path)
     assert record.threat_model["Grey"] == {"violations": 0, "largest_perturbation": 0.0, "balls": []}
     assert record.robust_acc["Grey"] <= 0.2 and record.audit  # grey images: about chance; the audit ran
     assert "Grey" not in record.curves  # no ε to scale: left out of the robustness curves
+
+
+class NotADefense(torch.nn.Module):
+    def __init__(self, **settings) -> None:
+        super().__init__()
+
+
+class NotAnAttack:
+    def __init__(self, **settings) -> None:
+        pass
+
+
+from robustlab.defenses.base import Defense  # noqa: E402
+
+
+class DefenseWithoutLoss(Defense):
+    def __init__(self, **settings) -> None:
+        super().__init__()
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("defense._target_=test_own_code.NotADefense", "built a NotADefense, not a defense"),
+    ("defense._target_=test_own_code.DefenseWithoutLoss", "does not implement training_loss"),
+    ("attack._target_=test_own_code.NotAnAttack", "attack._target_='test_own_code.NotAnAttack' built a NotAnAttack, not an attack"),
+])
+def test_a_class_that_misses_its_contract_is_refused_before_training(override, fragment, tmp_path):
+    from robustlab.train import run
+
+    cfg = compose_config(["dataset=synthetic", "trainer.max_epochs=1", "logger=none", override], tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        run(cfg)
+    assert fragment in str(refused.value)
+    assert not list((tmp_path / "outputs").rglob("*.ckpt"))

@@ -243,3 +243,20 @@ def test_an_escalated_cell_shows_the_lower_number_and_its_trust_mark(tmp_path):
     assert "| adv_train | e | escalated | 60.0 → 58.0 | pgd_linf/steps×5,restarts=5 61.0 | 12.0 |" in text
     # escalated rows compete in the answer, with their escalated number
     assert "**Highest worst-case robust accuracy: adv_train** (58.0%)," in text
+
+
+def test_the_report_never_merges_two_different_targets_under_one_name(tmp_path):
+    """Two users' classes both labelled `net` (rows), and a user's `pgd_linf` option beside robustlab's
+    (columns): each is named with its `_target_`, never averaged into one row or column."""
+    robust = {"pgd_linf": 0.5, "worst_case": 0.5}
+    attacks = {"pgd_linf": {"_target_": "robustlab.attacks.PGD", "norm": "linf"}}
+    write_cell(tmp_path / "a", "none", 0.9, robust, targets={"model": "alice.Net", "defense": "x.D"}, attacks=attacks)
+    write_cell(tmp_path / "b", "none", 0.8, {"pgd_linf": 0.1, "worst_case": 0.1},
+               targets={"model": "bob.Net", "defense": "x.D"},
+               attacks={"pgd_linf": {"_target_": "bob.MyPGD", "norm": "linf"}})
+    cells = collect_cells(tmp_path)
+    assert sorted(cell.model for cell in cells) == ["basic_net (alice.Net)", "basic_net (bob.Net)"]
+    columns = {name for cell in cells for name in cell.robust_acc}
+    assert {"pgd_linf (robustlab.attacks.PGD)", "pgd_linf (bob.MyPGD)"} <= columns and "pgd_linf" not in columns
+    bob = next(cell for cell in cells if "bob" in cell.model)
+    assert bob.robust_acc["pgd_linf (bob.MyPGD)"] == 0.1 and bob.clean_acc == 0.8

@@ -13,7 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from robustlab.classifier import RobustClassifier, speed_up
 from robustlab.configuration import instantiate, to_plain
-from robustlab.errors import InvalidValue
+from robustlab.attacks.base import Attack
+from robustlab.defenses.base import Defense
+from robustlab.errors import ConfigError, InvalidValue
 from robustlab.files import AtomicCheckpointIO
 from robustlab.fingerprint import training_code
 from robustlab.validation import check_model_fits_dataset
@@ -70,7 +72,15 @@ def evaluation_attack_configs(cfg: DictConfig) -> dict[str, DictConfig]:
 
 
 def evaluation_attacks(cfg: DictConfig) -> dict[str, Any]:
-    return {name: instantiate(node) for name, node in evaluation_attack_configs(cfg).items()}
+    attacks = {name: instantiate(node) for name, node in evaluation_attack_configs(cfg).items()}
+    for name, attack in attacks.items():
+        if not isinstance(attack, Attack):
+            node = evaluation_attack_configs(cfg)[name]
+            raise ConfigError(f"{node._get_full_key(None)}._target_={node.get('_target_')!r} built a "
+                              f"{type(attack).__name__}, not an attack: a class of yours subclasses "
+                              "robustlab.attacks.base.Attack and implements attack(model, x, y, draws) "
+                              "(docs/ARCHITECTURE.md, 'Your own code')")
+    return attacks
 
 
 def attack_descriptions(cfg: DictConfig) -> dict[str, dict]:
@@ -89,6 +99,7 @@ def build_classifier(cfg: DictConfig) -> RobustClassifier:
     model = instantiate(cfg.model)
     check_model_fits_dataset(model, cfg)
     defense = instantiate(cfg.defense)
+    check_defense(defense, cfg.defense)
     with config_key(cfg.defense.get("wrapper") or cfg.defense):
         check_model_fits_dataset(defense.wrap(model), cfg, "defense")  # e.g. noise after a layer the model lacks
     speed_up(model, defense, **cfg.performance)
@@ -101,6 +112,18 @@ def build_classifier(cfg: DictConfig) -> RobustClassifier:
         accuracy_draws=cfg.eval.accuracy_draws,
         build_config=build_config(cfg),
     )
+
+
+def check_defense(defense: Any, node: DictConfig) -> None:
+    """A defense is a `Defense` with its own training loss: anything else is refused before training."""
+    target = node.get("_target_")
+    if not isinstance(defense, Defense):
+        raise ConfigError(f"defense._target_={target!r} built a {type(defense).__name__}, not a defense: a class of "
+                          "yours subclasses robustlab.defenses.base.Defense (docs/ARCHITECTURE.md, 'Your own code')")
+    if type(defense).training_loss is Defense.training_loss:
+        raise ConfigError(f"defense._target_={target!r} does not implement training_loss(model, x, y) -> "
+                          "TrainingLoss(loss, logits), which every defense provides (docs/ARCHITECTURE.md, "
+                          "'Your own code')")
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:

@@ -17,7 +17,7 @@ import csv
 import io
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import fmean as mean
 
@@ -173,7 +173,7 @@ def collect_cells(directory: str | Path, records: dict[str, RunRecord] | None = 
     seed), then aggregated over seeds into one row per (dataset, model, defense); sorted, deterministic."""
     trainings: dict[tuple, Cell] = {}
     images: dict[tuple, dict[str, list[float]]] = {}
-    records = read_records(directory)[0] if records is None else records
+    records = distinct_attacks(read_records(directory)[0] if records is None else records)
     names = distinct_names(records)
     for source, record in records.items():
         key = (record.dataset, *names[source], record.seed)
@@ -209,6 +209,37 @@ def distinct_names(records: dict[str, RunRecord]) -> dict[str, tuple[str, str]]:
         return f"{label} ({target})" if target and len(targets[(group, label)]) > 1 else label
 
     return {source: (name(record, "model"), name(record, "defense")) for source, record in records.items()}
+
+
+ATTACK_KEYED = ("robust_acc", "robust_acc_without_eot", "defense_metrics", "curves", "attack_ms_per_image",
+                "attack_passes_per_image", "attacks", "threat_model", "intervals", "per_image")
+
+
+def distinct_attacks(records: dict[str, RunRecord]) -> dict[str, RunRecord]:
+    """The records with each attack column named so that no column merges two different attacks: where results
+    name different `_target_`s alike (a user's `pgd_linf` option beside robustlab's, say), each such attack is
+    named with its `_target_` too."""
+    targets: dict[str, set[str]] = {}
+    for record in records.values():
+        for name, config in (record.attacks or {}).items():
+            if isinstance(config, dict) and config.get("_target_"):
+                targets.setdefault(name, set()).add(config["_target_"])
+    clashing = {name for name, found in targets.items() if len(found) > 1}
+    if not clashing:
+        return records
+
+    def renamed(record: RunRecord) -> RunRecord:
+        mapping = {name: f"{name} ({config['_target_']})" for name, config in (record.attacks or {}).items()
+                   if name in clashing and isinstance(config, dict) and config.get("_target_")}
+        changes = {key: {mapping.get(name, name): value for name, value in (getattr(record, key) or {}).items()}
+                   for key in ATTACK_KEYED}
+        if record.escalation:
+            changes["escalation"] = {**record.escalation, **{key: {mapping.get(name, name): value for name, value in
+                                                                   record.escalation.get(key, {}).items()}
+                                                             for key in ("robust_acc", "per_image")}}
+        return replace(record, **changes)
+
+    return {source: renamed(record) for source, record in records.items()}
 
 
 def merge_record(cell: Cell, record: RunRecord, source: str) -> None:
