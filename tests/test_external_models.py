@@ -4,11 +4,9 @@ torchscript=...`, as a user types them, and what each refuses."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import compose_config, run_script
 
 EVALUATION = ["dataset=synthetic", "eval=quick", "eval.n_samples=64", "eval.audit.n_samples=32",

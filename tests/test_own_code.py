@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, compose_config, script_environment
+
 from robustlab.attacks.base import Attack, outside_threat_model
 from robustlab.attacks.cascade import WorstCase
 from robustlab.attacks.pgd import PGD
+from robustlab.defenses.base import Defense
 from robustlab.errors import ConfigError
 from robustlab.fingerprint import evaluation_modules
 from robustlab.provenance import PRESENTATION, code_modules, module_digest
@@ -90,12 +91,13 @@ def test_editing_the_users_files_retrains_reevaluates_or_does_nothing(tmp_path):
     assert reevaluated["run_fingerprint"] != trained["run_fingerprint"]
     assert reevaluated["training_fingerprint"] == trained["training_fingerprint"] and reevaluated["training_reused"]
 
-    (directory / "mynet.py").write_text((directory / "mynet.py").read_text().replace("# noqa", "") + "\n# a note\n")
+    (directory / "mynet.py").write_text((directory / "mynet.py").read_text() + "\n# a note\n")
     (directory / "notes.py").write_text("UNRELATED = 1\n")
     comment = run_in(directory, *command)
     assert comment.returncode == 0 and "run already finished" in comment.stdout
 
-    (directory / "mynet.py").write_text((directory / "mynet.py").read_text().replace("width: int = 16", "width: int = 8"))
+    model = directory / "mynet.py"
+    model.write_text(model.read_text().replace("width: int = 16", "width: int = 8"))
     (directory / "conf" / "model" / "tiny_cnn.yaml").write_text(
         (directory / "conf" / "model" / "tiny_cnn.yaml").read_text().replace("width: 16\n", ""))
     model_edit = run_in(directory, *command)
@@ -211,7 +213,8 @@ def test_a_cheating_attack_is_caught_and_its_images_count_as_not_broken(tmp_path
                           "attack._target_=test_own_code.Cheat", "eval.audit.enabled=false"], tmp_path)
     record = run(cfg)
     assert record.attack == "Cheat"
-    assert record.threat_model["Cheat"]["violations"] == 64 and record.threat_model["Cheat"]["largest_perturbation"] > 0.5
+    assert record.threat_model["Cheat"]["violations"] == 64
+    assert record.threat_model["Cheat"]["largest_perturbation"] > 0.5
     # Every image outside the ball was scored as the clean image: accuracy under the cheat is the clean
     # accuracy of those images, not the near-zero that noise of 0.6 would give.
     clean = [float(v) for v in record.per_image["clean"].split(",")]
@@ -280,9 +283,6 @@ class NotAnAttack:
         pass
 
 
-from robustlab.defenses.base import Defense  # noqa: E402
-
-
 class DefenseWithoutLoss(Defense):
     def __init__(self, **settings) -> None:
         super().__init__()
@@ -291,7 +291,8 @@ class DefenseWithoutLoss(Defense):
 @pytest.mark.parametrize("override,fragment", [
     ("defense._target_=test_own_code.NotADefense", "built a NotADefense, not a defense"),
     ("defense._target_=test_own_code.DefenseWithoutLoss", "does not implement training_loss"),
-    ("attack._target_=test_own_code.NotAnAttack", "attack._target_='test_own_code.NotAnAttack' built a NotAnAttack, not an attack"),
+    ("attack._target_=test_own_code.NotAnAttack",
+     "attack._target_='test_own_code.NotAnAttack' built a NotAnAttack, not an attack"),
 ])
 def test_a_class_that_misses_its_contract_is_refused_before_training(override, fragment, tmp_path):
     from robustlab.train import run
