@@ -108,3 +108,32 @@ def test_benchmark_refuses_a_gpu_it_cannot_see(tmp_path):
                             cwd=ROOT)
     assert result.returncode == 2 and "no CUDA GPU" in result.stderr
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_channels_last_is_not_applied_to_pointwise_convolutions_on_the_cpu(caplog):
+    """oneDNN's AVX2 kernel for a channels-last 1×1 convolution's weight gradient hangs (or corrupts memory) on
+    CPUs without AVX-512 (PyTorch 2.14.1): on the CPU a network with 1×1 convolutions stays NCHW, and says so;
+    BasicNet (5×5 only) is converted; on a GPU every network is."""
+    import logging
+
+    from robustlab.classifier import speed_up
+    from robustlab.defenses import AdversarialTraining
+    from robustlab.models import BasicNet, PreActResNet18
+
+    def converted(model) -> bool:
+        weights = [layer.weight for layer in model.modules() if isinstance(layer, torch.nn.Conv2d) and
+                   layer.in_channels > 1 and layer.kernel_size != (1, 1)]  # where the two layouts differ
+        return all(weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+                   for weight in weights)
+
+    common = dict(in_channels=3, num_classes=10, mean=[0.5] * 3, std=[0.25] * 3)
+    with caplog.at_level(logging.WARNING, logger="robustlab.classifier"):
+        resnet = PreActResNet18(**common, width=4)
+        speed_up(resnet, AdversarialTraining(), channels_last=True, on_cpu=True)
+    assert not converted(resnet) and "performance.channels_last=true is not applied" in caplog.text
+    basic = BasicNet(1, 28, 10, [0.5], [0.25])
+    speed_up(basic, AdversarialTraining(), channels_last=True, on_cpu=True)
+    assert converted(basic)
+    on_gpu = PreActResNet18(**common, width=4)
+    speed_up(on_gpu, AdversarialTraining(), channels_last=True, on_cpu=False)
+    assert converted(on_gpu)

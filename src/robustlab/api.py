@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from robustlab.builders import build_datamodule, choices
+from robustlab.builders import build_datamodule, choices, runs_on_cpu
 from robustlab.checkpoints import EXTERNAL_DEFENSE, external_classifier
 from robustlab.configuration import to_plain
 from robustlab.data.tensors import GivenTestSplit
@@ -71,7 +71,7 @@ def evaluate_model(model: nn.Module, images: torch.Tensor | None = None, labels:
              "defense": {"_target_": EXTERNAL_DEFENSE}, "dataset": to_plain(cfg.dataset), "choices": chosen}
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     evaluation = Evaluation.from_config(cfg)
-    classifier = external_classifier(model, built, cfg.performance)
+    classifier = external_classifier(model, built, cfg.performance, runs_on_cpu(cfg))
     return evaluate_and_record(cfg, classifier, datamodule, evaluation, None, chosen=chosen)
 
 

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
@@ -102,7 +103,7 @@ def build_classifier(cfg: DictConfig) -> RobustClassifier:
     check_defense(defense, cfg.defense)
     with config_key(cfg.defense.get("wrapper") or cfg.defense):
         check_model_fits_dataset(defense.wrap(model), cfg, "defense")  # e.g. noise after a layer the model lacks
-    speed_up(model, defense, **cfg.performance)
+    speed_up(model, defense, **cfg.performance, on_cpu=runs_on_cpu(cfg))
     return RobustClassifier(
         model=model,
         defense=defense,
@@ -112,6 +113,12 @@ def build_classifier(cfg: DictConfig) -> RobustClassifier:
         accuracy_draws=cfg.eval.accuracy_draws,
         build_config=build_config(cfg),
     )
+
+
+def runs_on_cpu(cfg: DictConfig) -> bool:
+    """Whether the Trainer will run on the CPU (`trainer.accelerator` cpu, or auto without a GPU)."""
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
 
 
 def check_defense(defense: Any, node: DictConfig) -> None:

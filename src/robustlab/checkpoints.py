@@ -77,15 +77,16 @@ def load_model_weights(classifier: RobustClassifier, path: str | Path) -> None:
 RENAMED_TARGETS = {"robustlab.defenses.Defense": "robustlab.defenses.AdversarialTraining"}
 
 
-def classifier_from_checkpoint(checkpoint: dict, performance: dict | None = None) -> RobustClassifier:
+def classifier_from_checkpoint(checkpoint: dict, performance: dict | None = None, on_cpu: bool = True
+                               ) -> RobustClassifier:
     """The trained model and defense, weights loaded, in eval mode, for evaluation and deployment (no optimizer).
 
-    `performance`: `channels_last` / `compile` as in the run's `performance` config."""
+    `performance`: `channels_last` / `compile` as in the run's `performance` config; `on_cpu`: where it runs."""
     stored = checkpoint["robustlab"]
     defense = dict(stored["defense"])
     defense["_target_"] = RENAMED_TARGETS.get(defense["_target_"], defense["_target_"])
     model, defense = instantiate(OmegaConf.create(stored["model"])), instantiate(OmegaConf.create(defense))
-    speed_up(model, defense, **(performance or {}))
+    speed_up(model, defense, **(performance or {}), on_cpu=on_cpu)
     classifier = RobustClassifier(model=model, defense=defense, build_config=stored)
     try:
         classifier.load_state_dict(checkpoint["state_dict"])
@@ -166,9 +167,10 @@ class TorchScriptModel(nn.Module):
         return self.scripted(x)
 
 
-def external_classifier(model: nn.Module, build_config: dict, performance: dict | None = None) -> RobustClassifier:
+def external_classifier(model: nn.Module, build_config: dict, performance: dict | None = None,
+                        on_cpu: bool = True) -> RobustClassifier:
     """A model trained elsewhere as robustlab's classifier: deployed as it is (no defense of robustlab's)."""
     defense = AdversarialTraining()
     if not isinstance(model, TorchScriptModel):  # a TorchScript graph runs as it was saved
-        speed_up(model, defense, **(performance or {}))
+        speed_up(model, defense, **(performance or {}), on_cpu=on_cpu)
     return RobustClassifier(model=model, defense=defense, build_config=build_config).eval()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from robustlab.builders import build_datamodule, choices
+from robustlab.builders import build_datamodule, choices, runs_on_cpu
 from robustlab.checkpoints import (EXTERNAL_DEFENSE, check_checkpoint_matches, classifier_from_checkpoint,
                                    external_classifier, model_with_weights, read_checkpoint, read_torchscript,
                                    with_checkpoint_dataset)
@@ -33,7 +33,7 @@ def run(cfg: DictConfig) -> RunRecord | None:
         check_checkpoint_matches(stored, cfg)
         with_checkpoint_dataset(cfg, stored)  # evaluate on the data the checkpoint was trained on, unless chosen
         chosen, steps = {**stored.get("choices", {}), **choices()}, int(checkpoint.get("global_step", 0))
-        build = lambda: classifier_from_checkpoint(checkpoint, cfg.performance)  # noqa: E731
+        build = lambda: classifier_from_checkpoint(checkpoint, cfg.performance, runs_on_cpu(cfg))  # noqa: E731
     else:
         model = external_model(cfg, source)
         chosen, steps = {**choices(), "defense": EXTERNAL_DEFENSE}, 0
@@ -41,7 +41,7 @@ def run(cfg: DictConfig) -> RunRecord | None:
             chosen["model"] = Path(cfg.torchscript).stem
         built = {"model": to_plain(cfg.model) if source == "weights" else {"_target_": f"torchscript:{chosen['model']}"},
                  "defense": {"_target_": EXTERNAL_DEFENSE}, "dataset": to_plain(cfg.dataset), "choices": chosen}
-        build = lambda: external_classifier(model, built, cfg.performance)  # noqa: E731
+        build = lambda: external_classifier(model, built, cfg.performance, runs_on_cpu(cfg))  # noqa: E731
     check_step_sizes(cfg)  # attack budgets interpolate from the dataset, so only now
     with run_directory(cfg) as done:
         if done is not None:

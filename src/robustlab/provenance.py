@@ -169,6 +169,12 @@ def _absolute(node: ast.ImportFrom, module: str, path: Path) -> str:
 def _imports(module: str) -> set[str]:
     """The modules that a source `module` imports (anywhere in its body, function-level imports too)."""
     path = _module_file(module)
+    stat = path.stat()
+    return _imports_of(module, path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _imports_of(module: str, path: Path, mtime_ns: int, size: int) -> frozenset[str]:
     found = set()
     for node in ast.walk(_syntax(path)):
         if isinstance(node, ast.Import):
@@ -182,7 +188,7 @@ def _imports(module: str) -> set[str]:
                          if alias.name != "*")
             if any(alias.name == "*" for alias in node.names):
                 found.add(base)
-    return {name for name in found if _kind(name) is not None}
+    return frozenset(name for name in found if _kind(name) is not None)
 
 
 def module_closure(modules: Iterable[str]) -> set[str]:
@@ -229,6 +235,12 @@ def _without_docstrings(tree: ast.Module) -> str:
 
 
 def _source_digest(path: Path) -> str:
+    stat = path.stat()
+    return _digest_of(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _digest_of(path: Path, mtime_ns: int, size: int) -> str:
     return hashlib.sha256(_without_docstrings(ast.parse(path.read_text())).encode()).hexdigest()
 
 
