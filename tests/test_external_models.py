@@ -65,7 +65,7 @@ def test_a_torchscript_model_is_evaluated_as_it_is(trained):
     (["weights={root}/weights.pt"], ["needs model="]),
     (["torchscript={root}/weights.pt"], ["is not a TorchScript file"]),
     (["weights={root}/traced.pt", "model=basic_net"], ["cannot be read as a state_dict"]),
-    (["weights={root}/missing.pt", "model=basic_net"], ["no such file"]),
+    (["weights={root}/missing.pt", "model=basic_net"], ["missing.pt' does not exist"]),
 ])
 def test_bad_model_files_are_refused_naming_the_file(trained, arguments, fragments, tmp_path):
     """In process, as `evaluate.run` sees them (the subprocess form: the test below)."""

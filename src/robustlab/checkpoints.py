@@ -15,16 +15,22 @@ from robustlab.defenses import AdversarialTraining
 from robustlab.errors import CheckpointError
 
 
+def load_tensors(path: Path, what: str, expected: str):
+    """`torch.load(path)` unpickling nothing but tensors and plain containers (`weights_only`), or a
+    `CheckpointError` that names `what` and says what was `expected`."""
+    if not path.is_file():
+        raise CheckpointError(f"{what} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else ""
+        raise CheckpointError(f"{what} cannot be read {expected}: {type(error).__name__}: {reason}") from error
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint's dict, or a `CheckpointError` saying why it cannot be used."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read (truncated or not a PyTorch file): "
-                              f"{type(error).__name__}: {error}") from error
+    checkpoint = load_tensors(path, f"checkpoint {str(path)!r}", "(truncated or not a PyTorch file)")
     if not isinstance(checkpoint, dict) or not checkpoint.get("robustlab") or "state_dict" not in checkpoint:
         raise CheckpointError(f"checkpoint {str(path)!r} was not written by robustlab (no 'robustlab' entry)")
     return checkpoint
@@ -113,14 +119,8 @@ def read_state_dict(path: str | Path) -> dict:
     Lightning or robustlab checkpoint is accepted too: its `state_dict`, with robustlab's `model.` prefix
     removed (the classifier network's weights)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights={str(path)!r}: no such file")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"weights={str(path)!r} cannot be read as a state_dict (a file saved with "
-                              f"torch.save(model.state_dict(), path)): {type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''}") from None
+    loaded = load_tensors(path, f"weights={str(path)!r}",
+                          "as a state_dict (a file saved with torch.save(model.state_dict(), path))")
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
         if any(key.startswith("model.") for key in loaded):
