@@ -235,7 +235,7 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: EvaluationResults,
         escalation=escalation or {},
         attack_ms_per_image=results.attack_ms_per_image,
         attack_passes_per_image=results.attack_passes_per_image,
-        threat_model=results.threat_model or {},
+        threat_model=results.threat_model,
         targets=targets or {},
         attacks={**attack_descriptions(cfg), **{name: to_plain(node) for name, node in
                                                  (cfg.eval.get("mixture_attacks") or {}).items()

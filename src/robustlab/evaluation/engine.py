@@ -12,7 +12,7 @@ import logging
 import time
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytorch_lightning as pl
 import torch
@@ -57,7 +57,7 @@ class EvaluationResults:
     attack_passes_per_image: dict[str, dict[str, float]]  # forward and backward passes per image, per attack
     # Per attack: images outside its threat model (counted as not broken), the largest perturbation returned
     # (in its first ball's norm), and its balls.
-    threat_model: dict[str, dict] = None
+    threat_model: dict[str, dict] = field(default_factory=dict)
 
 
 class Evaluation:
@@ -215,7 +215,7 @@ class Evaluation:
                                       f"shaped like its input: {tuple(x.shape)} {x.dtype} on {x.device}")
         bad, sizes = outside_threat_model(attack, x, x_adv)
         count = self.threat_model.setdefault(name, [0, 0.0])
-        count[1] = max(count[1], float(sizes.nan_to_num(nan=float("inf")).max()) if len(sizes) else 0.0)
+        count[1] = max(count[1], float(sizes.max()))  # a non-finite image's size is inf
         if not bad.any():
             return x_adv
         count[0] += int(bad.sum())

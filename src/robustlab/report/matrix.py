@@ -267,10 +267,7 @@ def merge_record(cell: Cell, record: RunRecord, source: str) -> None:
     cell.trust = max(cell.trust, trust, key=TRUST_ORDER.index)
     if escalation.get("remedies") is not None:
         cell.escalations.append({**escalation, "source": source, "original": record.robust_acc.get(WORST_CASE)})
-    for name, check in (record.threat_model or {}).items():
-        kept = cell.threat_model.setdefault(name, {"violations": 0, "largest_perturbation": 0.0})
-        kept["violations"] += int(check.get("violations", 0))
-        kept["largest_perturbation"] = max(kept["largest_perturbation"], float(check.get("largest_perturbation", 0)))
+    add_threat_model(cell, record.threat_model or {})
     cell.norms.update({name: attack["norm"] for name, attack in (record.attacks or {}).items()
                        if isinstance(attack, dict) and attack.get("norm")})
     if record.train_seconds is not None:
@@ -278,6 +275,15 @@ def merge_record(cell: Cell, record: RunRecord, source: str) -> None:
     cell.sources.append(source)
     cell.evaluation_code[source] = record.evaluation_code or "unrecorded"
     cell.provenance[source] = record.provenance or {}
+
+
+def add_threat_model(cell: Cell, checks: dict[str, dict]) -> None:
+    """Add a record's (or a training's) threat-model counts per attack: violations summed, the largest
+    perturbation kept."""
+    for name, check in checks.items():
+        kept = cell.threat_model.setdefault(name, {"violations": 0, "largest_perturbation": 0.0})
+        kept["violations"] += int(check.get("violations", 0))
+        kept["largest_perturbation"] = max(kept["largest_perturbation"], float(check.get("largest_perturbation", 0)))
 
 
 def aggregate(trainings: list[Cell], seeds: list, images: list[dict[str, list[float]]]) -> Cell:
@@ -297,10 +303,7 @@ def aggregate(trainings: list[Cell], seeds: list, images: list[dict[str, list[fl
         row.randomized = row.randomized or cell.randomized
         row.n_eval, row.n_clean = max(row.n_eval, cell.n_eval), max(row.n_clean, cell.n_clean)
         row.sources += cell.sources
-        for name, check in cell.threat_model.items():
-            kept = row.threat_model.setdefault(name, {"violations": 0, "largest_perturbation": 0.0})
-            kept["violations"] += check["violations"]
-            kept["largest_perturbation"] = max(kept["largest_perturbation"], check["largest_perturbation"])
+        add_threat_model(row, cell.threat_model)
         row.evaluation_code.update(cell.evaluation_code)
         row.provenance.update(cell.provenance)
     for name in attack_columns(trainings):
