@@ -26,9 +26,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from robustlab.builders import build_datamodule, choices, runs_on_cpu
+from robustlab.builders import build_datamodule, choices
 from robustlab.checkpoints import EXTERNAL_DEFENSE, external_classifier
-from robustlab.configuration import to_plain
 from robustlab.data.tensors import GivenTestSplit
 from robustlab.errors import ConfigError
 from robustlab.evaluation.engine import Evaluation
@@ -67,11 +66,10 @@ def evaluate_model(model: nn.Module, images: torch.Tensor | None = None, labels:
             raise ConfigError(f"images of shape {tuple(datamodule.test_set.tensors[0].shape[1:])} but dataset="
                               f"{dataset} describes {expected}: choose the dataset whose images these are")
     chosen = {**choices(), "model": name or type(model).__name__, "defense": EXTERNAL_DEFENSE}
-    built = {"model": {"_target_": f"{type(model).__module__}.{type(model).__qualname__}"},
-             "defense": {"_target_": EXTERNAL_DEFENSE}, "dataset": to_plain(cfg.dataset), "choices": chosen}
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     evaluation = Evaluation.from_config(cfg)
-    classifier = external_classifier(model, built, cfg.performance, runs_on_cpu(cfg))
+    classifier = external_classifier(model, {"_target_": f"{type(model).__module__}.{type(model).__qualname__}"},
+                                     cfg, chosen)
     return evaluate_and_record(cfg, classifier, datamodule, evaluation, None, chosen=chosen)
 
 

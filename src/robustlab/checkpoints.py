@@ -9,8 +9,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from robustlab.builders import runs_on_cpu
 from robustlab.classifier import RobustClassifier, speed_up
-from robustlab.configuration import instantiate
+from robustlab.configuration import instantiate, to_plain
 from robustlab.defenses import AdversarialTraining
 from robustlab.errors import CheckpointError
 
@@ -167,10 +168,13 @@ class TorchScriptModel(nn.Module):
         return self.scripted(x)
 
 
-def external_classifier(model: nn.Module, build_config: dict, performance: dict | None = None,
-                        on_cpu: bool = True) -> RobustClassifier:
-    """A model trained elsewhere as robustlab's classifier: deployed as it is (no defense of robustlab's)."""
+def external_classifier(model: nn.Module, model_config: dict, cfg: DictConfig, chosen: dict[str, str]
+                        ) -> RobustClassifier:
+    """A model trained elsewhere as robustlab's classifier: deployed as it is (no defense of robustlab's), its
+    build config (what a record's `targets` come from) made of `model_config`, `cfg.dataset` and `chosen`."""
     defense = AdversarialTraining()
     if not isinstance(model, TorchScriptModel):  # a TorchScript graph runs as it was saved
-        speed_up(model, defense, **(performance or {}), on_cpu=on_cpu)
-    return RobustClassifier(model=model, defense=defense, build_config=build_config).eval()
+        speed_up(model, defense, **cfg.performance, on_cpu=runs_on_cpu(cfg))
+    built = {"model": model_config, "defense": {"_target_": EXTERNAL_DEFENSE}, "dataset": to_plain(cfg.dataset),
+             "choices": chosen}
+    return RobustClassifier(model=model, defense=defense, build_config=built).eval()

@@ -39,9 +39,8 @@ def run(cfg: DictConfig) -> RunRecord | None:
         chosen, steps = {**choices(), "defense": EXTERNAL_DEFENSE}, 0
         if source == "torchscript":
             chosen["model"] = Path(cfg.torchscript).stem
-        built = {"model": to_plain(cfg.model) if source == "weights" else {"_target_": f"torchscript:{chosen['model']}"},
-                 "defense": {"_target_": EXTERNAL_DEFENSE}, "dataset": to_plain(cfg.dataset), "choices": chosen}
-        build = lambda: external_classifier(model, built, cfg.performance, runs_on_cpu(cfg))  # noqa: E731
+        described = to_plain(cfg.model) if source == "weights" else {"_target_": f"torchscript:{chosen['model']}"}
+        build = lambda: external_classifier(model, described, cfg, chosen)  # noqa: E731
     check_step_sizes(cfg)  # attack budgets interpolate from the dataset, so only now
     with run_directory(cfg) as done:
         if done is not None:
