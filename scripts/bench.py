@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from robustlab.attacks import PGD  # noqa: E402
-from robustlab.builders import build_classifier, build_datamodule, build_trainer  # noqa: E402
+from robustlab.builders import build_classifier, build_datamodule, build_runtime, build_trainer  # noqa: E402
 from robustlab.evaluation.engine import Evaluation  # noqa: E402
 
 
@@ -285,7 +285,8 @@ def measure_evaluation_memory(count: int, dataset: list[str], output_dir: str, d
                           "logger=none", "callbacks=evaluate", "~callbacks.progress_bar",
                           "+trainer.enable_progress_bar=false"], output_dir)
     datamodule = build_datamodule(cfg.dataset)
-    results = Evaluation.from_config(cfg).run(build_trainer(cfg), build_classifier(cfg), datamodule)
+    classifier = build_classifier(cfg)
+    results = Evaluation.from_config(cfg).run(classifier.model, classifier.defense, datamodule, build_runtime(cfg))
     assert list(results.n_eval.values()) == [count]
     return torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else peak_rss_mib()
 

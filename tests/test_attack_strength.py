@@ -11,7 +11,7 @@ from torch import nn
 from conftest import DATA_DIR, FASHION_MNIST_SYSTEM_DIR, TINY, accuracy, compose_config, train_standard
 from robustlab.attacks import PGD
 from robustlab.data import FashionMNISTDataModule
-from robustlab.builders import build_classifier, build_datamodule, build_trainer
+from robustlab.builders import build_classifier, build_datamodule, build_runtime
 from robustlab.evaluation.engine import Evaluation
 from robustlab.models import BasicNet
 
@@ -116,8 +116,8 @@ def test_t2_zero_step_size_returns_the_input(standard_model, test_batch):
     assert torch.equal(PGD(eps=0.1, step_size=0.0)(standard_model, x, y), x)
 
 
-def test_parity_lightning_test_loop_equals_a_direct_evaluation(tmp_path):
-    """Catches inference-mode and batch-norm-mode bugs: the Lightning path must report what a plain loop does."""
+def test_parity_the_evaluation_equals_a_direct_evaluation(tmp_path):
+    """Catches inference-mode and batch-norm-mode bugs: the engine must report what a user's own loop does."""
     cfg = compose_config([*TINY, "model=wide_resnet", "model.depth=10", "model.widen_factor=1",
                           "attack.random_start=false", "~eval.attacks.pgd_l2", "logger=none"], tmp_path)
     datamodule = build_datamodule(cfg.dataset)
@@ -128,7 +128,7 @@ def test_parity_lightning_test_loop_equals_a_direct_evaluation(tmp_path):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
     evaluation = Evaluation.from_config(cfg)
-    results = evaluation.run(build_trainer(cfg), classifier, datamodule)
+    results = evaluation.run(classifier.model, classifier.defense, datamodule, build_runtime(cfg))
 
     predictor = classifier.predictor().eval()
     limit = cfg.eval.n_samples

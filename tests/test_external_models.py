@@ -123,9 +123,16 @@ class NoisyInput(torch.nn.Module):
         return self.model(x + 0.3 * torch.randn_like(x))
 
 
-def test_the_python_api_attacks_a_randomized_model_with_eot(trained, tmp_path):
+def test_the_python_api_attacks_a_randomized_model_with_eot(trained, tmp_path, monkeypatch):
+    """EOT on a noisy model; and on one device no Lightning Trainer is built (only DDP needs one)."""
+    import pytorch_lightning as pl
+
     import robustlab
 
+    def refused(*args, **kwargs):
+        raise AssertionError("a single-device evaluation built a Lightning Trainer")
+
+    monkeypatch.setattr(pl.Trainer, "__init__", refused)
     record = robustlab.evaluate_model(NoisyInput(robustlab.load_predictor(trained["checkpoint"])), dataset="synthetic",
                                       overrides=[*API_SETTINGS, "eval.audit.enabled=false"], output_dir=tmp_path)
     assert record.randomized and record.accuracy_draws == 10

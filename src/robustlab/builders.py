@@ -1,4 +1,5 @@
-"""Build a run's parts from its composed config: data, classifier, attacks, Trainer (the evaluation: `Evaluation.from_config`)."""
+"""Build a run's parts from its composed config: data, classifier, attacks, where the evaluation runs, Trainer (the
+evaluation: `Evaluation.from_config`)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from pytorch_lightning.accelerators import CUDAAccelerator
 
 from robustlab.classifier import RobustClassifier, speed_up
 from robustlab.configuration import instantiate, to_plain
 from robustlab.attacks.base import Attack
 from robustlab.defenses.base import Defense
 from robustlab.errors import ConfigError, InvalidValue
+from robustlab.evaluation.runtime import AUTOCAST, Runtime
 from robustlab.files import AtomicCheckpointIO
 from robustlab.fingerprint import training_code
 from robustlab.validation import check_model_fits_dataset
@@ -133,6 +136,44 @@ def check_defense(defense: Any, node: DictConfig) -> None:
                           "'Your own code')")
 
 
+def build_runtime(cfg: DictConfig) -> Runtime:
+    """Where the evaluation runs. One process on one device: the evaluation loops itself, on the device and in the
+    precision `trainer` names. Several processes (`trainer=ddp`, several devices or nodes), or a precision
+    that converts the module (`bf16-true`): through Lightning's Trainer."""
+    trainer = cfg.trainer
+    progress = OmegaConf.select(cfg, "callbacks.progress_bar") is not None \
+        and trainer.get("enable_progress_bar", True) is not False
+    device = single_device(trainer)
+    precision = trainer.get("precision", "32-true")
+    if device is None or trainer.get("strategy") not in (None, "auto") or int(trainer.get("num_nodes", 1)) > 1 \
+            or precision not in AUTOCAST:
+        return Runtime(trainer=build_trainer(cfg), progress=progress)
+    if trainer.get("deterministic"):
+        torch.use_deterministic_algorithms(True, warn_only=trainer.deterministic == "warn")
+    return Runtime(device, precision, build_loggers(cfg), progress)
+
+
+def single_device(trainer: DictConfig) -> torch.device | None:
+    """The one device `trainer.accelerator` and `trainer.devices` name, or None where they name several (or a
+    kind only Lightning drives)."""
+    accelerator, devices = str(trainer.get("accelerator", "auto")), trainer.get("devices", "auto")
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    if accelerator == "cpu":
+        return torch.device("cpu") if devices in (1, "1", "auto") else None
+    if accelerator not in ("gpu", "cuda"):
+        return None
+    devices = to_plain(devices) if isinstance(devices, (DictConfig, ListConfig)) else devices
+    if devices == "auto":
+        devices = 1 if torch.cuda.device_count() <= 1 else -1
+    indices = CUDAAccelerator.parse_devices(devices)
+    return torch.device("cuda", indices[0]) if indices is not None and len(indices) == 1 else None
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    return [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+
+
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
     # A checkpoint directory is shared by design (it holds the lock, the marker, other stages, a run to resume):
     # Lightning's warning that it "exists and is not empty" is nothing a user could act on.
@@ -140,6 +181,6 @@ def build_trainer(cfg: DictConfig) -> pl.Trainer:
     # Lightning's own use of a PyTorch API that PyTorch deprecated: only a Lightning release can change it.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+    loggers = build_loggers(cfg)
     # Checkpoints are written aside and renamed: a run killed while saving keeps its previous last.ckpt.
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])

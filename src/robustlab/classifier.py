@@ -1,4 +1,5 @@
-"""The one LightningModule: trains any model under any defense; its test hooks hand batches to the evaluation."""
+"""The one LightningModule: trains any model under any defense (the evaluation takes its model and defense:
+`robustlab.evaluation.engine`)."""
 
 from __future__ import annotations
 
@@ -66,8 +67,7 @@ def has_pointwise_convolution(*modules: nn.Module) -> bool:
 class RobustClassifier(pl.LightningModule):
     """`training_step` asks the defense for its loss; validation measures the deployed predictor.
 
-    Attacks and the evaluation always see `defense.wrap(model)` (`predictor()`). Testing is the evaluation's:
-    `robustlab.evaluation.engine.Evaluation.run` sets `evaluation`, and the test hooks hand it their batches.
+    Attacks and the evaluation always see `defense.wrap(model)` (`predictor()`).
     `optimizer` is None for a classifier loaded for evaluation or deployment.
     """
 
@@ -90,8 +90,6 @@ class RobustClassifier(pl.LightningModule):
         self.accuracy_draws = accuracy_draws
         self.build_config = build_config
         self.randomized = False
-        self.evaluation = None  # the `Evaluation` that the test hooks serve
-        self.allow_zero_length_dataloader_with_multiple_devices = True  # DDP: a short pass may leave a process none
         self.nonfinite_steps: torch.Tensor | None = None  # non-finite losses since the check was last read
         self.train_sums: torch.Tensor | None = None  # this epoch's summed loss and correct predictions
         self.train_images = 0
@@ -210,21 +208,6 @@ class RobustClassifier(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
                                                           "interval": "epoch"}}
-
-    # -- evaluation (robustlab.evaluation.engine) ---------------------------------------------------
-    def test_dataloader(self) -> list:
-        return self.evaluation.loaders(self.trainer)
-
-    def on_test_epoch_start(self) -> None:
-        self.evaluation.start()
-
-    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.evaluation.step(self, batch, batch_idx, dataloader_idx)
-
-    def on_test_epoch_end(self) -> None:
-        # TensorBoard gets the numbers once, at the last training step, from the run's record
-        # (robustlab/evaluation/tensorboard.py), not here: a test stage logs at step 0, before the curves.
-        self.evaluation.finish(self.trainer)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -7,13 +7,16 @@ from there both call `evaluate_and_record`.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from robustlab.builders import attack_descriptions, build_trainer, choices, evaluation_attack_configs
+from robustlab.builders import attack_descriptions, build_runtime, choices, evaluation_attack_configs
 from robustlab.classifier import RobustClassifier
 from robustlab.configuration import instantiate, to_plain
 from robustlab.distributed import job_processes
@@ -24,7 +27,8 @@ from robustlab.evaluation.engine import Evaluation, EvaluationResults
 from robustlab.evaluation.escalation import (STILL_FLAGGED, TRUSTED, escalate, has_stand_ins, remedies,
                                              undefended_surrogate)
 from robustlab.evaluation.plots import curves_figure, save_figure
-from robustlab.evaluation.record import FILE_NAME, WITHOUT_EOT, RunRecord, encode_per_image
+from robustlab.evaluation.record import FILE_NAME, WITHOUT_EOT, WORST_CASE, RunRecord, encode_per_image
+from robustlab.evaluation.runtime import Runtime
 from robustlab.evaluation.tensorboard import VISUAL, Logger, log_record
 from robustlab.files import locked, write_text_atomically
 from robustlab.fingerprint import evaluation_modules, run_fingerprint
@@ -35,50 +39,88 @@ from robustlab.stages import Training
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class RunContext:
+    """What the steps after the evaluation share: the config, the classifier, its data, the evaluation that ran,
+    where it ran (device, precision, loggers), and the run's fingerprint."""
+
+    cfg: DictConfig
+    classifier: RobustClassifier
+    datamodule: object
+    evaluation: Evaluation
+    runtime: Runtime
+    fingerprint: str
+
+    def predictor(self) -> nn.Module:
+        """The deployed predictor, in eval mode, on the run's device."""
+        self.classifier.eval()
+        return self.classifier.predictor()
+
+    def test_tensors(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `n` test images and labels (all with None), on the run's device."""
+        images, labels = self.datamodule.test_set.tensors
+        return images[:n].to(self.runtime.device), labels[:n].to(self.runtime.device)
+
+    def autocast(self):
+        """The evaluation's precision (bf16 autocast on a GPU), and its gradients (BPDA unless eval.bpda=false)."""
+        stack = ExitStack()
+        stack.enter_context(self.runtime.autocast())
+        stack.enter_context(backward_through_stand_ins(self.classifier.predictor(), self.evaluation.bpda))
+        return stack
+
+    def publish_figure(self, figure, name: str, step: int) -> None:
+        """`<name>.png` in the run directory, and `visual/<name>` in every TensorBoard logger at `step`."""
+        for logger in self.runtime.loggers:
+            if hasattr(getattr(logger, "experiment", None), "add_figure"):
+                logger.experiment.add_figure(f"{VISUAL}/{name}", figure, step, close=False)
+        save_figure(figure, Path(self.cfg.paths.output_dir) / f"{name}.png")
+
+
 def evaluate_and_record(cfg: DictConfig, classifier: RobustClassifier, datamodule, evaluation: Evaluation,
                         checkpoint: str | None, chosen: dict[str, str], training: Training | None = None,
                         steps: int = 0) -> RunRecord | None:
     """Evaluate the classifier (holding `checkpoint`'s weights), audit it, and write the run's record; None in
     a DDP process other than 0, which only evaluates its share."""
-    trainer = build_trainer(cfg)
+    runtime = build_runtime(cfg)
     last_step = max(steps - 1, 0)  # where TensorBoard shows the run's final numbers and figures
-    results = evaluation.run(trainer, classifier, datamodule, step=last_step)
-    if not trainer.is_global_zero:
+    results = evaluation.run(classifier.model, classifier.defense, datamodule, runtime, step=last_step)
+    if runtime.rank != 0:
         return None
-    curves, audit_record = audit_run(cfg, trainer, classifier, datamodule, evaluation, step=last_step)
-    certification = certify_run(cfg, trainer, classifier, datamodule, evaluation, step=last_step)
+    run = RunContext(cfg, classifier, datamodule, evaluation, runtime, run_fingerprint(cfg))
+    curves, audit_record = audit_run(run, step=last_step)
+    certification = certify_run(run, step=last_step)
     if certification:
         audit_record["certificate_violated"] = certificate_check(certification)
-    escalation = escalate_run(cfg, trainer, classifier, datamodule, evaluation, results, audit_record)
+    escalation = escalate_run(run, results, audit_record)
     built = classifier.build_config or {}
     targets = {group: built[group]["_target_"] for group in ("model", "defense")
                if isinstance(built.get(group), dict) and "_target_" in built[group]}
-    return record_run(cfg, trainer, results, curves, audit_record, checkpoint, chosen, training, steps,
-                      certification, escalation, targets)
+    try:
+        return record_run(run, results, curves, audit_record, checkpoint, chosen, training, steps,
+                          certification, escalation, targets)
+    finally:
+        runtime.close()
 
 
-def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier, datamodule,
-              evaluation: Evaluation, step: int = 0) -> tuple[dict, dict]:
+def audit_run(run: RunContext, step: int = 0) -> tuple[dict, dict]:
     """Robustness curves and the gradient-masking audit on the first `eval.audit.n_samples` test images.
 
     Writes robustness_curves.png into the run directory and logs the figure to TensorBoard at `step`.
     `eval.audit.enabled=false` skips it (the report then shows no flags for the cell).
     """
+    cfg, evaluation = run.cfg, run.evaluation
     settings = cfg.eval.audit
     pl.seed_everything(cfg.seed, verbose=False)  # the same audit however the evaluation was sharded
     if not settings.enabled:
         return {}, {}
-    classifier.eval()
-    predictor = classifier.predictor()
-    images, labels = datamodule.test_set.tensors
-    x, y = images[:settings.n_samples].to(classifier.device), labels[:settings.n_samples].to(classifier.device)
+    predictor = run.predictor()
+    x, y = run.test_tensors(settings.n_samples)
     draws = evaluation.draws()
     factories = {name: ((lambda eps, node=node: instantiate(node, eps=eps)), float(node.eps))
                  for name, node in evaluation_attack_configs(cfg).items()
                  if node.get("eps") is not None and float(node.eps) > 0}  # eps: null is an unbounded attack
     eot_samples = {name: attack.eot_samples for name, attack in evaluation.attacks.items() if (attack.eps or 0) > 0}
-    # The evaluation's precision (bf16 autocast on a GPU), and its gradients (BPDA unless eval.bpda=false).
-    with trainer.precision_plugin.forward_context(), backward_through_stand_ins(predictor, evaluation.bpda):
+    with run.autocast():
         curves = robustness_curves(factories, predictor, x, y, draws, list(settings.curve_factors))
         audit_record = audit(predictor, x, y, eps_linf=float(cfg.dataset.eps.linf),
                              num_classes=int(cfg.dataset.num_classes), curves=curves, draws=draws,
@@ -86,15 +128,15 @@ def audit_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier
                              pgd_steps=settings.pgd_steps, square_queries=settings.square_queries)
     figure = curves_figure(curves, title=" / ".join(f"{k}={v}" for k, v in choices().items()
                                                     if k in ("dataset", "model", "defense")))
-    publish_figure(cfg, trainer, figure, "robustness_curves", step)
+    run.publish_figure(figure, "robustness_curves", step)
     log.info(f"audit: {flags(audit_record) or 'no flags'}")
     return curves, audit_record
 
 
-def escalate_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier, datamodule,
-                 evaluation: Evaluation, results: EvaluationResults, audit_record: dict) -> dict:
+def escalate_run(run: RunContext, results: EvaluationResults, audit_record: dict) -> dict:
     """Re-attack a cell whose audit raised a flag with the flag's remedies, on the evaluation's images
     (`evaluation/escalation.py`); {} without an audit or with `eval.audit.escalation.enabled=false`."""
+    cfg, evaluation = run.cfg, run.evaluation
     settings = OmegaConf.select(cfg, "eval.audit.escalation")
     if not audit_record or settings is None or not settings.enabled:
         return {}
@@ -104,52 +146,40 @@ def escalate_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassif
         return {"trust": TRUSTED}
     if not n:  # no attack ran: nothing to escalate
         return {"trust": STILL_FLAGGED, "flags": raised, "without_remedy": raised}
-    classifier.eval()
-    predictor = classifier.predictor()
-    images, labels = datamodule.test_set.tensors
-    x, y = images[:n].to(classifier.device), labels[:n].to(classifier.device)
-    surrogate = undefended_surrogate(cfg, classifier.device) if set(raised) & {"d", "f"} else None
+    predictor = run.predictor()
+    x, y = run.test_tensors(n)
+    surrogate = undefended_surrogate(cfg, run.runtime.device) if set(raised) & {"d", "f"} else None
     found = remedies(raised, evaluation.attacks, evaluation_attack_configs(cfg), settings, surrogate,
                      has_stand_ins(predictor), evaluation.bpda, int(cfg.eval.audit.square_queries))
     pl.seed_everything(cfg.seed, verbose=False)
-    with trainer.precision_plugin.forward_context():
+    with run.runtime.autocast():
         record = escalate(predictor, x, y, evaluation.draws(), results.per_example, raised, found, evaluation.bpda,
                           int(cfg.dataset.datamodule.eval_batch_size))
     record["not_escalated"] = [name for name in evaluation.attacks if name not in {r.strengthens for r in found}]
     if record["not_escalated"]:
         log.info(f"escalation: no remedy strengthens {', '.join(record['not_escalated'])}: not escalated")
     log.info(f"escalation: {record['trust']} (flags {raised}; worst case "
-             f"{results.robust_acc.get('worst_case', float('nan')):.3f} → "
-             f"{record['robust_acc'].get('worst_case', float('nan')):.3f} in {record['seconds']:.1f} s)")
+             f"{results.robust_acc.get(WORST_CASE, float('nan')):.3f} → "
+             f"{record['robust_acc'].get(WORST_CASE, float('nan')):.3f} in {record['seconds']:.1f} s)")
     return record
 
 
-def publish_figure(cfg: DictConfig, trainer: pl.Trainer, figure, name: str, step: int) -> None:
-    """`<name>.png` in the run directory, and `visual/<name>` in every TensorBoard logger at `step`."""
-    for logger in trainer.loggers:
-        if hasattr(getattr(logger, "experiment", None), "add_figure"):
-            logger.experiment.add_figure(f"{VISUAL}/{name}", figure, step, close=False)
-    save_figure(figure, Path(cfg.paths.output_dir) / f"{name}.png")
-
-
-def certify_run(cfg: DictConfig, trainer: pl.Trainer, classifier: RobustClassifier, datamodule,
-                evaluation: Evaluation, step: int = 0) -> dict:
+def certify_run(run: RunContext, step: int = 0) -> dict:
     """A smoothed classifier's certificates on the first `eval.certify.n_samples` test images, attacked and
     checked (`evaluation/certification.py`); {} for any other predictor or with `eval.certify.enabled=false`.
 
     Writes certified_accuracy.png (certified vs attacked accuracy per radius) into the run directory and logs
     it to TensorBoard at `step`.
     """
-    classifier.eval()
-    predictor = classifier.predictor()
-    if not certifiable(predictor) or not OmegaConf.select(cfg, "eval.certify.enabled", default=False):
+    predictor = run.predictor()
+    if not certifiable(predictor) or not OmegaConf.select(run.cfg, "eval.certify.enabled", default=False):
         return {}
-    images, labels = datamodule.test_set.tensors
-    with trainer.precision_plugin.forward_context(), backward_through_stand_ins(predictor, evaluation.bpda):
-        record = certify_and_check(cfg, predictor, images.to(classifier.device), labels.to(classifier.device))
+    images, labels = run.test_tensors()
+    with run.autocast():
+        record = certify_and_check(run.cfg, predictor, images, labels)
     figure = curves_figure(certification_curves(record),
                            title=f"randomized smoothing, σ = {record['sigma']:g}: {record['n_samples']} images")
-    publish_figure(cfg, trainer, figure, "certified_accuracy", step)
+    run.publish_figure(figure, "certified_accuracy", step)
     soundness = record["soundness"]
     log.info(f"certification: certified accuracy {record['certified_acc']:.3f} at L2 ε={record['eps_l2']:g} on "
              f"{record['n_samples']} images; soundness check: {len(soundness['flipped'])} of {soundness['checked']} "
@@ -201,7 +231,7 @@ def swept_settings(cfg: DictConfig, chosen: dict[str, str]) -> dict:
             **flat(cfg.get("attack"), "attack"), **flat(cfg.get("defense"), "defense")}
 
 
-def record_run(cfg: DictConfig, trainer: pl.Trainer, results: EvaluationResults, curves: dict, audit_record: dict,
+def record_run(run: RunContext, results: EvaluationResults, curves: dict, audit_record: dict,
                checkpoint: str | None, chosen: dict[str, str], training: Training | None = None,
                steps: int = 0, certification: dict | None = None, escalation: dict | None = None,
                targets: dict[str, str] | None = None) -> RunRecord:
@@ -212,6 +242,7 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: EvaluationResults,
     is None when the run only evaluated a checkpoint. metrics.json is written last and atomically, and
     holds the run's fingerprint: its presence marks the run as finished.
     """
+    cfg, runtime = run.cfg, run.runtime
     dataset = cfg.dataset
     modules = evaluation_modules(cfg)
     record = RunRecord(
@@ -248,12 +279,12 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: EvaluationResults,
         resumed_from=training.resumed_from if training else None,
         checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None,
         training_fingerprint=training.fingerprint if training else None,
-        run_fingerprint=run_fingerprint(cfg),
+        run_fingerprint=run.fingerprint,
         training_code=training.code if training else None,
         evaluation_code=modules_hash(modules),
         evaluation_modules=modules,
-        provenance=provenance(trainer.strategy.root_device, trainer.precision),
-        tensorboard=next((logger.log_dir for logger in trainer.loggers if isinstance(logger, Logger)), None),
+        provenance=provenance(runtime.device, runtime.precision),
+        tensorboard=next((logger.log_dir for logger in runtime.loggers if isinstance(logger, Logger)), None),
         intervals=results.intervals,
         per_image={name: encode_per_image(values[:max(results.n_eval.values())])
                    for name, values in results.per_example.items()
@@ -261,6 +292,6 @@ def record_run(cfg: DictConfig, trainer: pl.Trainer, results: EvaluationResults,
     )
     write_text_atomically(Path(cfg.paths.output_dir) / "packages.txt", installed_packages())
     path = record.write(cfg.paths.output_dir)
-    log_record(trainer.loggers, record, step=max(steps - 1, 0))  # the last training step, as the figures
+    log_record(runtime.loggers, record, step=max(steps - 1, 0))  # the last training step, as the figures
     log.info(f"metrics: {path}")
     return record

@@ -64,19 +64,21 @@ class InMemoryImageDataModule(LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return _batches(self._on_device(self.val_set), self.eval_batch_size, shuffle=False)
 
-    def test_dataloader(self, limit: int | None = None, indexed: bool = False) -> DataLoader:
+    def test_dataloader(self, limit: int | None = None, indexed: bool = False, shard: tuple[int, int] | None = None,
+                        device: torch.device | None = None) -> DataLoader:
         """The test split in order; with `limit`, only its first `limit` images.
 
         `indexed=True` (the evaluation passes): batches are `(images, labels, indices)`, the indices on the
-        CPU, and under DDP each process gets its share of the batches, none twice.
+        CPU, and each process gets its `shard` (its rank, the number of processes; by default the Trainer's)
+        of the batches, none twice. `device`: where a resident split lives (by default the Trainer's).
         """
-        dataset = self._on_device(self.test_set)
+        dataset = self._on_device(self.test_set, device)
         tensors = dataset.tensors
         if limit is not None and 0 <= limit < len(dataset):
             tensors = tuple(tensor[:limit] for tensor in tensors)
         if indexed:
             return _batches(TensorDataset(*tensors, torch.arange(len(tensors[0]))), self.eval_batch_size,
-                            shuffle=False, shard=self._shard())
+                            shuffle=False, shard=shard or self._shard())
         return _batches(TensorDataset(*tensors), self.eval_batch_size, shuffle=False)
 
     def _shard(self) -> tuple[int, int]:
@@ -85,12 +87,14 @@ class InMemoryImageDataModule(LightningDataModule):
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
 
-    def _on_device(self, dataset: TensorDataset) -> TensorDataset:
-        """With `resident_on_device`, move a split once to the accelerator the Trainer runs on.
+    def _on_device(self, dataset: TensorDataset, device: torch.device | None = None) -> TensorDataset:
+        """With `resident_on_device`, move a split once to the accelerator the run uses (`device`, or the
+        Trainer's).
 
         Batches are then slices of device memory: no host-to-device copy per step. On the CPU, a no-op.
         """
-        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        if device is None and self.trainer is not None:
+            device = self.trainer.strategy.root_device
         if self.resident_on_device and device is not None and dataset.tensors[0].device != device:
             dataset.tensors = tuple(tensor.to(device) for tensor in dataset.tensors)
         return dataset

@@ -1,9 +1,11 @@
 """The evaluation: which passes run on which images, per-image correctness, the worst case, the results.
 
 `Evaluation` owns everything about attacking a trained predictor on the test split: the passes (clean, one
-per attack, and the labelled single-draw copies on a randomized predictor), their loaders, the seeding that
-makes sharded runs agree, the per-image accumulation across DDP processes, and the worst case. The
-LightningModule's test hooks only hand it their batches (`RobustClassifier.test_step`).
+per attack, and the labelled single-draw copies on a randomized predictor), their loaders and loop, the
+seeding that makes sharded runs agree, the per-image accumulation across DDP processes, and the worst case.
+It takes a model and its defense, plain modules; in one process it loops over the batches itself. Only under
+DDP does Lightning run the loop, to start and join the processes (`ShardedEvaluation`, which hands each
+batch back to `step`).
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from robustlab.attacks.base import Attack, outside_threat_model
 from robustlab.attacks.expectation import expected_correct, is_randomized, predicted_classes, voting, weighted_members
 from robustlab.builders import evaluation_attacks
 from robustlab.configuration import instantiate
-from robustlab.defenses.base import evaluation_mode
+from robustlab.defenses.base import Defense, evaluation_mode
 from robustlab.errors import AttackContractError, require
 from robustlab.evaluation.certification import check_settings as check_certification
 from robustlab.evaluation.escalation import check_settings as check_escalation
 from robustlab.evaluation.images import adversarial_figure
 from robustlab.evaluation.passes import Passes, counting_passes
-from robustlab.evaluation.progress import EvaluationProgressBar
+from robustlab.evaluation.progress import PassBar
+from robustlab.evaluation.runtime import Runtime
 from robustlab.models.preprocessing import backward_through_stand_ins
 from robustlab.evaluation.record import CLEAN, WITHOUT_EOT, WORST_CASE
 from robustlab.evaluation.statistics import wilson_interval
@@ -129,35 +132,47 @@ class Evaluation:
         seen = sum(len(correct) for correct in parts)
         return float(sum(correct.sum() for correct in parts)) / seen if seen else None
 
-    def loaders(self, trainer: pl.Trainer) -> list:
-        """Loaders in pass order: the whole test split, then the first `n_eval` images once per attack pass.
-
-        Requested once the Trainer's processes exist, so under DDP each process gets its share of the batches
-        (`InMemoryImageDataModule.test_dataloader(indexed=True)`), and the split lives on its device.
-        """
-        self.data.trainer = trainer
+    def loaders(self, rank: int, world_size: int, device: torch.device) -> list:
+        """Loaders in pass order: the whole test split, then the first `n_eval` images once per attack pass,
+        process `rank`'s share of their batches (`InMemoryImageDataModule.test_dataloader(indexed=True)`), the
+        split resident on `device` where the dataset keeps it there."""
         limit = None if self.n_eval == -1 else self.n_eval
-        return [self.data.test_dataloader(indexed=True)] + \
-            [self.data.test_dataloader(limit, indexed=True) for _ in self.passes]
+        shard = (rank, world_size)
+        return [self.data.test_dataloader(indexed=True, shard=shard, device=device)] + \
+            [self.data.test_dataloader(limit, indexed=True, shard=shard, device=device) for _ in self.passes]
 
-    def run(self, trainer: pl.Trainer, classifier: pl.LightningModule, datamodule, step: int = 0) -> EvaluationResults:
-        """Plan on the first test images, then run the passes (`trainer.test`) on the classifier as it is.
+    def run(self, model: nn.Module, defense: Defense, datamodule, runtime: Runtime | None = None,
+            step: int = 0) -> EvaluationResults:
+        """Plan on the first test images, then run the passes on `defense.wrap(model)` as it is (in eval mode,
+        on the runtime's device and precision).
 
         `step`: where TensorBoard shows the adversarial images (the last training step, with the final numbers).
         """
+        runtime = runtime or Runtime()
         datamodule.setup("test")
         available = len(datamodule.test_set)
         if self.n_eval > available:
             log.info(f"evaluation: eval.n_samples={self.n_eval} but the test split has {available} images: "
                      f"attacking all {available}")
-        self.plan(classifier.predictor(), datamodule.test_set.tensors[0][:8].to(classifier.device))
+        self.model, self.defense, self.runtime = model, defense, runtime
         self.data, self.image_step = datamodule, step
-        classifier.evaluation = self
-        trainer.test(classifier, verbose=False)
+        if runtime.trainer is not None:
+            runtime.trainer.test(ShardedEvaluation(self), verbose=False)
+            return self.results
+        model.to(runtime.device), defense.to(runtime.device)
+        predictor = defense.wrap(model)
+        self.plan(predictor, datamodule.test_set.tensors[0][:8].to(runtime.device))
+        with evaluation_mode(model, defense), torch.no_grad():
+            self.start()
+            for name, loader in zip([CLEAN, *self.passes], self.loaders(0, 1, runtime.device)):
+                for batch_idx, (x, y, index) in enumerate(loader):
+                    self.step((x.to(runtime.device), y.to(runtime.device), index), batch_idx, name, len(loader))
+            self.finish()
         return self.results
 
     # -- the passes, batch by batch ---------------------------------------------------------------
     def start(self) -> None:
+        self.bar: PassBar | None = None
         self.attack_seconds = {name: 0.0 for name in self.passes}
         self.attack_passes = {name: Passes() for name in self.passes}
         self.per_example: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
@@ -167,41 +182,48 @@ class Evaluation:
         self.results = None
         self.seed = torch.initial_seed()  # the run's seed (pl.seed_everything), the same in every process
 
-    def step(self, classifier: pl.LightningModule, batch, batch_idx: int, dataloader_idx: int) -> None:
-        """Attack one batch of one pass (none for the clean pass) and keep each image's correctness."""
+    def step(self, batch, batch_idx: int, name: str, batches: int) -> None:
+        """Attack one batch (of `batches`) of pass `name` (none for the clean pass) and keep each image's
+        correctness."""
         if torch.is_inference_mode_enabled():
             raise RuntimeError("attacks need gradients: build the Trainer with inference_mode=False "
                                "(trainer.inference_mode=false)")
         x, y, index = batch
-        name = self.pass_name(dataloader_idx)
+        if batch_idx == 0:
+            self._new_bar(name, batches)
         # The randomness of a batch (random starts, EOT and accuracy draws) depends on the run's seed, the pass
         # and the batch's first image only: the same numbers on one device or sharded over several processes.
         torch.manual_seed(zlib.crc32(f"{self.seed}/{name}/{int(index[0])}".encode()))
-        predictor = classifier.predictor()
+        predictor = self.defense.wrap(self.model)
         x_eval = x
-        bar = classifier.trainer.progress_bar_callback
-        if name != CLEAN:
-            attack = self.passes[name]
-            if isinstance(bar, EvaluationProgressBar):  # the bar moves during a long attack, not only between batches
-                attack.progress = lambda fraction: bar.attack_progress(batch_idx, fraction)
-            started = time.perf_counter()
-            try:
-                with torch.enable_grad(), backward_through_stand_ins(predictor, self.bpda), \
-                        counting_passes(predictor, self.attack_passes[name]):
-                    x_eval = attack(predictor, x, y)
-            finally:
-                attack.progress = None
-            if x.is_cuda:
-                torch.cuda.synchronize(x.device)
-            self.attack_seconds[name] += time.perf_counter() - started
-            x_eval = self._within_threat_model(name, attack, x, x_eval)
-            for key, values in classifier.defense.test_metrics(classifier.model, x, x_eval).items():
-                self.defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values.tolist())
-        correct = expected_correct(predictor, x_eval, y, self.draws()).cpu()
-        self.per_example[name].append((index.cpu(), correct))
-        if batch_idx == 0 and name != CLEAN and self.image_grid > 0:
-            self._log_examples(classifier, name, predictor, x[:self.image_grid], x_eval[:self.image_grid],
-                               y[:self.image_grid])
+        with self.runtime.autocast():
+            if name != CLEAN:
+                attack = self.passes[name]
+                attack.progress = lambda fraction: self.bar.attack_progress(batch_idx, fraction)
+                started = time.perf_counter()
+                try:
+                    with torch.enable_grad(), backward_through_stand_ins(predictor, self.bpda), \
+                            counting_passes(predictor, self.attack_passes[name]):
+                        x_eval = attack(predictor, x, y)
+                finally:
+                    attack.progress = None
+                if x.is_cuda:
+                    torch.cuda.synchronize(x.device)
+                self.attack_seconds[name] += time.perf_counter() - started
+                x_eval = self._within_threat_model(name, attack, x, x_eval)
+                for key, values in self.defense.test_metrics(self.model, x, x_eval).items():
+                    self.defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values.tolist())
+            correct = expected_correct(predictor, x_eval, y, self.draws()).cpu()
+            self.per_example[name].append((index.cpu(), correct))
+            if batch_idx == 0 and name != CLEAN and self.image_grid > 0:
+                self._log_examples(name, predictor, x[:self.image_grid], x_eval[:self.image_grid],
+                                   y[:self.image_grid])
+        self.bar.batch_done(batch_idx, self.running_accuracy(name))
+
+    def _new_bar(self, name: str, batches: int) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = PassBar(name, batches, enabled=self.runtime.progress and self.runtime.rank == 0)
 
     def _within_threat_model(self, name: str, attack: Attack, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         """The attack's images, each one outside its threat model (`attacks.base.outside_threat_model`: not
@@ -221,11 +243,12 @@ class Evaluation:
         count[0] += int(bad.sum())
         return torch.where(bad.view(-1, *([1] * (x.dim() - 1))), x, x_adv)
 
-    def _log_examples(self, classifier: pl.LightningModule, name: str, predictor: nn.Module, x: torch.Tensor,
-                      x_adv: torch.Tensor, y: torch.Tensor) -> None:
+    def _log_examples(self, name: str, predictor: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
+                      y: torch.Tensor) -> None:
         """The pass's first images, labelled (rows, ε, true → predicted), in TensorBoard's Images tab."""
-        experiment = classifier.logger.experiment if classifier.logger is not None else None
-        if not hasattr(experiment, "add_figure"):
+        experiment = next((logger.experiment for logger in self.runtime.loggers
+                           if hasattr(getattr(logger, "experiment", None), "add_figure")), None)
+        if experiment is None:
             return
         clean, adversarial = predicted_classes(predictor, x).cpu(), predicted_classes(predictor, x_adv).cpu()
         attack = self.passes[name]
@@ -234,9 +257,12 @@ class Evaluation:
                                     + ("unbounded" if attack.eps is None else f"ε = {attack.eps:g}"))
         experiment.add_figure(f"{VISUAL}/adversarial_examples/{name}", figure, self.image_step)
 
-    def finish(self, trainer: pl.Trainer) -> None:
+    def finish(self) -> None:
         """Gather every process's share, in test-split order, and compute the results (worst case included)."""
-        per_example, seconds, passes, gathered_metrics, threat_model = self._gathered(trainer)
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        per_example, seconds, passes, gathered_metrics, threat_model = self._gathered()
         accuracy = {name: float(values.double().mean()) if len(values) else 0.0 for name, values in per_example.items()}
         counts = {name: len(values) for name, values in per_example.items()}
         if self.attacks:
@@ -274,7 +300,7 @@ class Evaluation:
                             f"outside its threat model {check['balls'] or 'finite, in [0, 1]'} (largest perturbation "
                             f"{check['largest_perturbation']:.4g}); they count as not broken")
 
-    def _gathered(self, trainer: pl.Trainer) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Passes],
+    def _gathered(self) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Passes],
                                                       dict[str, list[float]], dict[str, list]]:
         """Per-image correctness in test-split order, attack seconds and passes, defense metrics, threat-model
         counts, of all processes."""
@@ -283,7 +309,7 @@ class Evaluation:
                   for name, parts in self.per_example.items()}, self.attack_seconds, self.defense_metrics,
                  self.attack_passes, self.threat_model)
         shares = [local]
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1:
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.runtime.world_size > 1:
             shares = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(shares, local)
         per_example = {}
@@ -303,3 +329,31 @@ class Evaluation:
                                max(share[4].get(name, [0, 0.0])[1] for share in shares)]
                         for name in {name for share in shares for name in share[4]}}
         return per_example, seconds, passes, defense_metrics, threat_model
+
+
+class ShardedEvaluation(pl.LightningModule):
+    """Under DDP, Lightning's test loop over the evaluation's passes: it starts the processes (or joins those
+    training started), and each process's hooks hand its share of the batches to `Evaluation.step`."""
+
+    def __init__(self, evaluation: Evaluation) -> None:
+        super().__init__()
+        self.model, self.defense = evaluation.model, evaluation.defense  # moved to this process's device
+        self.evaluation = evaluation
+        self.allow_zero_length_dataloader_with_multiple_devices = True  # a short pass may leave a process none
+
+    def test_dataloader(self) -> list:
+        evaluation, trainer = self.evaluation, self.trainer
+        evaluation.plan(evaluation.defense.wrap(evaluation.model),
+                        evaluation.data.test_set.tensors[0][:8].to(trainer.strategy.root_device))
+        self.loaders = evaluation.loaders(trainer.global_rank, trainer.world_size, trainer.strategy.root_device)
+        return self.loaders
+
+    def on_test_epoch_start(self) -> None:
+        self.evaluation.start()
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        name = self.evaluation.pass_name(dataloader_idx)
+        self.evaluation.step(batch, batch_idx, name, len(self.loaders[dataloader_idx]))
+
+    def on_test_epoch_end(self) -> None:
+        self.evaluation.finish()
