@@ -46,12 +46,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from robustlab.attacks import PGD
+from robustlab.builders import build_classifier, build_datamodule, build_runtime, build_trainer
+from robustlab.evaluation.engine import Evaluation
 
-from robustlab.attacks import PGD  # noqa: E402
-from robustlab.builders import build_classifier, build_datamodule, build_runtime, build_trainer  # noqa: E402
-from robustlab.evaluation.engine import Evaluation  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -64,16 +63,17 @@ class Sizes:
     eval_counts: tuple[int, int]
 
     @classmethod
-    def full(cls) -> "Sizes":
+    def full(cls) -> Sizes:
         return cls(["dataset=fashion_mnist"], 1000, 10, (16, 4), None, (1000, 10000))
 
     @classmethod
-    def tiny(cls) -> "Sizes":
+    def tiny(cls) -> Sizes:
         return cls(["dataset=synthetic", "dataset.datamodule.num_test=400"], 64, 2, (10, 1), 5, (100, 400))
 
 
 @dataclass
 class Figure:
+    key: str  # what `ratios` looks the figure up by; `name` is what the tables show
     name: str
     unit: str
     samples: list[float] = field(default_factory=list)
@@ -83,7 +83,8 @@ class Figure:
         return statistics.median(self.samples)
 
     def row(self) -> str:
-        return f"| {self.name} | {self.median:,.1f} | {min(self.samples):,.1f} | {max(self.samples):,.1f} | {self.unit} |"
+        return (f"| {self.name} | {self.median:,.1f} | {min(self.samples):,.1f} | {max(self.samples):,.1f} "
+                f"| {self.unit} |")
 
 
 def compose_config(overrides: list[str], output_dir: str):
@@ -167,7 +168,8 @@ def attack_throughput(sizes: Sizes, repeats: int, output_dir: str, device: torch
             contenders.insert(1, ("robustlab compile=true", lambda: robustlab_pgd(compiled_predictor)))
         for library, run in tqdm(contenders, desc=f"PGD-{sizes.pgd_steps} on {model_name}", leave=False):
             seconds = timed(run, repeats, device)
-            figures.append(Figure(f"PGD-{sizes.pgd_steps} L∞ throughput, {model_name}, batch {sizes.batch}: "
+            figures.append(Figure(f"pgd/{model_name}/{library}",
+                                  f"PGD-{sizes.pgd_steps} L∞ throughput, {model_name}, batch {sizes.batch}: "
                                   f"{library}", "images/s", [sizes.batch / s for s in seconds]))
     return figures
 
@@ -249,7 +251,8 @@ def training_epoch(sizes: Sizes, repeats: int, output_dir: str, device: torch.de
 
         for name, run in tqdm([("robustlab", robustlab_epoch), ("plain PyTorch loop", plain_epoch)],
                               desc=f"PGD-7 training epoch, {model_name}", leave=False):
-            figures.append(Figure(f"PGD-7 adversarial-training epoch, {model_name}: {name}", "s",
+            figures.append(Figure(f"epoch/{model_name}/{name}",
+                                  f"PGD-7 adversarial-training epoch, {model_name}: {name}", "s",
                                   timed(run, repeats, device, warmup=0 if device.type == "cpu" else 1)))
     return figures
 
@@ -260,7 +263,8 @@ def step_overhead(sizes: Sizes, repeats: int, output_dir: str, device: torch.dev
     TensorBoard logging and checkpointing, against the plain loop; alternated, per step after the first ten."""
     limit = [] if sizes.train_batches is None else [f"trainer.limit_train_batches={WARM_STEPS + sizes.train_batches}"]
     trainer = ["trainer=gpu"] if device.type == "cuda" else []
-    cfg = compose_config([*sizes.dataset, "model=linear", *TRAINING, *trainer, *limit, f"paths.output_root={output_dir}"],
+    cfg = compose_config([*sizes.dataset, "model=linear", *TRAINING, *trainer, *limit,
+                          f"paths.output_root={output_dir}"],
                          output_dir)
     datamodule = build_datamodule(cfg.dataset)
     batches = None if sizes.train_batches is None else WARM_STEPS + sizes.train_batches
@@ -273,8 +277,10 @@ def step_overhead(sizes: Sizes, repeats: int, output_dir: str, device: torch.dev
         lightning.fit(classifier, datamodule=datamodule)
         ours.append(1000 * clock.seconds_per_step)
         plain.append(1000 * plain_adversarial_training(cfg, datamodule, device, batches))
-    return [Figure("PGD-7 adversarial-training step, linear model: robustlab (train.py defaults)", "ms", ours),
-            Figure("PGD-7 adversarial-training step, linear model: plain PyTorch loop", "ms", plain)]
+    return [Figure("step/robustlab", "PGD-7 adversarial-training step, linear model: robustlab (train.py defaults)",
+                   "ms", ours),
+            Figure("step/plain PyTorch loop", "PGD-7 adversarial-training step, linear model: plain PyTorch loop", "ms",
+                   plain)]
 
 
 # -- 3. evaluation memory ---------------------------------------------------------------------------------
@@ -312,7 +318,8 @@ def evaluation_memory(sizes: Sizes, repeats: int, device: torch.device) -> list[
                        *sizes.dataset]
             result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
             samples.append(float(result.stdout.strip().splitlines()[-1]))
-        figures.append(Figure(f"evaluation {what}, PGD-10 on {count:,} test images", "MiB", samples))
+        figures.append(Figure(f"memory/{count}", f"evaluation {what}, PGD-10 on {count:,} test images", "MiB",
+                              samples))
     return figures
 
 
@@ -332,37 +339,59 @@ def cold_matrix(sizes: Sizes, device: torch.device) -> list[Figure]:
         subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT,
                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
         seconds = time.perf_counter() - started
-    return [Figure("cold `python train.py sweep=matrix" + (" trainer=gpu" if trainer else "") + "`, wall time",
+    return [Figure("matrix",
+                   "cold `python train.py sweep=matrix" + (" trainer=gpu" if trainer else "") + "`, wall time",
                    "s", [seconds])]
 
 
 # -- report ----------------------------------------------------------------------------------------------
-def ratios(figures: dict[str, Figure], sizes: Sizes, device: torch.device) -> list[tuple[str, float, str]]:
-    def find(fragment: str) -> float:
-        return next(f.median for name, f in figures.items() if name.endswith(fragment))
+@dataclass
+class Ratio:
+    name: str
+    value: float
+    target: tuple[str, float] | None  # ("≥", 1.3): what the value should reach; None: measured, no target
+
+    @property
+    def met(self) -> bool | None:
+        if self.target is None:
+            return None
+        operator, threshold = self.target
+        return self.value >= threshold if operator == "≥" else self.value <= threshold
+
+    def target_text(self) -> str:
+        return "measured" if self.target is None else f"{self.target[0]} {self.target[1]:g}"
+
+    def verdict(self) -> str:
+        return {None: "", True: "met", False: "NOT met"}[self.met]
+
+
+def ratios(figures: dict[str, Figure], sizes: Sizes, device: torch.device) -> list[Ratio]:
+    def find(key: str) -> float:
+        if key not in figures:
+            raise KeyError(f"bench: no figure {key!r} was measured (measured: {', '.join(figures)})")
+        return figures[key].median
 
     gpu = device.type == "cuda"
     wrn = f"WRN-{sizes.wrn[0]}-{sizes.wrn[1]}"
     lines = []
     for model in ["BasicNet", wrn]:
-        ours = find(f"{model}, batch {sizes.batch}: robustlab")
-        lines.append((f"PGD throughput robustlab / torchattacks, {model}",
-                      ours / find(f"{model}, batch {sizes.batch}: torchattacks"),
-                      "≥ 1.5" if gpu else "≥ 1.3 on BasicNet"))
-        lines.append((f"PGD throughput robustlab / ART, {model}",
-                      ours / find(f"{model}, batch {sizes.batch}: ART"), "measured" if gpu else "≥ 2 on BasicNet"))
-    lines.append(("PGD throughput compile=true / compile=false, BasicNet",
-                  find("robustlab compile=true") / find(f"BasicNet, batch {sizes.batch}: robustlab"), "measured"))
-    for model in [name for name, _ in model_overrides(sizes) if f"epoch, {name}: robustlab" in " ".join(figures)]:
-        lines.append((f"adversarial-training epoch robustlab / plain loop, {model}",
-                      find(f"epoch, {model}: robustlab") / find(f"epoch, {model}: plain PyTorch loop"),
-                      "≤ 0.5" if gpu else "≤ 1.10"))
-    lines.append(("adversarial-training step robustlab / plain loop, linear model (framework overhead)",
-                  find("step, linear model: robustlab (train.py defaults)") / find("step, linear model: plain PyTorch loop"),
-                  "≤ 1.10"))
+        ours = find(f"pgd/{model}/robustlab")
+        lines.append(Ratio(f"PGD throughput robustlab / torchattacks, {model}",
+                           ours / find(f"pgd/{model}/torchattacks"),
+                           ("≥", 1.5) if gpu else ("≥", 1.3) if model == "BasicNet" else None))
+        lines.append(Ratio(f"PGD throughput robustlab / ART, {model}", ours / find(f"pgd/{model}/ART"),
+                           ("≥", 2.0) if model == "BasicNet" and not gpu else None))
+    lines.append(Ratio("PGD throughput compile=true / compile=false, BasicNet",
+                       find("pgd/BasicNet/robustlab compile=true") / find("pgd/BasicNet/robustlab"), None))
+    for model in [name for name, _ in model_overrides(sizes) if f"epoch/{name}/robustlab" in figures]:
+        lines.append(Ratio(f"adversarial-training epoch robustlab / plain loop, {model}",
+                           find(f"epoch/{model}/robustlab") / find(f"epoch/{model}/plain PyTorch loop"),
+                           ("≤", 0.5) if gpu else ("≤", 1.10)))
+    lines.append(Ratio("adversarial-training step robustlab / plain loop, linear model (framework overhead)",
+                       find("step/robustlab") / find("step/plain PyTorch loop"), ("≤", 1.10)))
     small, large = sizes.eval_counts
-    lines.append((f"evaluation peak memory {large:,} / {small:,} images",
-                  find(f"{large:,} test images") / find(f"{small:,} test images"), "≤ 1.2"))
+    lines.append(Ratio(f"evaluation peak memory {large:,} / {small:,} images",
+                       find(f"memory/{large}") / find(f"memory/{small}"), ("≤", 1.2)))
     return lines
 
 
@@ -394,12 +423,14 @@ def device_section(device: str, entry: dict | None) -> list[str]:
     return [
         title, "",
         f"Measured by `{entry['command']}` (one run, up to {repetitions} repetitions per figure; median, min, max) "
-        f"on {where}, PyTorch {info['torch']}, Python {info['python']}." + (f" {entry['note']}" if "note" in entry else ""),
+        f"on {where}, PyTorch {info['torch']}, Python {info['python']}."
+        + (f" {entry['note']}" if "note" in entry else ""),
         "",
         "| figure | median | min | max | unit |", "| --- | ---: | ---: | ---: | --- |",
-        *[Figure(name, figure["unit"], figure["samples"]).row() for name, figure in figures.items()], "",
-        "| ratio | value | target |", "| --- | ---: | --- |",
-        *[f"| {name} | {value:.2f} | {entry['targets'].get(name, '')} |" for name, value in entry["ratios"].items()],
+        *[Figure(name, name, figure["unit"], figure["samples"]).row() for name, figure in figures.items()], "",
+        "| ratio | value | target | met |", "| --- | ---: | --- | --- |",
+        *[f"| {name} | {value:.2f} | {entry['targets'].get(name, '')} | {entry.get('met', {}).get(name) or ''} |"
+          for name, value in entry["ratios"].items()],
         "",
     ]
 
@@ -446,21 +477,23 @@ def main() -> None:
             for figure in measured:  # as soon as measured: a run stopped part way still says what it found
                 print(f"measured {figure.name}: {figure.median:,.1f} {figure.unit}", flush=True)
             figures += measured
-    ratio_lines = ratios({figure.name: figure for figure in figures}, sizes, device)
+    ratio_lines = ratios({figure.key: figure for figure in figures}, sizes, device)
     command = "python scripts/bench.py" + (" --tiny" if args.tiny else "") + \
               (f" --device {args.device}" if args.device != "cpu" else "") + (" --matrix" if args.matrix else "") + \
               (f" --repeats {args.repeats}" if args.repeats != 3 else "")
     for figure in figures:
         print(f"{figure.name}: {figure.median:,.1f} {figure.unit} (min {min(figure.samples):,.1f}, "
               f"max {max(figure.samples):,.1f})")
-    for name, value, target in ratio_lines:
-        print(f"ratio  {name}: {value:.2f}  (target {target})")
+    for ratio in ratio_lines:
+        print(f"ratio  {ratio.name}: {ratio.value:.2f}  (target {ratio.target_text()}"
+              + (f": {ratio.verdict()})" if ratio.met is not None else ")"))
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     results[args.device] = {"command": command, "machine": machine(device),
                             "figures": {f.name: {"unit": f.unit, "samples": f.samples, "median": f.median}
                                         for f in figures},
-                            "ratios": {name: value for name, value, _ in ratio_lines},
-                            "targets": {name: target for name, _, target in ratio_lines}}
+                            "ratios": {ratio.name: ratio.value for ratio in ratio_lines},
+                            "targets": {ratio.name: ratio.target_text() for ratio in ratio_lines},
+                            "met": {ratio.name: ratio.verdict() for ratio in ratio_lines}}
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(args.markdown, results)
     print(f"wrote {args.markdown} and {args.json}")

@@ -5,7 +5,7 @@ import sys
 
 from robustlab.errors import exit_on_user_error
 from robustlab.report import write_report
-from robustlab.report.matrix import VERSIONS
+from robustlab.report.reading import VERSIONS
 
 
 def main() -> int:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import settings
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hypothesis import settings
 from omegaconf import open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 # Property-based tests: the same few examples on every run by default (CI never flakes on a new draw);
 # `--hypothesis-profile=thorough` draws many fresh ones.
-settings.register_profile("default", max_examples=8, deadline=None, derandomize=True, database=None)
+settings.register_profile("default", max_examples=4, deadline=None, derandomize=True, database=None)
 settings.register_profile("thorough", max_examples=200, deadline=None)
 settings.load_profile("default")
 

@@ -11,9 +11,9 @@ import json
 
 import pytest
 import torch
+from conftest import DATA_DIR, FASHION_MNIST_SYSTEM_DIR, run_script
 
 import robustlab
-from conftest import DATA_DIR, FASHION_MNIST_SYSTEM_DIR, run_script
 from robustlab.attacks import PGD
 from robustlab.data import FashionMNISTDataModule
 

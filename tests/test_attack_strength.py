@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DATA_DIR, FASHION_MNIST_SYSTEM_DIR, TINY, accuracy, compose_config, train_standard
 from torch import nn
 
-from conftest import DATA_DIR, FASHION_MNIST_SYSTEM_DIR, TINY, accuracy, compose_config, train_standard
 from robustlab.attacks import PGD
-from robustlab.data import FashionMNISTDataModule
 from robustlab.builders import build_classifier, build_datamodule, build_runtime
+from robustlab.data import FashionMNISTDataModule
 from robustlab.evaluation.engine import Evaluation
 from robustlab.models import BasicNet
 

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
+from conftest import CONF, accuracy, compose_config, train_standard
 from hydra.utils import instantiate
 
-from conftest import CONF, accuracy, compose_config, train_standard
 from robustlab.attacks import APGD, PGD, NoAttack, Square
 from robustlab.attacks.norms import L2Ball, LinfBall
 from robustlab.configuration import instantiate as instantiate_checked

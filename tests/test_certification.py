@@ -7,15 +7,22 @@ import math
 
 import pytest
 import torch
+from conftest import TINY, compose_config, run_script
 from scipy.stats import norm
 from torch import nn
 
-from conftest import TINY, compose_config, run_script
 from robustlab.attacks.expectation import expected_correct, is_randomized, predicted_classes
 from robustlab.errors import InvalidValue
 from robustlab.evaluation.audit import certificate_check
-from robustlab.evaluation.certification import (ATTACKED, CERTIFIED, certified_accuracy, certify, certify_and_check,
-                                                lower_confidence_bound, radius)
+from robustlab.evaluation.certification import (
+    ATTACKED,
+    CERTIFIED,
+    certified_accuracy,
+    certify,
+    certify_and_check,
+    lower_confidence_bound,
+    radius,
+)
 from robustlab.models import SmoothedClassifier
 from robustlab.models.smoothing import ABSTAIN, tie_p_value
 

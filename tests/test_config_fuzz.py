@@ -7,17 +7,18 @@ More examples per option: `python -m pytest tests/test_config_fuzz.py --hypothes
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
 import pytest
+from conftest import CONF, compose_config
 from hypothesis import given
 from hypothesis import strategies as st
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from conftest import CONF, compose_config
-from robustlab.errors import ConfigError
 from robustlab.builders import build_classifier
+from robustlab.errors import ConfigError
 from robustlab.validation import check_config
 
 GROUPS = {group: sorted(path.stem for path in (CONF / group).glob("*.yaml")) for group in ("attack", "defense")}
@@ -68,14 +69,19 @@ scalars = st.one_of(
 values = st.one_of(scalars, st.lists(scalars, max_size=3))
 
 
+@functools.cache
+def option_keys(group: str, option: str, directory: str) -> tuple[str, ...]:
+    """The fuzzable keys of one option (composed once per option, not once per drawn example)."""
+    return tuple(sorted(leaf_keys(compose_config(["dataset=synthetic", f"{group}={option}"], directory)[group], group)))
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g, options in GROUPS.items() for o in options])
 @given(data=st.data())
 def test_every_fuzzed_value_builds_or_is_refused_naming_its_key(group, option, data, tmp_path_factory):
-    base = compose_config(["dataset=synthetic", f"{group}={option}"], tmp_path_factory.mktemp("fuzz"))
-    keys = leaf_keys(base[group], group)
+    keys = option_keys(group, option, str(tmp_path_factory.getbasetemp() / "fuzz-options"))  # compose once
     if not keys:
         return  # attack=none has nothing to set
-    key = data.draw(st.sampled_from(sorted(keys)), label="key")
+    key = data.draw(st.sampled_from(keys), label="key")
     value = data.draw(values, label="value")
     cfg = compose_config(["dataset=synthetic", f"{group}={option}", f"{key}={hydra_literal(value)}"],
                          tmp_path_factory.mktemp("fuzz"))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import CONF, compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict, read_write
 
-from conftest import CONF, compose_config
 from robustlab.builders import build_classifier, build_trainer
 
 GROUPS = {group.name: sorted(path.stem for path in group.glob("*.yaml"))
@@ -29,7 +29,8 @@ def test_option_instantiates(group, option, tmp_path):
     else:
         overrides = ["dataset=synthetic", f"{group}={option}"]
     if group == "trainer" and option in {"gpu", "ddp"} and not torch.cuda.is_available():
-        overrides += ["trainer.accelerator=cpu", "trainer.devices=1"]  # everything but the device is still built and checked
+        # Everything but the device is still built and checked.
+        overrides += ["trainer.accelerator=cpu", "trainer.devices=1"]
     cfg = compose_config(overrides, tmp_path)
 
     datamodule = instantiate(cfg.dataset.datamodule)  # real datasets are not loaded here, only built

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import FASHION_MNIST_SYSTEM_DIR
+
 from robustlab.data import CIFAR10DataModule, FashionMNISTDataModule, MNISTDataModule, SyntheticDataModule
 from robustlab.errors import InvalidValue
 

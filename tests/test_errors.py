@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import TINY, compose_config, run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import robustlab.evaluate
 import robustlab.train
-from conftest import TINY, compose_config, run_script
 from robustlab.errors import CheckpointError, ConfigError
 
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import FASHION_MNIST_SYSTEM_DIR, ROOT, TINY, run_script, script_command, script_environment
 
 SWEEP = ["-m", *TINY, "trainer.max_epochs=3", "logger=none", "eval.audit.n_samples=32", "hydra/launcher=local_gpus",
@@ -141,7 +140,8 @@ def test_data_taken_from_the_system_copy_is_announced(tmp_path, caplog):
     with caplog.at_level("INFO", logger="robustlab"):
         FashionMNISTDataModule(root=str(tmp_path), system_dir=str(FASHION_MNIST_SYSTEM_DIR),
                                download=False).prepare_data()
-    assert caplog.messages == [(f"data: dataset.datamodule.root={tmp_path} held no FashionMNIST; extracted it there from the "
+    assert caplog.messages == [(f"data: dataset.datamodule.root={tmp_path} held no FashionMNIST; extracted it "
+                                "there from the "
                     f"system copy in {FASHION_MNIST_SYSTEM_DIR}")]
 
 

@@ -7,12 +7,12 @@ import os
 
 import pytest
 import torch
+from conftest import CONF, DATA_DIR, compose_config
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
 import robustlab.train
-from conftest import CONF, DATA_DIR, compose_config
 from robustlab.errors import InvalidValue
 from robustlab.models import DnCNN, PreActResNet18, SmallCNN, WideResNet
 

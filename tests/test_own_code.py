@@ -219,9 +219,10 @@ def test_a_cheating_attack_is_caught_and_its_images_count_as_not_broken(tmp_path
     # accuracy of those images, not the near-zero that noise of 0.6 would give.
     clean = [float(v) for v in record.per_image["clean"].split(",")]
     assert [float(v) for v in record.per_image["Cheat"].split(",")] == clean
-    from robustlab.report.matrix import collect_cells, threat_model_section
+    from robustlab.report.rows import collect_rows
+    from robustlab.report.writing import threat_model_section
 
-    assert "| none | Cheat | 64 |" in threat_model_section(collect_cells(tmp_path, {"run": record}))
+    assert "| none | Cheat | 64 |" in threat_model_section(collect_rows({"run": record}))
 
 
 def test_an_attack_returning_another_shape_stops_the_run_naming_it(tmp_path):

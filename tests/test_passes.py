@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import torch
+from conftest import TINY, run_script
 from torch import nn
 
-from conftest import TINY, run_script
 from robustlab.attacks import APGD, PGD
 from robustlab.attacks.apgd import checkpoints
 from robustlab.defenses import MixturePredictor

@@ -9,12 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import ROOT, compose_config
 from torch import nn
 
-from conftest import ROOT, compose_config
 from robustlab.attacks import PGD
-from robustlab.data import SyntheticDataModule
 from robustlab.builders import build_classifier
+from robustlab.data import SyntheticDataModule
 from robustlab.models import BasicNet
 
 
@@ -95,6 +95,10 @@ def test_benchmark_script_runs_in_tiny_mode(tmp_path):
     assert report["figures"]["cold `python train.py sweep=matrix`, wall time"]["median"] > 0
     assert all(value > 0 for value in report["ratios"].values())
     assert report["ratios"]["evaluation peak memory 400 / 100 images"] <= 1.2
+    # Every target is checked and its verdict kept: met where the ratio reaches it, "" where none is set.
+    assert set(report["met"]) == set(report["ratios"]) and set(report["met"].values()) <= {"", "met", "NOT met"}
+    assert report["met"]["evaluation peak memory 400 / 100 images"] == "met"
+    assert report["met"]["PGD throughput compile=true / compile=false, BasicNet"] == ""
     text = markdown.read_text()
     assert "## CPU" in text and "python scripts/bench.py --tiny --matrix --repeats 2" in text
     assert "## GPU" in text and "Not measured yet" in text  # never an estimate

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, TINY
+from test_report import EVALUATION_MODULES, sweep, write_cell
+
 from robustlab.provenance import _without_docstrings, code_hash, device_name, module_closure, target_module
 from robustlab.report import write_report
-from robustlab.report.matrix import MixedVersions
-from test_report import EVALUATION_MODULES, sweep, write_cell
+from robustlab.report.reading import MixedVersions
 
 SOURCE = ROOT / "src" / "robustlab"
 
@@ -85,7 +85,8 @@ def test_a_changed_attack_re_evaluates_and_a_changed_model_retrains(tmp_path):
     assert metrics_path(attack_changed) != metrics_path(first)
     old, new = (json.loads(metrics_path(r).read_text()) for r in (first, attack_changed))
     assert new["checkpoint"] == old["checkpoint"] and new["training_code"] == old["training_code"]
-    assert new["evaluation_modules"]["robustlab.attacks.square"] != old["evaluation_modules"]["robustlab.attacks.square"]
+    square = "robustlab.attacks.square"
+    assert new["evaluation_modules"][square] != old["evaluation_modules"][square]
 
     # A comment or docstring is not a change of what the code does.
     edit(package / "robustlab" / "models" / "basic_net.py", '"""', '"""Reworded. ')
@@ -108,7 +109,8 @@ def test_a_changed_attack_re_evaluates_and_a_changed_model_retrains(tmp_path):
 
 def test_reuse_takes_only_its_two_values(tmp_path):
     result = run_with_package(ROOT / "src", tmp_path, "reuse=always")
-    assert result.returncode == 2 and "reuse='always' is not allowed: expected same_code or any_version" in result.stderr
+    assert result.returncode == 2
+    assert "reuse='always' is not allowed: expected same_code or any_version" in result.stderr
 
 
 def test_documentation_and_comments_do_not_change_a_module_hash():

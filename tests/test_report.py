@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import ROOT
+
 from robustlab.evaluation.audit import LETTERS
 from robustlab.evaluation.statistics import wilson_interval
-from robustlab.report import collect_cells, write_report
-import subprocess
-import sys
+from robustlab.report import collect_rows, read_records, write_report
 
 
 def audit_record(flagged: str = "") -> dict:
@@ -87,8 +88,11 @@ def test_report_files_exist_and_rerun_is_identical(tmp_path):
 def test_cells_from_several_evaluations_of_one_training_merge(tmp_path):
     write_cell(tmp_path, "none", 0.9, {"fgsm": 0.1, "pgd_linf": 0.02, "worst_case": 0.01})
     write_cell(tmp_path, "none", 0.9, {"pgd_linf": 0.02, "square": 0.05, "worst_case": 0.02}, attack="square")
-    (cell,) = collect_cells(tmp_path)
-    assert set(cell.robust_acc) == {"fgsm", "pgd_linf", "square", "worst_case"}
+    (row,) = collect_rows(read_records(tmp_path)[0])
+    # One training evaluated twice: one row with every attack's number; its worst case is the lower of the two
+    # evaluations' (each bounds all of its own attacks).
+    assert row.robust_acc == {"fgsm": 0.1, "pgd_linf": 0.02, "square": 0.05, "worst_case": 0.01}
+    assert len(row.sources) == 2 and row.seeds == [None] and row.clean_acc == 0.9
 
 
 def test_report_script_prints_the_markdown(tmp_path):
@@ -190,7 +194,7 @@ def test_seeds_aggregate_into_mean_std_and_interval(tmp_path):
         write_seed(tmp_path, "adv_train", seed, [(right, 1), (100 - right, 0)])
     for seed, right in enumerate([61, 62, 63]):
         write_seed(tmp_path, "trades", seed, [(right, 1), (100 - right, 0)])
-    spread, close = collect_cells(tmp_path)
+    spread, close = collect_rows(read_records(tmp_path)[0])
     summary = spread.summary["worst_case"]
     assert spread.seeds == [0, 1, 2] and summary.seeds == 3
     assert abs(summary.mean - 0.62) < 1e-12 and abs(summary.std - 0.07) < 1e-12
@@ -254,7 +258,7 @@ def test_the_report_never_merges_two_different_targets_under_one_name(tmp_path):
     write_cell(tmp_path / "b", "none", 0.8, {"pgd_linf": 0.1, "worst_case": 0.1},
                targets={"model": "bob.Net", "defense": "x.D"},
                attacks={"pgd_linf": {"_target_": "bob.MyPGD", "norm": "linf"}})
-    cells = collect_cells(tmp_path)
+    cells = collect_rows(read_records(tmp_path)[0])
     assert sorted(cell.model for cell in cells) == ["basic_net (alice.Net)", "basic_net (bob.Net)"]
     columns = {name for cell in cells for name in cell.robust_acc}
     assert {"pgd_linf (robustlab.attacks.PGD)", "pgd_linf (bob.MyPGD)"} <= columns and "pgd_linf" not in columns

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, TINY, compose_config, run_script
 
 import robustlab.train
-from conftest import ROOT, TINY, compose_config, run_script
 from robustlab.attacks import PGD
 from robustlab.models import BasicNet
 

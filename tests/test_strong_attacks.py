@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import accuracy
+
 from robustlab.attacks import APGD, PGD, Square, WorstCase
 from robustlab.attacks.apgd import checkpoints
 from robustlab.attacks.base import Attack
@@ -85,7 +85,8 @@ def test_worst_case_is_at_most_every_attack_per_example(model, batch):
     first = attacks["fgsm"](model, x, y)
     with torch.no_grad():
         assert (~robust | (model(first).argmax(1) == y)).all()
-    assert accuracy(model, cascade, y) <= min(accuracy(model, attack(model, x, y), y) for attack in attacks.values()) + 0.02
+    each = [accuracy(model, attack(model, x, y), y) for attack in attacks.values()]
+    assert accuracy(model, cascade, y) <= min(each) + 0.02
 
 
 def test_worst_case_only_attacks_points_still_standing(model, batch):
@@ -123,6 +124,7 @@ def test_square_rejects_bad_parameters():
 
 def test_torchattacks_adapter_names_a_bad_class_with_its_full_key(tmp_path):
     from conftest import compose_config
+
     from robustlab.configuration import instantiate
 
     cfg = compose_config(["dataset=synthetic", "attack=torchattacks", "attack.name=NoSuchAttack"], tmp_path)

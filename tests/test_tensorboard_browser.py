@@ -21,14 +21,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import run_script
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SWEEP = ["-m", "sweep=matrix", "dataset=synthetic", "trainer.max_epochs=4", "eval.n_samples=64",
          "eval.audit.n_samples=32", "eval.audit.square_queries=100", "eval.attacks.apgd_ce.steps=20",
-         "eval.attacks.square.queries=200", "eval.attacks.autoattack.steps=10", "eval.attacks.autoattack.square_queries=200"]
+         "eval.attacks.square.queries=200", "eval.attacks.autoattack.steps=10",
+         "eval.attacks.autoattack.square_queries=200"]
 
 
 @pytest.fixture(scope="module")

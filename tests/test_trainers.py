@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, run_script
 from torch.utils.data import BatchSampler, RandomSampler, TensorDataset
 
-from conftest import TINY, run_script
 from robustlab.classifier import RobustClassifier
 from robustlab.configuration import gpu_for_job
 from robustlab.data.base import ShardedBatches, _batches

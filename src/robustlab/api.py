@@ -60,17 +60,24 @@ def evaluate_model(model: nn.Module, images: torch.Tensor | None = None, labels:
     if images is None:
         datamodule = build_datamodule(cfg.dataset)
     else:
-        datamodule = GivenTestSplit(images, labels, eval_batch_size=int(cfg.dataset.datamodule.eval_batch_size))
+        if labels is None:
+            raise ConfigError("images without labels: pass both, or neither for the dataset's test split")
+        given = GivenTestSplit(images, labels, eval_batch_size=int(cfg.dataset.datamodule.eval_batch_size))
+        shape = tuple(given.images.shape[1:])
         expected = (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
-        if tuple(datamodule.test_set.tensors[0].shape[1:]) != tuple(expected):
-            raise ConfigError(f"images of shape {tuple(datamodule.test_set.tensors[0].shape[1:])} but dataset="
-                              f"{dataset} describes {expected}: choose the dataset whose images these are")
+        if shape != tuple(expected):
+            raise ConfigError(f"images of shape {shape} but dataset={dataset} describes {expected}: choose the "
+                              "dataset whose images these are")
+        datamodule = given
     chosen = {**choices(), "model": name or type(model).__name__, "defense": EXTERNAL_DEFENSE}
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     evaluation = Evaluation.from_config(cfg)
     classifier = external_classifier(model, {"_target_": f"{type(model).__module__}.{type(model).__qualname__}"},
                                      cfg, chosen)
-    return evaluate_and_record(cfg, classifier, datamodule, evaluation, None, chosen=chosen)
+    record = evaluate_and_record(cfg, classifier, datamodule, evaluation, None, chosen=chosen)
+    if record is None:  # only a DDP process other than 0 has none, and `trainer=ddp` starts them from a script
+        raise ConfigError("evaluate_model runs in one process: leave trainer=ddp to python evaluate.py")
+    return record
 
 
 def compose_evaluation(overrides: list[str], output_dir: Path) -> DictConfig:

@@ -14,9 +14,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.accelerators import CUDAAccelerator
 
+from robustlab.attacks.base import Attack
 from robustlab.classifier import RobustClassifier, speed_up
 from robustlab.configuration import instantiate, to_plain
-from robustlab.attacks.base import Attack
 from robustlab.defenses.base import Defense
 from robustlab.errors import ConfigError, InvalidValue
 from robustlab.evaluation.runtime import AUTOCAST, Runtime
@@ -45,8 +45,9 @@ def choices() -> dict[str, str]:
               if not group.startswith("hydra/") and option is not None}
     for override in OverridesParser.create().parse_overrides(list(hydra.overrides.task)):
         group, _, leaf = override.key_or_group.rpartition(".")
-        if leaf == "_target_" and "." not in group and not override.is_delete() and isinstance(override.value(), str):
-            chosen[group] = override.value().rpartition(".")[2]
+        value = override.value()
+        if leaf == "_target_" and "." not in group and not override.is_delete() and isinstance(value, str):
+            chosen[group] = value.rpartition(".")[2]
     return chosen
 
 

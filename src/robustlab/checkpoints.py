@@ -54,7 +54,7 @@ def check_checkpoint_matches(stored: dict, cfg) -> None:
         chosen = cfg.get(group)
         if chosen is None:
             continue
-        expected = OmegaConf.to_container(chosen, resolve=True)
+        expected = to_plain(chosen)
         trained = stored[group]
         keys = identity or [key for key in expected if key not in ("mean", "std")]
         differences = [f"{group}.{key}={expected.get(key)!r} but the checkpoint has {trained.get(key)!r}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -23,7 +23,7 @@ NAN_CHECK_EVERY = 50  # on a GPU, training steps between two reads of the non-fi
 
 
 def random_states() -> dict:
-    name, keys, position, has_gauss, cached = np.random.get_state()
+    name, keys, position, has_gauss, cached = cast(tuple, np.random.get_state())
     # Plain types and tensors only, so checkpoints load with torch.load(weights_only=True).
     states = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position,
                                                      has_gauss, cached), "torch": torch.get_rng_state()}
@@ -127,7 +127,7 @@ class RobustClassifier(pl.LightningModule):
         loss, logits = self.defense.training_loss(self.model, x, y)
         self._check_finite(loss, batch_idx)
         if not self.automatic_optimization:
-            optimizer = self.optimizers()
+            optimizer = self.optimizer()
             optimizer.zero_grad()
             self.manual_backward(loss)
             optimizer.step()
@@ -137,7 +137,8 @@ class RobustClassifier(pl.LightningModule):
         sums = torch.stack([value * len(y), (logits.detach().argmax(1) == y).sum()])
         self.train_sums = sums if self.train_sums is None else self.train_sums.add_(sums)
         self.train_images += len(y)
-        if batch_idx % self.trainer.log_every_n_steps == 0:  # the bar's running loss, at the logging cadence
+        # The bar's running loss, at the logging cadence.
+        if batch_idx % int(getattr(self.trainer, "log_every_n_steps", 50)) == 0:
             self.log("loss", value, on_step=True, on_epoch=False, prog_bar=True, logger=False)
         return loss
 
@@ -146,7 +147,7 @@ class RobustClassifier(pl.LightningModule):
         scheduler's epoch step where this module steps the optimizer itself."""
         if not self.automatic_optimization:
             scheduler = self.lr_schedulers()
-            if scheduler is not None:
+            if isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler):
                 scheduler.step()
         if self.train_sums is None:
             return
@@ -174,13 +175,13 @@ class RobustClassifier(pl.LightningModule):
         if count:
             where = f"batch {batch_idx}" if every == 1 else f"{count} of the batches up to {batch_idx}"
             value = loss.item() if every == 1 else "nan or inf"
-            lr = self.optimizers().param_groups[0]["lr"]
+            lr = self.optimizer().param_groups[0]["lr"]
             raise TrainingDiverged(f"train/loss is {value} at epoch {self.current_epoch}, {where}: training "
                                    f"diverged (optimizer learning rate {lr:g}; try a lower optimizer.lr). "
                                    "No metrics were written.")
 
     def on_train_epoch_start(self) -> None:
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        self.log("train/lr", self.optimizer().param_groups[0]["lr"], on_step=False, on_epoch=True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
@@ -198,6 +199,13 @@ class RobustClassifier(pl.LightningModule):
                 x_adv = self.val_attack(predictor, x, y)
             self._log_mean("val/robust_acc", expected_correct(predictor, x_adv, y, self.draws(), by_vote=False).mean(),
                            len(y))
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The one optimizer `configure_optimizers` built (Lightning's wrapper around it)."""
+        optimizer = self.optimizers()
+        if isinstance(optimizer, list):
+            raise RuntimeError("RobustClassifier trains with exactly one optimizer")
+        return optimizer  # type: ignore[return-value]
 
     def configure_optimizers(self):
         if self.optimizer_factory is None:

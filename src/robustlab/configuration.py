@@ -36,7 +36,7 @@ def instantiate(node: DictConfig, **kwargs: Any) -> Any:
                               "`_target_` is `module.Class` with the module on Python's path (for your own files: "
                               "run from their directory with PYTHONPATH=., or install them)") from None
         cause = _in_chain(error, InvalidValue)
-        if cause is None:
+        if not isinstance(cause, InvalidValue):
             raise
         raise cause.under(prefix) from None
 
@@ -78,10 +78,10 @@ OmegaConf.register_new_resolver("gpu_for_job", gpu_for_job, replace=True)
 def multiply(*factors: float | None) -> float | None:
     """`${multiply:1.25,${.eps}}`: a product of numbers, e.g. a step size as a multiple of ε; null if a factor
     is null (`attack.eps=null`: an unbounded attack has no step size derived from ε)."""
-    if any(factor is None for factor in factors):
-        return None
     product = 1.0
     for factor in factors:
+        if factor is None:
+            return None
         product *= float(factor)
     return product
 

@@ -30,7 +30,7 @@ class InvalidValue(ConfigError):
         self.key = f"{key_prefix}.{field}" if key_prefix else field
         super().__init__(f"{self.key}={value!r} is not allowed: expected {allowed}")
 
-    def under(self, key_prefix: str) -> "InvalidValue":
+    def under(self, key_prefix: str) -> InvalidValue:
         """The same error, its key prefixed with where the object sits in the config."""
         return InvalidValue(self.field, self.value, self.allowed, key_prefix)
 

@@ -9,9 +9,16 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from robustlab.builders import build_datamodule, choices, runs_on_cpu
-from robustlab.checkpoints import (EXTERNAL_DEFENSE, check_checkpoint_matches, classifier_from_checkpoint,
-                                   external_classifier, model_with_weights, read_checkpoint, read_torchscript,
-                                   with_checkpoint_dataset)
+from robustlab.checkpoints import (
+    EXTERNAL_DEFENSE,
+    check_checkpoint_matches,
+    classifier_from_checkpoint,
+    external_classifier,
+    model_with_weights,
+    read_checkpoint,
+    read_torchscript,
+    with_checkpoint_dataset,
+)
 from robustlab.configuration import instantiate, to_plain
 from robustlab.errors import ConfigError
 from robustlab.evaluation.engine import Evaluation

@@ -21,7 +21,7 @@ def locked(directory: str | Path):
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if rank_zero_only.rank != 0:
+    if getattr(rank_zero_only, "rank", 0) != 0:  # Lightning sets the process's rank on the function
         yield
         return
     with open(directory / ".lock", "w") as handle:

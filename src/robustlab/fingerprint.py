@@ -31,7 +31,8 @@ from robustlab.provenance import code_hash, code_modules, targets_in
 TRAINING_KEYS = ("dataset", "model", "defense", "optimizer", "scheduler", "seed", "performance",
                  "eval.val_attack", "trainer.max_epochs", "trainer.limit_train_batches", "trainer.limit_val_batches",
                  "trainer.precision", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val")
-EVALUATION_KEYS = ("attack", "eval.attacks", "eval.n_samples", "eval.accuracy_draws", "eval.compare_without_eot", "eval.bpda",
+EVALUATION_KEYS = ("attack", "eval.attacks", "eval.n_samples", "eval.accuracy_draws", "eval.compare_without_eot",
+                   "eval.bpda",
                    "eval.mixture_attacks",
                    "eval.audit", "eval.certify", "ckpt_path", "weights", "torchscript")
 # Model files from elsewhere are keyed by their content, not their path: a new file at the same path is a new run.
@@ -68,7 +69,7 @@ def file_digest(path: str) -> str:
     return _file_digest(path, stat.st_mtime_ns, stat.st_size)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _file_digest(path: str, mtime_ns: int, size: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:

@@ -40,12 +40,14 @@ PACKAGE = "robustlab"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Code that shows numbers but never changes one: outside every code hash, and not followed.
 PRESENTATION = frozenset({"robustlab.evaluation.plots", "robustlab.evaluation.tensorboard",
-                          "robustlab.evaluation.images", "robustlab.evaluation.progress", "robustlab.report",
-                          "robustlab.report.matrix", "robustlab.report.callback"})
+                          "robustlab.evaluation.images", "robustlab.evaluation.progress",
+                          "robustlab.evaluation.summary", "robustlab.report", "robustlab.report.answer",
+                          "robustlab.report.callback", "robustlab.report.reading", "robustlab.report.rows",
+                          "robustlab.report.tables", "robustlab.report.writing"})
 
 
 # -- which file a module is, and what kind ------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _installed_dirs() -> tuple[Path, ...]:
     paths = sysconfig.get_paths()
     dirs = {paths.get("purelib"), paths.get("platlib"), *getattr(site, "getsitepackages", lambda: [])(),
@@ -53,7 +55,7 @@ def _installed_dirs() -> tuple[Path, ...]:
     return tuple(Path(d).resolve() for d in dirs if d)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stdlib_dirs() -> tuple[Path, ...]:
     paths = sysconfig.get_paths()
     return tuple(Path(d).resolve() for d in {paths.get("stdlib"), paths.get("platstdlib")} if d)
@@ -63,7 +65,7 @@ def _is_within(path: Path, directories: tuple[Path, ...]) -> bool:
     return any(path.is_relative_to(directory) for directory in directories)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _origin(module: str) -> Path | None:
     """The file a module is loaded from (a package's `__init__.py`), or None for built-in, frozen, namespace
     and unknown modules. Only a dotted name's parent packages are imported to find it."""
@@ -83,7 +85,7 @@ def _origin(module: str) -> Path | None:
     return Path(spec.origin).resolve()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kind(module: str) -> str | None:
     """"source" (hashed by content, imports followed), "installed" (keyed by its distribution's version), or
     None (the standard library, built-ins, presentation code, and names that are not modules)."""
@@ -109,7 +111,7 @@ def _module_file(module: str) -> Path | None:
     return _origin(module) if _kind(module) == "source" else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _distribution(top_level: str) -> str:
     """`name==version` of the distribution that installs the top-level module (the module's name alone if none
     says so). Most distributions are named as their module; the others (hydra-core for hydra, say) are found by
@@ -123,7 +125,7 @@ def _distribution(top_level: str) -> str:
     return top_level
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _declared_top_levels() -> dict[str, list[tuple[str, str]]]:
     found: dict[str, list[tuple[str, str]]] = {}
     for distribution in metadata.distributions():
@@ -139,7 +141,7 @@ def _syntax(path: Path) -> ast.Module:
     return _parsed(path, stat.st_mtime_ns, stat.st_size)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parsed(path: Path, mtime_ns: int, size: int) -> ast.Module:
     return ast.parse(path.read_text(), filename=str(path))
 
@@ -166,16 +168,18 @@ def _absolute(node: ast.ImportFrom, module: str, path: Path) -> str:
     return importlib.util.resolve_name("." * node.level + (node.module or ""), package)
 
 
-def _imports(module: str) -> set[str]:
+def _imports(module: str) -> frozenset[str]:
     """The modules that a source `module` imports (anywhere in its body, function-level imports too)."""
     path = _module_file(module)
+    if path is None:
+        return frozenset()
     stat = path.stat()
     return _imports_of(module, path, stat.st_mtime_ns, stat.st_size)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _imports_of(module: str, path: Path, mtime_ns: int, size: int) -> frozenset[str]:
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(_syntax(path)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
@@ -239,7 +243,7 @@ def _source_digest(path: Path) -> str:
     return _digest_of(path, stat.st_mtime_ns, stat.st_size)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digest_of(path: Path, mtime_ns: int, size: int) -> str:
     return hashlib.sha256(_without_docstrings(ast.parse(path.read_text())).encode()).hexdigest()
 
@@ -248,8 +252,9 @@ def module_digest(module: str) -> str | None:
     """What keys one module as it is now: a short hash of a source module, `name==version` of an installed
     one's distribution; None for anything else (presentation code, the standard library, no such module)."""
     kind = _kind(module)
-    if kind == "source":
-        return _source_digest(_origin(module))[:12]
+    path = _origin(module)
+    if kind == "source" and path is not None:
+        return _source_digest(path)[:12]
     if kind == "installed":
         return _distribution(module.split(".")[0])
     return None
@@ -258,7 +263,7 @@ def module_digest(module: str) -> str | None:
 def code_modules(targets: Iterable[str], entry_modules: Iterable[str]) -> dict[str, str]:
     """Each module that runs `targets` and `entry_modules`, with its digest (`module_digest`)."""
     modules = module_closure([*(target_module(target) for target in targets), *entry_modules])
-    return {module: module_digest(module) for module in sorted(modules)}
+    return {module: digest for module in sorted(modules) if (digest := module_digest(module)) is not None}
 
 
 def modules_hash(modules: dict[str, str]) -> str:
@@ -307,7 +312,7 @@ def device_name(device: Any) -> str:
     return _cpu_name()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cpu_name() -> str:
     try:
         return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -316,7 +321,7 @@ def _cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _versions() -> dict:
     """What stays the same for a whole process (read once: checkpoints ask every epoch)."""
     return {"robustlab": _version(PACKAGE), **source_revision(), "python": platform.python_version(),

@@ -19,16 +19,24 @@ from torch import nn
 from robustlab.builders import attack_descriptions, build_runtime, choices, evaluation_attack_configs
 from robustlab.classifier import RobustClassifier
 from robustlab.configuration import instantiate, to_plain
+from robustlab.data.base import InMemoryImageDataModule
 from robustlab.distributed import job_processes
+from robustlab.evaluation.audit import audit, certificate_check, flags, robustness_curves
 from robustlab.evaluation.certification import certifiable, certify_and_check
 from robustlab.evaluation.certification import curves as certification_curves
-from robustlab.evaluation.audit import audit, certificate_check, flags, robustness_curves
 from robustlab.evaluation.engine import Evaluation, EvaluationResults
-from robustlab.evaluation.escalation import (STILL_FLAGGED, TRUSTED, escalate, has_stand_ins, remedies,
-                                             undefended_surrogate)
+from robustlab.evaluation.escalation import (
+    STILL_FLAGGED,
+    TRUSTED,
+    escalate,
+    has_stand_ins,
+    remedies,
+    undefended_surrogate,
+)
 from robustlab.evaluation.plots import curves_figure, save_figure
 from robustlab.evaluation.record import FILE_NAME, WITHOUT_EOT, WORST_CASE, RunRecord, encode_per_image
 from robustlab.evaluation.runtime import Runtime
+from robustlab.evaluation.summary import results_table
 from robustlab.evaluation.tensorboard import VISUAL, Logger, log_record
 from robustlab.files import locked, write_text_atomically
 from robustlab.fingerprint import evaluation_modules, run_fingerprint
@@ -46,7 +54,7 @@ class RunContext:
 
     cfg: DictConfig
     classifier: RobustClassifier
-    datamodule: object
+    datamodule: InMemoryImageDataModule
     evaluation: Evaluation
     runtime: Runtime
     fingerprint: str
@@ -58,7 +66,7 @@ class RunContext:
 
     def test_tensors(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `n` test images and labels (all with None), on the run's device."""
-        images, labels = self.datamodule.test_set.tensors
+        images, labels = self.datamodule.split("test").tensors
         return images[:n].to(self.runtime.device), labels[:n].to(self.runtime.device)
 
     def autocast(self):
@@ -207,6 +215,7 @@ def finished_run(output_dir: str | Path, fingerprint: str) -> RunRecord | None:
     if record.run_fingerprint != fingerprint:
         return None
     log.info(f"run already finished (fingerprint {fingerprint}); nothing to do")
+    log.info(results_table(record))
     log.info(f"metrics: {path}")
     return record
 
@@ -246,9 +255,9 @@ def record_run(run: RunContext, results: EvaluationResults, curves: dict, audit_
     dataset = cfg.dataset
     modules = evaluation_modules(cfg)
     record = RunRecord(
-        dataset=chosen.get("dataset"),
-        model=chosen.get("model"),
-        defense=chosen.get("defense"),
+        dataset=chosen.get("dataset", ""),
+        model=chosen.get("model", ""),
+        defense=chosen.get("defense", ""),
         attack=chosen.get("attack"),
         seed=cfg.get("seed"),
         eps={"linf": float(dataset.eps.linf), "l2": float(dataset.eps.l2)},
@@ -293,5 +302,6 @@ def record_run(run: RunContext, results: EvaluationResults, curves: dict, audit_
     write_text_atomically(Path(cfg.paths.output_dir) / "packages.txt", installed_packages())
     path = record.write(cfg.paths.output_dir)
     log_record(runtime.loggers, record, step=max(steps - 1, 0))  # the last training step, as the figures
+    log.info(results_table(record))
     log.info(f"metrics: {path}")
     return record

@@ -23,12 +23,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
-from robustlab.checkpoints import load_model_weights, load_weights
 from robustlab.builders import build_trainer
+from robustlab.checkpoints import load_model_weights, load_weights
 from robustlab.classifier import RobustClassifier
 from robustlab.defenses.base import Stage
+from robustlab.errors import ConfigError
 from robustlab.files import locked, write_text_atomically
 from robustlab.fingerprint import training_code, training_config_fingerprint, training_fingerprint
 from robustlab.provenance import provenance
@@ -53,7 +55,7 @@ class Training:
     selection: dict | None = None  # {"metric": the selection metric, "best": its best value}
 
     @classmethod
-    def from_marker(cls, marker: Path) -> "Training":
+    def from_marker(cls, marker: Path) -> Training:
         record = json.loads(marker.read_text())
         # Markers written before code hashes existed: their fingerprint was the config's alone.
         record.setdefault("config_fingerprint", record.get("fingerprint"))
@@ -176,6 +178,9 @@ def _fit_stage(cfg, classifier, datamodule, stage: Stage, directory: Path, finge
     started = time.perf_counter()
     trainer.fit(classifier, datamodule=datamodule, ckpt_path=resume)
     callback = trainer.checkpoint_callback
+    if not isinstance(callback, ModelCheckpoint):
+        raise ConfigError("training needs callbacks.model_checkpoint (a ModelCheckpoint): it saves the checkpoint "
+                          "that is evaluated and resumed")
     training = Training(fingerprint=fingerprint, checkpoint=callback.best_model_path or callback.last_model_path,
                         train_seconds=time.perf_counter() - started, epochs=trainer.current_epoch,
                         resumed_from=resume, config_fingerprint=training_config_fingerprint(cfg),
@@ -188,5 +193,5 @@ def _fit_stage(cfg, classifier, datamodule, stage: Stage, directory: Path, finge
 
 
 def _write_marker(directory: Path, training: Training) -> None:
-    if rank_zero_only.rank == 0:
+    if getattr(rank_zero_only, "rank", 0) == 0:  # Lightning sets the process's rank on the function
         write_text_atomically(directory / MARKER, json.dumps(asdict(training), indent=2) + "\n")

@@ -13,7 +13,6 @@ from torch import nn
 
 from robustlab.errors import ConfigError, InvalidValue
 
-
 REUSE_OPTIONS = ("same_code", "any_version")
 
 
@@ -43,14 +42,15 @@ def check_complete(cfg: DictConfig) -> None:
 
 
 def _missing_keys(node: DictConfig, prefix: str):
-    for key in node.keys():
-        full_key = f"{prefix}.{key}" if prefix else str(key)
+    for key in map(str, node.keys()):
+        full_key = f"{prefix}.{key}" if prefix else key
         if not prefix and key == "hydra":
             continue
+        child = node._get_node(key)
         if OmegaConf.is_missing(node, key):
             yield full_key
-        elif not OmegaConf.is_interpolation(node, key) and isinstance(node._get_node(key), DictConfig):
-            yield from _missing_keys(node._get_node(key), full_key)
+        elif not OmegaConf.is_interpolation(node, key) and isinstance(child, DictConfig):
+            yield from _missing_keys(child, full_key)
 
 
 def check_step_sizes(cfg: DictConfig) -> None:
@@ -63,13 +63,13 @@ def _check_step_sizes(node, prefix: str) -> None:
         if not prefix and key in {"hydra", "paths"}:  # Hydra's own settings and file locations
             continue
         # A step derived from ε (fgsm: ${.eps}) is ε's to check; ε = 0 means no attack, where any step is exact.
-        derived = isinstance(node, DictConfig) and OmegaConf.is_interpolation(node, key)
+        derived = isinstance(node, DictConfig) and OmegaConf.is_interpolation(node, str(key))
         zero_budget = isinstance(node, DictConfig) and node.get("eps") == 0
         if key == "step_size" and isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 \
                 and not derived and not (value == 0 and zero_budget):
             raise InvalidValue("step_size", value, "a number > 0, or null for 2.5·eps/steps", prefix)
         if isinstance(value, (DictConfig, ListConfig)):
-            _check_step_sizes(value, f"{prefix}.{key}" if prefix else str(key))
+            _check_step_sizes(value, f"{prefix}.{key!s}" if prefix else str(key))
 
 
 def check_model_fits_dataset(model: nn.Module, cfg: DictConfig, key: str = "model") -> None:

@@ -48,7 +48,7 @@ class TorchAttacks(Attack):
         self.kwargs = {key: value for key, value in (kwargs or {}).items() if value is not None}
         self.eps = 0.0 if eps is None else float(eps)
         self.eot_samples = 1
-        self.attack_class = attack_class
+        self.attack_class: Any = attack_class  # a torchattacks class, checked above
         self.takes_eps = "eps" in inspect.signature(attack_class.__init__).parameters
 
     def does_nothing(self) -> bool:

@@ -22,7 +22,8 @@ from robustlab.errors import is_integer, is_number, require
 
 
 def checkpoints(steps: int) -> list[int]:
-    """The iterations where the step size may be halved: p₀ = 0, p₁ = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06)."""
+    """The iterations where the step size may be halved: p₀ = 0, p₁ = 0.22,
+    p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06)."""
     fractions = [0.0, 0.22]
     while fractions[-1] < 1:
         fractions.append(fractions[-1] + max(fractions[-1] - fractions[-2] - 0.03, 0.06))
@@ -49,9 +50,11 @@ class APGD(Attack):
         self.loss_fn = loss_function(loss)
         require(targets is None or (is_integer(targets) and targets >= 1), "targets", targets,
                 "an integer ≥ 1 (APGD-T: the most likely wrong classes, in turn), or null for untargeted")
+        self.targeted_loss = None
         if targets is not None:
             require(isinstance(loss, str) and loss in TARGETED_LOSSES, "loss", loss,
                     f"one of {sorted(TARGETED_LOSSES)} for a targeted attack")
+            self.targeted_loss = TARGETED_LOSSES[str(loss)]
         self.targets = targets
         require(is_integer(steps) and steps >= 1, "steps", steps, "an integer ≥ 1")
         require(is_integer(restarts) and restarts >= 1, "restarts", restarts, "an integer ≥ 1")
@@ -65,7 +68,7 @@ class APGD(Attack):
         worst = WorstSoFar(x, expected_correct(model, x, y, draws))
         runs = [(target, restart) for target in self._target_classes(model, x, y, draws)
                 for restart in range(self.restarts)]
-        for index, (target, restart) in enumerate(runs):
+        for index, (target, _restart) in enumerate(runs):
             standing = (worst.score > 0).nonzero().squeeze(1)
             if len(standing) == 0:
                 break
@@ -83,8 +86,9 @@ class APGD(Attack):
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int, run: tuple[int, int],
              target: torch.Tensor | None = None) -> torch.Tensor:
         predictions: list[torch.Tensor] = []
-        objective = self.loss_fn if target is None else \
-            (lambda logits, labels: TARGETED_LOSSES[self.loss](logits, labels, target))
+        targeted = self.targeted_loss
+        objective = self.loss_fn if target is None or targeted is None else \
+            (lambda logits, labels: targeted(logits, labels, target))
 
         def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             predictions.append(logits.detach().argmax(1) == labels)  # every forward pass's answer, for free

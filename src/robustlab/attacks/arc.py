@@ -92,9 +92,9 @@ class ARC(Attack):
             logits = member(point)
             predicted = logits.argmax(1)
             rows = torch.arange(len(point), device=point.device)
-            gradients = [torch.autograd.grad(logits[:, c].sum(), point, retain_graph=c < logits.shape[1] - 1)[0]
-                         for c in range(logits.shape[1])]
-        gradients = torch.stack(gradients, dim=1)  # N × classes × image
+            gradients = torch.stack([torch.autograd.grad(logits[:, c].sum(), point,
+                                                         retain_graph=c < logits.shape[1] - 1)[0]
+                                     for c in range(logits.shape[1])], dim=1)  # N × classes × image
         logits = logits.detach()
         normal = gradients[rows, predicted][:, None] - gradients  # ∇(z_m − z_j), per class j
         gap = (logits[rows, predicted][:, None] - logits).abs()

@@ -75,7 +75,7 @@ class AutoAttack(Attack):
         finally:
             cascade.progress = None
 
-    def with_eot_samples(self, eot_samples: int | None) -> "AutoAttack":
+    def with_eot_samples(self, eot_samples: int | None) -> AutoAttack:
         return AutoAttack(self.eps, self.norm, self.version, self.steps, self.square_queries, eot_samples)
 
     def __repr__(self) -> str:

@@ -81,7 +81,7 @@ class Attack:
         """The adversarial examples for one chunk, each loss or score averaged over `draws` passes."""
         raise NotImplementedError
 
-    def with_eot_samples(self, eot_samples: int | None) -> "Attack":
+    def with_eot_samples(self, eot_samples: int | None) -> Attack:
         """A copy of this attack with `eot_samples` set (the original is unchanged)."""
         changed = copy.copy(self)
         changed.eot_samples = eot_samples

@@ -34,12 +34,13 @@ class WorstCase(Attack):
         """Each image is one of the attacks' points, so it lies in one of their balls."""
         return [ball for attack in self.attacks.values() for ball in attack.balls()]
 
-    def with_eot_samples(self, eot_samples: int | None) -> "WorstCase":
+    def with_eot_samples(self, eot_samples: int | None) -> WorstCase:
         """The cascade with every attack's draws set (copies: other holders of the attacks are unaffected)."""
         return WorstCase({name: attack.with_eot_samples(eot_samples) for name, attack in self.attacks.items()})
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
-        draws = eot_draws(None, model, x)  # points are judged over the predictor's randomness, whatever the attacks' draws
+        # Points are judged over the predictor's randomness, whatever the attacks' draws.
+        draws = eot_draws(None, model, x)
         worst = WorstSoFar(x, expected_correct(model, x, y, draws))
         for index, attack in enumerate(self.attacks.values()):
             standing = (worst.score > 0).nonzero().squeeze(1)

@@ -56,7 +56,7 @@ def per_example_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: 
     """`loss(logits, y)` per example (cross-entropy by default), in expectation over the predictor's randomness."""
     members = weighted_members(model)
     if members is not None:
-        return sum(weight * loss(member(x), y) for weight, member in members)
+        return torch.stack([weight * loss(member(x), y) for weight, member in members]).sum(dim=0)
     total = loss(model(x), y)
     for _ in range(draws - 1):
         total = total + loss(model(x), y)

@@ -101,7 +101,8 @@ class FAB(Attack):
 
         x_k = x.clone()
         if restart > 0:  # a random point at half the best distance so far (ε where none was found)
-            radius = torch.where(torch.isfinite(closest), closest, torch.full_like(closest, self.eps)).clamp(max=self.eps)
+            radius = torch.where(torch.isfinite(closest), closest,
+                                 torch.full_like(closest, self.eps)).clamp(max=self.eps)
             step = self.threat.random(x, 1.0)
             step = step / (self.threat.size(step) + 1e-12).view(-1, *([1] * (x.dim() - 1)))
             x_k = (x + per_example(radius / 2, x) * step).clamp(0, 1)

@@ -19,7 +19,8 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """−(z_y − max_{i≠y} z_i) / (z_π1 − z_π3): the margin, scaled by the spread of the top logits (Croce & Hein 2020)."""
+    """−(z_y − max_{i≠y} z_i) / (z_π1 − z_π3): the margin, scaled by the spread of the top logits (Croce & Hein
+    2020)."""
     ordered, _ = logits.sort(dim=1, descending=True)
     true = logits.gather(1, y[:, None]).squeeze(1)
     best_other = torch.where(ordered[:, 0] == true, ordered[:, 1], ordered[:, 0])

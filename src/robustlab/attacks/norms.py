@@ -86,7 +86,8 @@ def ball(norm: str, eps: float) -> type[LinfBall] | type[L2Ball]:
     return chosen
 
 
-def project_image(x: torch.Tensor, x_adv: torch.Tensor, threat: type[LinfBall] | type[L2Ball], eps: float) -> torch.Tensor:
+def project_image(x: torch.Tensor, x_adv: torch.Tensor, threat: type[LinfBall] | type[L2Ball],
+                  eps: float) -> torch.Tensor:
     """Project `x_adv` onto the ε-ball around `x`, then into [0, 1] (which never leaves the ball)."""
     return (x + threat.project(x_adv - x, eps)).clamp_(0.0, 1.0)
 

@@ -58,11 +58,18 @@ class InMemoryImageDataModule(LightningDataModule):
         if self.test_set is None:
             self.test_set = TensorDataset(*_as_float_images(*self.load_split(train=False)))
 
+    def split(self, name: str) -> TensorDataset:
+        """The `train`, `val` or `test` split, once `setup` has loaded it."""
+        dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[name]
+        if dataset is None:
+            raise RuntimeError(f"the {name} split is not loaded: call setup() first")
+        return dataset
+
     def train_dataloader(self) -> DataLoader:
-        return _batches(self._on_device(self.train_set), self.batch_size, shuffle=True, shard=self._shard())
+        return _batches(self._on_device(self.split("train")), self.batch_size, shuffle=True, shard=self._shard())
 
     def val_dataloader(self) -> DataLoader:
-        return _batches(self._on_device(self.val_set), self.eval_batch_size, shuffle=False)
+        return _batches(self._on_device(self.split("val")), self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self, limit: int | None = None, indexed: bool = False, shard: tuple[int, int] | None = None,
                         device: torch.device | None = None) -> DataLoader:
@@ -72,7 +79,7 @@ class InMemoryImageDataModule(LightningDataModule):
         CPU, and each process gets its `shard` (its rank, the number of processes; by default the Trainer's)
         of the batches, none twice. `device`: where a resident split lives (by default the Trainer's).
         """
-        dataset = self._on_device(self.test_set, device)
+        dataset = self._on_device(self.split("test"), device)
         tensors = dataset.tensors
         if limit is not None and 0 <= limit < len(dataset):
             tensors = tuple(tensor[:limit] for tensor in tensors)

@@ -23,6 +23,7 @@ class GivenTestSplit(InMemoryImageDataModule):
         if not bool(torch.isfinite(images).all()) or float(images.min()) < 0 or float(images.max()) > 1:
             raise ConfigError("images: expected values in [0, 1] (robustlab's images are never normalized outside "
                               "the model; put the normalization in the model's first layer)")
+        self.images = images
         self.test_set = TensorDataset(images, labels)
 
     def setup(self, stage: str | None = None) -> None:

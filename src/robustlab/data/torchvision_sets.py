@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import gzip
+import logging
 import pickle
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ class IdxDataModule(InMemoryImageDataModule):
     it decompresses into `root`; then torchvision's download (when `download` is true).
     """
 
-    torchvision_class: type = torchvision.datasets.MNIST
+    torchvision_class: Any = torchvision.datasets.MNIST
     install_hint = ""
 
     def __init__(self, root: str, download: bool = True, system_dir: str | None = None, **loader_options) -> None:

@@ -7,5 +7,6 @@ from robustlab.defenses.mixed_adversarial_training import MixedAdversarialTraini
 from robustlab.defenses.random_mixture import MixturePredictor, RandomMixture
 from robustlab.defenses.trades import TRADES
 
-__all__ = ["AdversarialTraining", "Defense", "DenoiserDefense", "MixedAdversarialTraining", "MixturePredictor", "RandomMixture", "Stage",
+__all__ = ["AdversarialTraining", "Defense", "DenoiserDefense", "MixedAdversarialTraining", "MixturePredictor",
+           "RandomMixture", "Stage",
            "TRADES", "TrainingLoss"]

@@ -25,7 +25,8 @@ class AdversarialTraining(Defense):
     def __init__(self, selection_metric: str = "val/acc", attack: Callable | None = None,
                  wrapper: Callable[[nn.Module], nn.Module] | None = None) -> None:
         super().__init__()
-        require(attack is None or callable(attack), "attack", attack, "an attack config (an option of conf/attack), or null")
+        require(attack is None or callable(attack), "attack", attack,
+                "an attack config (an option of conf/attack), or null")
         require(wrapper is None or callable(wrapper), "wrapper", wrapper,
                 "a partial module config (_partial_: true) that wraps the model, or null")
         self.selection_metric = check_selection_metric(selection_metric)

@@ -1,4 +1,5 @@
-"""A randomized mixture of classifiers (Pinot et al. 2020; Araujo et al. 2020), trained by boosted adversarial training."""
+"""A randomized mixture of classifiers (Pinot et al. 2020; Araujo et al. 2020), trained by boosted adversarial
+training."""
 
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ def _fresh_copy(module: nn.Module) -> nn.Module:
     """Same architecture, newly initialised weights."""
     fresh = copy.deepcopy(module)
     for submodule in fresh.modules():
-        if hasattr(submodule, "reset_parameters"):
-            submodule.reset_parameters()
+        reset = getattr(submodule, "reset_parameters", None)
+        if callable(reset):
+            reset()
     return fresh
 
 
@@ -69,7 +71,8 @@ class RandomMixture(Defense):
         self.epochs_per_member = epochs_per_member
 
     def stages(self) -> list[Stage]:
-        return [Stage(f"member{k + 1}", self.epochs_per_member, self.selection_metric) for k in range(len(self.weights))]
+        return [Stage(f"member{k + 1}", self.epochs_per_member, self.selection_metric)
+                for k in range(len(self.weights))]
 
     def members(self, model: nn.Module) -> list[nn.Module]:
         return [model, *self.others]

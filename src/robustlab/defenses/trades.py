@@ -31,7 +31,8 @@ class TRADES(Defense):
         self.eps, self.beta, self.norm, self.steps = self.inner.eps, float(beta), norm, steps
         self.step_size = self.inner.step_size
 
-    def adversarial_examples(self, model: nn.Module, x: torch.Tensor, clean_probabilities: torch.Tensor) -> torch.Tensor:
+    def adversarial_examples(self, model: nn.Module, x: torch.Tensor,
+                             clean_probabilities: torch.Tensor) -> torch.Tensor:
         x = x.detach()
         start = project_image(x, x + 0.001 * torch.randn_like(x), self.inner.threat, self.eps)
         return self.inner.ascend(model, x, clean_probabilities, start)
@@ -44,4 +45,5 @@ class TRADES(Defense):
         return TrainingLoss(F.cross_entropy(logits, y) + self.beta * robust, logits)
 
     def extra_repr(self) -> str:
-        return f"norm={self.norm}, eps={self.eps:g}, beta={self.beta:g}, steps={self.steps}, step_size={self.step_size:g}"
+        return (f"norm={self.norm}, eps={self.eps:g}, beta={self.beta:g}, steps={self.steps}, "
+                f"step_size={self.step_size:g}")

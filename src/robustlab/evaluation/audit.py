@@ -60,7 +60,8 @@ def paired_check(stronger: torch.Tensor, weaker: torch.Tensor, what: str) -> Che
                  f"({test.method})", test.to_dict())
 
 
-def accuracy_under(attack: Callable, predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
+def accuracy_under(attack: Callable, predictor: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   draws: int) -> torch.Tensor:
     """Per-image (expected) correctness on `attack`'s examples."""
     with torch.enable_grad():
         x_adv = attack(predictor, x, y)
@@ -73,7 +74,8 @@ def robustness_curves(attacks: Mapping[str, tuple[Callable[[float], Callable], f
     curves = {}
     for name, (factory, eps) in attacks.items():
         budgets = [factor * eps for factor in factors]
-        accuracy = [float(accuracy_under(factory(budget), predictor, x, y, draws).double().mean()) for budget in budgets]
+        accuracy = [float(accuracy_under(factory(budget), predictor, x, y, draws).double().mean())
+                    for budget in budgets]
         curves[name] = with_intervals({"default_eps": eps, "eps": budgets, "accuracy": accuracy}, len(y))
     return curves
 
@@ -110,7 +112,8 @@ def audit(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_linf: f
 
     doubled = accuracy_under(PGD(eps=eps_linf, steps=2 * pgd_steps), predictor, x, y, draws)
     checks["more_steps_help"] = paired_check(
-        pgd, doubled, f"PGD-{pgd_steps} {pgd.double().mean():.3f} vs PGD-{2 * pgd_steps} {doubled.double().mean():.3f}; "
+        pgd, doubled, f"PGD-{pgd_steps} {pgd.double().mean():.3f} vs PGD-{2 * pgd_steps} "
+                      f"{doubled.double().mean():.3f}; "
                       f"resist PGD-{pgd_steps} but fall to PGD-{2 * pgd_steps}")
 
     gradient = input_gradient(predictor, x, y, draws)

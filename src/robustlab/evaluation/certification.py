@@ -124,7 +124,7 @@ def certify_and_check(cfg: DictConfig, predictor, x: torch.Tensor, y: torch.Tens
     certify_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    attacked, flipped, checked = [], set(), torch.zeros(len(y), dtype=torch.bool)
+    attacked, flipped, checked = [], set[int](), torch.zeros(len(y), dtype=torch.bool)
     for eps in radii:
         attack = instantiate(settings.attack, eps=eps)
         decided = torch.cat([_attacked_vote(predictor, attack, x[part], y[part], settings) for part in batches])

@@ -15,6 +15,7 @@ import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -25,6 +26,7 @@ from robustlab.attacks.base import Attack, outside_threat_model
 from robustlab.attacks.expectation import expected_correct, is_randomized, predicted_classes, voting, weighted_members
 from robustlab.builders import evaluation_attacks
 from robustlab.configuration import instantiate
+from robustlab.data.base import InMemoryImageDataModule
 from robustlab.defenses.base import Defense, evaluation_mode
 from robustlab.errors import AttackContractError, require
 from robustlab.evaluation.certification import check_settings as check_certification
@@ -32,11 +34,11 @@ from robustlab.evaluation.escalation import check_settings as check_escalation
 from robustlab.evaluation.images import adversarial_figure
 from robustlab.evaluation.passes import Passes, counting_passes
 from robustlab.evaluation.progress import PassBar
-from robustlab.evaluation.runtime import Runtime
-from robustlab.models.preprocessing import backward_through_stand_ins
 from robustlab.evaluation.record import CLEAN, WITHOUT_EOT, WORST_CASE
+from robustlab.evaluation.runtime import Runtime
 from robustlab.evaluation.statistics import wilson_interval
 from robustlab.evaluation.tensorboard import VISUAL
+from robustlab.models.preprocessing import backward_through_stand_ins
 
 log = logging.getLogger(__name__)
 NORM_NAMES = {"linf": "L∞", "l2": "L2"}
@@ -63,6 +65,58 @@ class EvaluationResults:
     threat_model: dict[str, dict] = field(default_factory=dict)
 
 
+@dataclass
+class Share:
+    """What one process measured: per pass, its images' indices and correctness, attack seconds and passes,
+    the defense's metrics, and the threat-model check (images outside, largest perturbation)."""
+
+    correct: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]
+    seconds: dict[str, float]
+    passes: dict[str, Passes]
+    defense_metrics: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    outside: dict[str, int] = field(default_factory=dict)
+    largest: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, names: list[str]) -> Share:
+        return cls({name: [] for name in [CLEAN, *names]}, {name: 0.0 for name in names},
+                   {name: Passes() for name in names})
+
+    def packed(self) -> Share:
+        """The same, each pass's batches concatenated (what is sent between processes)."""
+        correct = {name: [(torch.cat([i for i, _ in parts]) if parts else torch.zeros(0, dtype=torch.long),
+                           torch.cat([c for _, c in parts]) if parts else torch.zeros(0))]
+                   for name, parts in self.correct.items()}
+        return Share(correct, self.seconds, self.passes, self.defense_metrics, self.outside, self.largest)
+
+    @staticmethod
+    def combined(shares: list[Share]) -> Share:
+        """All processes' shares as one, each pass's images in test-split order."""
+        first = shares[0]
+        correct = {}
+        for name in first.correct:
+            indices = torch.cat([index for share in shares for index, _ in share.correct[name]])
+            values = torch.cat([value for share in shares for _, value in share.correct[name]])
+            correct[name] = [(indices.sort().values, values[indices.argsort()])]
+        metrics: dict[str, dict[str, list[float]]] = {}
+        for share in shares:
+            for name, by_key in share.defense_metrics.items():
+                for key, numbers in by_key.items():
+                    metrics.setdefault(name, {}).setdefault(key, []).extend(numbers)
+        return Share(correct, {name: sum(share.seconds[name] for share in shares) for name in first.seconds},
+                     {name: Passes(sum(share.passes[name].forward for share in shares),
+                                   sum(share.passes[name].backward for share in shares)) for name in first.passes},
+                     metrics,
+                     {name: sum(share.outside.get(name, 0) for share in shares)
+                      for name in {name for share in shares for name in share.outside}},
+                     {name: max(share.largest.get(name, 0.0) for share in shares)
+                      for name in {name for share in shares for name in share.largest}})
+
+    def per_image(self, name: str) -> torch.Tensor:
+        """A combined share's correctness per image of pass `name`."""
+        return self.correct[name][0][1]
+
+
 class Evaluation:
     """Pass 0 is clean accuracy on the whole test split; pass k ≥ 1 runs the k-th attack on the first `n_eval`
     test images (all with -1), differentiating preprocessing steps through their stand-ins (BPDA) unless
@@ -86,11 +140,15 @@ class Evaluation:
         self.randomized = self.exact = False  # exact: a finite mixture, accuracy Σ α_k·acc_k without sampling
         self.votes = False  # the predictor decides by a vote (randomized smoothing): accuracy is its vote's
         self.passes: dict[str, Attack] = dict(self.attacks)
-        self.data, self.image_step = None, 0
+        self.data: Any = None  # the datamodule whose test split is evaluated
+        self.image_step = 0
+        self.share = Share.empty([])
+        self.runtime = Runtime()  # where `run` evaluates: a single CPU process unless told otherwise
+        self.bar: PassBar | None = None
         self.results: EvaluationResults | None = None
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> "Evaluation":
+    def from_config(cls, cfg: DictConfig) -> Evaluation:
         """The evaluation `cfg.eval` describes, over its suite and the top-level attack."""
         n_eval = cfg.eval.n_samples
         require(isinstance(n_eval, int) and (n_eval >= 1 or n_eval == -1), "eval.n_samples", n_eval,
@@ -128,7 +186,7 @@ class Evaluation:
 
     def running_accuracy(self, name: str) -> float | None:
         """The pass's accuracy on the images this process has evaluated so far (None before any)."""
-        parts = [correct for _, correct in self.per_example[name]]
+        parts = [correct for _, correct in self.share.correct[name]]
         seen = sum(len(correct) for correct in parts)
         return float(sum(correct.sum() for correct in parts)) / seen if seen else None
 
@@ -141,7 +199,8 @@ class Evaluation:
         return [self.data.test_dataloader(indexed=True, shard=shard, device=device)] + \
             [self.data.test_dataloader(limit, indexed=True, shard=shard, device=device) for _ in self.passes]
 
-    def run(self, model: nn.Module, defense: Defense, datamodule, runtime: Runtime | None = None,
+    def run(self, model: nn.Module, defense: Defense, datamodule: InMemoryImageDataModule,
+            runtime: Runtime | None = None,
             step: int = 0) -> EvaluationResults:
         """Plan on the first test images, then run the passes on `defense.wrap(model)` as it is (in eval mode,
         on the runtime's device and precision).
@@ -150,7 +209,7 @@ class Evaluation:
         """
         runtime = runtime or Runtime()
         datamodule.setup("test")
-        available = len(datamodule.test_set)
+        available = len(datamodule.split("test"))
         if self.n_eval > available:
             log.info(f"evaluation: eval.n_samples={self.n_eval} but the test split has {available} images: "
                      f"attacking all {available}")
@@ -158,27 +217,27 @@ class Evaluation:
         self.data, self.image_step = datamodule, step
         if runtime.trainer is not None:
             runtime.trainer.test(ShardedEvaluation(self), verbose=False)
-            return self.results
+            return self.finished()
         model.to(runtime.device), defense.to(runtime.device)
         predictor = defense.wrap(model)
-        self.plan(predictor, datamodule.test_set.tensors[0][:8].to(runtime.device))
+        self.plan(predictor, datamodule.split("test").tensors[0][:8].to(runtime.device))
         with evaluation_mode(model, defense), torch.no_grad():
             self.start()
             for name, loader in zip([CLEAN, *self.passes], self.loaders(0, 1, runtime.device)):
                 for batch_idx, (x, y, index) in enumerate(loader):
                     self.step((x.to(runtime.device), y.to(runtime.device), index), batch_idx, name, len(loader))
             self.finish()
+        return self.finished()
+
+    def finished(self) -> EvaluationResults:
+        if self.results is None:
+            raise RuntimeError("the evaluation's passes ended without results (finish was not called)")
         return self.results
 
     # -- the passes, batch by batch ---------------------------------------------------------------
     def start(self) -> None:
-        self.bar: PassBar | None = None
-        self.attack_seconds = {name: 0.0 for name in self.passes}
-        self.attack_passes = {name: Passes() for name in self.passes}
-        self.per_example: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {
-            name: [] for name in [CLEAN, *self.passes]}
-        self.defense_metrics: dict[str, dict[str, list[float]]] = {}
-        self.threat_model: dict[str, list] = {}  # per pass: [images outside its threat model, largest perturbation]
+        self.bar = None
+        self.share = Share.empty(list(self.passes))
         self.results = None
         self.seed = torch.initial_seed()  # the run's seed (pl.seed_everything), the same in every process
 
@@ -189,8 +248,7 @@ class Evaluation:
             raise RuntimeError("attacks need gradients: build the Trainer with inference_mode=False "
                                "(trainer.inference_mode=false)")
         x, y, index = batch
-        if batch_idx == 0:
-            self._new_bar(name, batches)
+        bar = self._new_bar(name, batches) if batch_idx == 0 or self.bar is None else self.bar
         # The randomness of a batch (random starts, EOT and accuracy draws) depends on the run's seed, the pass
         # and the batch's first image only: the same numbers on one device or sharded over several processes.
         torch.manual_seed(zlib.crc32(f"{self.seed}/{name}/{int(index[0])}".encode()))
@@ -199,31 +257,32 @@ class Evaluation:
         with self.runtime.autocast():
             if name != CLEAN:
                 attack = self.passes[name]
-                attack.progress = lambda fraction: self.bar.attack_progress(batch_idx, fraction)
+                attack.progress = lambda fraction: bar.attack_progress(batch_idx, fraction)
                 started = time.perf_counter()
                 try:
                     with torch.enable_grad(), backward_through_stand_ins(predictor, self.bpda), \
-                            counting_passes(predictor, self.attack_passes[name]):
+                            counting_passes(predictor, self.share.passes[name]):
                         x_eval = attack(predictor, x, y)
                 finally:
                     attack.progress = None
                 if x.is_cuda:
                     torch.cuda.synchronize(x.device)
-                self.attack_seconds[name] += time.perf_counter() - started
+                self.share.seconds[name] += time.perf_counter() - started
                 x_eval = self._within_threat_model(name, attack, x, x_eval)
                 for key, values in self.defense.test_metrics(self.model, x, x_eval).items():
-                    self.defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values.tolist())
+                    self.share.defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values.tolist())
             correct = expected_correct(predictor, x_eval, y, self.draws()).cpu()
-            self.per_example[name].append((index.cpu(), correct))
+            self.share.correct[name].append((index.cpu(), correct))
             if batch_idx == 0 and name != CLEAN and self.image_grid > 0:
                 self._log_examples(name, predictor, x[:self.image_grid], x_eval[:self.image_grid],
                                    y[:self.image_grid])
-        self.bar.batch_done(batch_idx, self.running_accuracy(name))
+        bar.batch_done(batch_idx, self.running_accuracy(name))
 
-    def _new_bar(self, name: str, batches: int) -> None:
+    def _new_bar(self, name: str, batches: int) -> PassBar:
         if self.bar is not None:
             self.bar.close()
         self.bar = PassBar(name, batches, enabled=self.runtime.progress and self.runtime.rank == 0)
+        return self.bar
 
     def _within_threat_model(self, name: str, attack: Attack, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         """The attack's images, each one outside its threat model (`attacks.base.outside_threat_model`: not
@@ -236,11 +295,11 @@ class Evaluation:
             raise AttackContractError(f"attack {name!r} ({attack!r}) returned {got}; an attack must return images "
                                       f"shaped like its input: {tuple(x.shape)} {x.dtype} on {x.device}")
         bad, sizes = outside_threat_model(attack, x, x_adv)
-        count = self.threat_model.setdefault(name, [0, 0.0])
-        count[1] = max(count[1], float(sizes.max()))  # a non-finite image's size is inf
+        share = self.share
+        share.largest[name] = max(share.largest.get(name, 0.0), float(sizes.max()))  # a non-finite image's is inf
+        share.outside[name] = share.outside.get(name, 0) + int(bad.sum())
         if not bad.any():
             return x_adv
-        count[0] += int(bad.sum())
         return torch.where(bad.view(-1, *([1] * (x.dim() - 1))), x, x_adv)
 
     def _log_examples(self, name: str, predictor: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
@@ -262,7 +321,13 @@ class Evaluation:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        per_example, seconds, passes, gathered_metrics, threat_model = self._gathered()
+        shares = [self.share.packed()]
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.runtime.world_size > 1:
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, shares[0])
+            shares = gathered
+        share = Share.combined(shares)
+        per_example = {name: share.per_image(name) for name in share.correct}
         accuracy = {name: float(values.double().mean()) if len(values) else 0.0 for name, values in per_example.items()}
         counts = {name: len(values) for name, values in per_example.items()}
         if self.attacks:
@@ -273,24 +338,24 @@ class Evaluation:
             worst = torch.stack([per_example[CLEAN][:n], *(column[:n] for column in columns)]).min(dim=0).values
             per_example[WORST_CASE] = worst
             accuracy[WORST_CASE], counts[WORST_CASE] = float(worst.double().mean()) if n else 0.0, n
+        reported = [CLEAN, *self.attacks, *([WORST_CASE] if self.attacks else [])]
         self.results = EvaluationResults(
             clean_acc=accuracy[CLEAN],
             n_clean=counts[CLEAN],
-            robust_acc={name: accuracy[name] for name in [*self.attacks, *([WORST_CASE] if self.attacks else [])]},
+            robust_acc={name: accuracy[name] for name in reported[1:]},
             robust_acc_without_eot={name.removesuffix(WITHOUT_EOT): accuracy[name] for name in self.passes
                                     if name.endswith(WITHOUT_EOT)},
             n_eval={name: counts[name] for name in self.attacks},
-            attack_ms_per_image={name: 1000.0 * seconds[name] / max(counts[name], 1) for name in self.attacks},
-            attack_passes_per_image={name: passes[name].per_image(counts[name]) for name in self.attacks},
+            attack_ms_per_image={name: 1000.0 * share.seconds[name] / max(counts[name], 1) for name in self.attacks},
+            attack_passes_per_image={name: share.passes[name].per_image(counts[name]) for name in self.attacks},
             randomized=self.randomized,
             accuracy_draws="exact" if self.exact else "vote" if self.votes else self.draws(),
             defense_metrics={name: {key: sum(values) / len(values) for key, values in metrics.items()}
-                             for name, metrics in gathered_metrics.items()},
+                             for name, metrics in share.defense_metrics.items()},
             per_example=per_example,
-            intervals={name: list(wilson_interval(accuracy[name], counts[name]))
-                       for name in [CLEAN, *self.attacks, *([WORST_CASE] if self.attacks else [])]},
-            threat_model={name: {"violations": threat_model.get(name, [0, 0.0])[0],
-                                 "largest_perturbation": threat_model.get(name, [0, 0.0])[1],
+            intervals={name: list(wilson_interval(accuracy[name], counts[name])) for name in reported},
+            threat_model={name: {"violations": share.outside.get(name, 0),
+                                 "largest_perturbation": share.largest.get(name, 0.0),
                                  "balls": [list(ball) for ball in self.attacks[name].balls()]}
                           for name in self.attacks},
         )
@@ -299,37 +364,6 @@ class Evaluation:
                 log.warning(f"threat model: attack {name} returned {check['violations']} of {counts[name]} images "
                             f"outside its threat model {check['balls'] or 'finite, in [0, 1]'} (largest perturbation "
                             f"{check['largest_perturbation']:.4g}); they count as not broken")
-
-    def _gathered(self) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Passes],
-                                                      dict[str, list[float]], dict[str, list]]:
-        """Per-image correctness in test-split order, attack seconds and passes, defense metrics, threat-model
-        counts, of all processes."""
-        local = ({name: (torch.cat([i for i, _ in parts]) if parts else torch.zeros(0, dtype=torch.long),
-                         torch.cat([c for _, c in parts]) if parts else torch.zeros(0))
-                  for name, parts in self.per_example.items()}, self.attack_seconds, self.defense_metrics,
-                 self.attack_passes, self.threat_model)
-        shares = [local]
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.runtime.world_size > 1:
-            shares = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(shares, local)
-        per_example = {}
-        for name in local[0]:
-            indices = torch.cat([share[0][name][0] for share in shares])
-            values = torch.cat([share[0][name][1] for share in shares])
-            per_example[name] = values[indices.argsort()]
-        seconds = {name: sum(share[1][name] for share in shares) for name in self.attack_seconds}
-        passes = {name: Passes(sum(share[3][name].forward for share in shares),
-                               sum(share[3][name].backward for share in shares)) for name in self.attack_passes}
-        defense_metrics: dict[str, dict[str, list[float]]] = {}
-        for share in shares:
-            for name, metrics in share[2].items():
-                for key, values in metrics.items():
-                    defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values)
-        threat_model = {name: [sum(share[4].get(name, [0, 0.0])[0] for share in shares),
-                               max(share[4].get(name, [0, 0.0])[1] for share in shares)]
-                        for name in {name for share in shares for name in share[4]}}
-        return per_example, seconds, passes, defense_metrics, threat_model
-
 
 class ShardedEvaluation(pl.LightningModule):
     """Under DDP, Lightning's test loop over the evaluation's passes: it starts the processes (or joins those
@@ -344,7 +378,7 @@ class ShardedEvaluation(pl.LightningModule):
     def test_dataloader(self) -> list:
         evaluation, trainer = self.evaluation, self.trainer
         evaluation.plan(evaluation.defense.wrap(evaluation.model),
-                        evaluation.data.test_set.tensors[0][:8].to(trainer.strategy.root_device))
+                        evaluation.data.split("test").tensors[0][:8].to(trainer.strategy.root_device))
         self.loaders = evaluation.loaders(trainer.global_rank, trainer.world_size, trainer.strategy.root_device)
         return self.loaders
 

@@ -41,7 +41,7 @@ from robustlab.attacks.pgd import PGD
 from robustlab.attacks.square import Square
 from robustlab.configuration import instantiate
 from robustlab.errors import is_integer, require
-from robustlab.evaluation.audit import LETTERS
+from robustlab.evaluation.audit import LETTERS, flags
 from robustlab.evaluation.passes import Passes, counting_passes
 from robustlab.evaluation.record import CLEAN, WITHOUT_EOT, WORST_CASE, encode_per_image
 from robustlab.models.preprocessing import NonDifferentiable, backward_through_stand_ins
@@ -49,6 +49,12 @@ from robustlab.models.preprocessing import NonDifferentiable, backward_through_s
 log = logging.getLogger(__name__)
 
 TRUSTED, ESCALATED, STILL_FLAGGED = "trusted", "escalated", "still flagged"
+
+
+def trust(audit_record: dict, escalation: dict) -> str:
+    """A result's trust mark: the escalation's verdict; without one, "still flagged" for a flagged audit,
+    "trusted" for a clean one, "" without an audit."""
+    return escalation.get("trust") or (STILL_FLAGGED if flags(audit_record) else TRUSTED if audit_record else "")
 REMEDIED = {LETTERS[name] for name in ("pgd_weaker_than_fgsm", "black_box_beats_white_box", "more_steps_help",
                                        "zero_gradients", "randomized_without_eot")}
 
@@ -112,10 +118,10 @@ def remedies(flags: str, attacks: Mapping[str, Attack], configs: Mapping[str, Di
             longer = instantiate(configs[name], steps=attack.steps * settings.steps_factor)
             found.append(Remedy(f"{name}/from_fgsm", "c", name, FromFGSM(longer)))
     if "g" in flags:
-        for name, attack in attacks.items():
-            if attack.eot_samples == 1:
+        for name, suite_attack in attacks.items():
+            if suite_attack.eot_samples == 1:
                 found.append(Remedy(f"{name}/eot{settings.eot_samples}", "g", name,
-                                    attack.with_eot_samples(settings.eot_samples)))
+                                    suite_attack.with_eot_samples(settings.eot_samples)))
     if "d" in flags or "f" in flags:
         letter = "f" if "f" in flags else "d"
         if stand_ins and not bpda:
@@ -169,14 +175,15 @@ def escalate(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, draws, per_
     results, started = {}, time.perf_counter()
     for remedy in found:
         torch.manual_seed(0)
-        passes, remedy_started, correct = Passes(), time.perf_counter(), []
+        passes, remedy_started, parts = Passes(), time.perf_counter(), []
         for start in range(0, n, batch_size):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            with torch.enable_grad(), backward_through_stand_ins(predictor, bpda if remedy.bpda is None else remedy.bpda), \
+            through = bpda if remedy.bpda is None else remedy.bpda
+            with torch.enable_grad(), backward_through_stand_ins(predictor, through), \
                     counting_passes(predictor, passes):
                 x_adv = remedy.attack(predictor, xb, yb)
-            correct.append(expected_correct(predictor, x_adv, yb, draws).cpu())
-        correct = torch.cat(correct)
+            parts.append(expected_correct(predictor, x_adv, yb, draws).cpu())
+        correct = torch.cat(parts)
         before = float(escalated[remedy.strengthens].double().mean())
         escalated[remedy.strengthens] = torch.minimum(escalated[remedy.strengthens], correct)
         results[remedy.name] = {"flag": remedy.flag, "strengthens": remedy.strengthens,

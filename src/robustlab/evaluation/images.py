@@ -15,7 +15,8 @@ def adversarial_figure(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, cl
                        adversarial_predicted: torch.Tensor, title: str, class_names: Sequence[str] | None = None
                        ) -> plt.Figure:
     """One row per image: its true class, then the clean image, the adversarial one (each titled with the
-    predicted class, red when wrong; a negative class is an abstention) and the perturbation amplified by one factor k for the whole grid
+    predicted class, red when wrong; a negative class is an abstention) and the perturbation amplified by one
+    factor k for the whole grid
     (grey is 0), so perturbation sizes compare across images."""
     x, x_adv = x.detach().float().cpu(), x_adv.detach().float().cpu()
     delta = x_adv - x

@@ -47,7 +47,8 @@ class RunRecord:
     defense_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     audit: dict[str, dict] = field(default_factory=dict)  # the gradient-masking checks (evaluation/audit.py)
     curves: dict[str, dict] = field(default_factory=dict)  # accuracy vs ε per attack on the audit's images
-    certification: dict = field(default_factory=dict)  # a smoothed classifier's certificates (evaluation/certification.py)
+    # A smoothed classifier's certificates (evaluation/certification.py).
+    certification: dict = field(default_factory=dict)
     escalation: dict = field(default_factory=dict)  # trust mark; a flagged cell's re-attacks (evaluation/escalation.py)
     attack_ms_per_image: dict[str, float] = field(default_factory=dict)
     attack_passes_per_image: dict[str, dict[str, float]] = field(default_factory=dict)  # forward, backward
@@ -75,7 +76,7 @@ class RunRecord:
     per_image: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_dict(cls, values: Any) -> "RunRecord":
+    def from_dict(cls, values: Any) -> RunRecord:
         required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
         missing = [name for name in required[:-1] if not isinstance(values, dict) or name not in values]
         if missing:
@@ -100,7 +101,7 @@ class RunRecord:
                                      json.dumps(_finite(self.to_dict(), "metrics"), indent=2) + "\n")
 
     @classmethod
-    def read(cls, path: str | Path) -> "RunRecord":
+    def read(cls, path: str | Path) -> RunRecord:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 

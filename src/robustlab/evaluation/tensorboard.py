@@ -16,6 +16,7 @@ attack × defense report writes its HParams table the same way.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -25,7 +26,6 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 from robustlab.evaluation.audit import flags
 from robustlab.evaluation.record import CLEAN, WORST_CASE, RunRecord
 
-
 FINAL = "verdict"  # the group of a run's final numbers
 VISUAL = "visual"  # the group of its figures
 
@@ -34,7 +34,7 @@ class Logger(TensorBoardLogger):
     """Lightning's TensorBoard logger, with the `epoch` it adds to every log call among the training curves."""
 
     @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         super().log_metrics({"train/epoch" if name == "epoch" else name: value for name, value in metrics.items()},
                             step)
 

@@ -24,7 +24,8 @@ class BasicNet(nn.Module):
     ) -> None:
         super().__init__()
         require(is_integer(in_channels) and in_channels >= 1, "in_channels", in_channels, "an integer ≥ 1")
-        require(is_integer(image_size) and image_size >= 16, "image_size", image_size, "an integer ≥ 16 (two 5×5 convs and two 2×2 pools)")
+        require(is_integer(image_size) and image_size >= 16, "image_size", image_size,
+                "an integer ≥ 16 (two 5×5 convs and two 2×2 pools)")
         require(is_integer(num_classes) and num_classes >= 2, "num_classes", num_classes, "an integer ≥ 2")
         side = ((image_size - 4) // 2 - 4) // 2
         self.normalize = Normalize(mean, std)

@@ -23,7 +23,8 @@ class NoisyModel(nn.Module):
         require(is_number(sigma) and sigma >= 0, "sigma", sigma, "a number ≥ 0 (pixel units)")
         self.model = model
         self.sigma = float(sigma)
-        require(isinstance(layers, Sequence) and not isinstance(layers, str) and all(isinstance(name, str) for name in layers),
+        require(isinstance(layers, Sequence) and not isinstance(layers, str)
+                and all(isinstance(name, str) for name in layers),
                 "layers", layers, "a list of the model's submodule names, e.g. [layer1]")
         self.layers = list(layers)
         modules = dict(model.named_modules())

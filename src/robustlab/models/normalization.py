@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -20,6 +19,8 @@ class Normalize(nn.Module):
                     and all(is_number(value) and value > low for value in values), field, values,
                     f"a list of per-channel numbers{' > 0' if low == 0 else ''}")
         require(len(mean) == len(std), "std", std, f"as many values as mean ({len(mean)})")
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 

@@ -29,13 +29,14 @@ class PreActResNet18(nn.Module):
         for stage in range(4):
             planes = width * 2 ** stage
             stride = 1 if stage == 0 else 2
-            setattr(self, f"layer{stage + 1}", nn.Sequential(PreActBlock(in_planes, planes, stride),
-                                                             PreActBlock(planes, planes, 1)))
+            self.add_module(f"layer{stage + 1}", nn.Sequential(PreActBlock(in_planes, planes, stride),
+                                                               PreActBlock(planes, planes, 1)))
             in_planes = planes
         self.head = nn.Sequential(nn.BatchNorm2d(in_planes), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Linear(in_planes, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.stem(self.normalize(x))
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        for stage in range(4):
+            out = self.get_submodule(f"layer{stage + 1}")(out)
         return self.head(out)

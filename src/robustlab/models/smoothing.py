@@ -46,7 +46,7 @@ class SmoothedClassifier(nn.Module):
     @torch.no_grad()
     def class_counts(self, x: torch.Tensor, draws: int) -> torch.Tensor:
         """Per image, how many of `draws` noisy copies the base classifier puts in each class (B × classes)."""
-        counts = None
+        counts: torch.Tensor | None = None
         total = len(x) * draws  # copy k is of image k mod B
         for start in range(0, total, self.chunk_size):
             images = torch.arange(start, min(start + self.chunk_size, total), device=x.device) % len(x)
@@ -55,6 +55,8 @@ class SmoothedClassifier(nn.Module):
                 counts = torch.zeros(len(x), logits.shape[1], dtype=torch.long, device=x.device)
             counts.view(-1).scatter_add_(0, images * logits.shape[1] + logits.argmax(1),
                                          torch.ones_like(images))
+        if counts is None:
+            raise ValueError("class_counts needs at least one image and one draw")
         return counts
 
     @torch.no_grad()

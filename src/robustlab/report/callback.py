@@ -8,7 +8,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from robustlab.report.matrix import write_report
+from robustlab.report.writing import write_report
 
 log = logging.getLogger(__name__)
 
