@@ -15,10 +15,10 @@ from conftest import ROOT, compose_config, script_environment
 from robustlab.attacks.base import Attack, outside_threat_model
 from robustlab.attacks.cascade import WorstCase
 from robustlab.attacks.pgd import PGD
+from robustlab.code_digests import PRESENTATION, code_modules, module_digest
 from robustlab.defenses.base import Defense
 from robustlab.errors import ConfigError
 from robustlab.fingerprint import evaluation_modules
-from robustlab.provenance import PRESENTATION, code_modules, module_digest
 
 EXAMPLE = ROOT / "examples" / "own_code"
 # The README's command, run from a copy of examples/own_code (any directory outside the repository): its

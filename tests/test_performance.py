@@ -120,9 +120,9 @@ def test_channels_last_is_not_applied_to_pointwise_convolutions_on_the_cpu(caplo
     BasicNet (5×5 only) is converted; on a GPU every network is."""
     import logging
 
-    from robustlab.classifier import speed_up
     from robustlab.defenses import AdversarialTraining
     from robustlab.models import BasicNet, PreActResNet18
+    from robustlab.performance import speed_up
 
     def converted(model) -> bool:
         weights = [layer.weight for layer in model.modules() if isinstance(layer, torch.nn.Conv2d) and

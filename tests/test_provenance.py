@@ -17,7 +17,8 @@ import torch
 from conftest import ROOT, TINY
 from test_report import EVALUATION_MODULES, sweep, write_cell
 
-from robustlab.provenance import _without_docstrings, code_hash, device_name, module_closure, target_module
+from robustlab.code_digests import _without_docstrings, code_hash, module_closure, target_module
+from robustlab.provenance import device_name
 from robustlab.report import write_report
 from robustlab.report.reading import MixedVersions
 
@@ -160,7 +161,7 @@ def test_report_script_refuses_a_mix_and_reports_the_current_results_on_request(
 
 
 def evaluation_modules_now() -> dict[str, str]:
-    from robustlab.provenance import module_digest
+    from robustlab.code_digests import module_digest
 
     return {module: module_digest(module) for module in EVALUATION_MODULES}
 

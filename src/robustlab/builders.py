@@ -5,23 +5,29 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.accelerators import CUDAAccelerator
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from robustlab.attacks.base import Attack
-from robustlab.classifier import RobustClassifier, speed_up
+from robustlab.classifier import RobustClassifier
 from robustlab.configuration import instantiate, to_plain
+from robustlab.data.base import InMemoryImageDataModule
 from robustlab.defenses.base import Defense
 from robustlab.errors import ConfigError, InvalidValue
 from robustlab.evaluation.runtime import AUTOCAST, Runtime
 from robustlab.files import AtomicCheckpointIO
 from robustlab.fingerprint import training_code
+from robustlab.performance import speed_up
 from robustlab.validation import check_model_fits_dataset
 
 
@@ -61,10 +67,14 @@ def _choice(group: str) -> str:
 OmegaConf.register_new_resolver("choice", _choice, replace=True)
 
 
-def build_datamodule(dataset_cfg: DictConfig) -> pl.LightningDataModule:
+def build_datamodule(dataset_cfg: DictConfig) -> InMemoryImageDataModule:
     """Instantiate and load the dataset now, so a missing dataset fails before any training."""
     node = dataset_cfg.datamodule
     datamodule = instantiate(node)
+    if not isinstance(datamodule, InMemoryImageDataModule):
+        raise ConfigError(f"dataset.datamodule._target_={node.get('_target_')!r} built a {type(datamodule).__name__}, "
+                          "not a dataset: a class of yours subclasses robustlab.data.InMemoryImageDataModule and "
+                          "implements load_split(train) (docs/ARCHITECTURE.md, 'Your own code')")
     with config_key(node):
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -175,13 +185,35 @@ def build_loggers(cfg: DictConfig) -> list:
     return [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
 
 
-def build_trainer(cfg: DictConfig) -> pl.Trainer:
+@dataclass
+class StageSettings:
+    """What one training stage's Trainer takes from its stage rather than from the run's config."""
+
+    checkpoint_dir: Path  # where its ModelCheckpoint writes (`<checkpoint_dir>/stage<k>-<name>`)
+    selection_metric: str  # what its ModelCheckpoint monitors
+    max_epochs: int | None = None  # the stage's epochs; None: `trainer.max_epochs`
+    log_sub_dir: str | None = None  # a multi-stage defense: each stage logs into `<run>/<stage>`
+
+
+def build_trainer(cfg: DictConfig, stage: StageSettings | None = None) -> pl.Trainer:
+    """The Trainer `cfg.trainer` describes, with its callbacks and loggers; for a training `stage`, with that
+    stage's checkpoint directory, selection metric, epochs and log sub-directory."""
     # A checkpoint directory is shared by design (it holds the lock, the marker, other stages, a run to resume):
     # Lightning's warning that it "exists and is not empty" is nothing a user could act on.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # Lightning's own use of a PyTorch API that PyTorch deprecated: only a Lightning release can change it.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    loggers = build_loggers(cfg)
+    callbacks = []
+    for node in (cfg.get("callbacks") or {}).values():
+        if node is None:
+            continue
+        checkpointing = stage is not None and issubclass(get_class(node._target_), ModelCheckpoint)
+        callbacks.append(instantiate(node, **({"dirpath": str(stage.checkpoint_dir), "monitor": stage.selection_metric}
+                                              if checkpointing and stage is not None else {})))
+    sub_dir = {"sub_dir": stage.log_sub_dir} if stage is not None and stage.log_sub_dir else {}
+    loggers = [instantiate(node, **(sub_dir if "sub_dir" in node else {}))
+               for node in (cfg.get("logger") or {}).values() if node is not None]
+    epochs = {"max_epochs": stage.max_epochs} if stage is not None and stage.max_epochs is not None else {}
     # Checkpoints are written aside and renamed: a run killed while saving keeps its previous last.ckpt.
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
+                       **epochs)

@@ -10,10 +10,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from robustlab.builders import runs_on_cpu
-from robustlab.classifier import RobustClassifier, speed_up
+from robustlab.classifier import RobustClassifier
 from robustlab.configuration import instantiate, to_plain
 from robustlab.defenses import AdversarialTraining
 from robustlab.errors import CheckpointError
+from robustlab.performance import speed_up
 
 
 def load_tensors(path: Path, what: str, expected: str):

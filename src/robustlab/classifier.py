@@ -4,64 +4,21 @@
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from robustlab.attacks.expectation import expected_correct, is_randomized
+from robustlab.attacks.expectation import draws_for, expected_correct, is_randomized
 from robustlab.defenses.base import Defense
 from robustlab.errors import TrainingDiverged
 from robustlab.provenance import provenance
+from robustlab.randomness import random_states, restore_random_states
 
 log = logging.getLogger(__name__)
 NAN_CHECK_EVERY = 50  # on a GPU, training steps between two reads of the non-finite-loss flag
-
-
-def random_states() -> dict:
-    name, keys, position, has_gauss, cached = cast(tuple, np.random.get_state())
-    # Plain types and tensors only, so checkpoints load with torch.load(weights_only=True).
-    states = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position,
-                                                     has_gauss, cached), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_random_states(states: dict) -> None:
-    random.setstate(states["python"])
-    name, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def speed_up(model: nn.Module, defense: Defense, channels_last: bool = False, compile: bool = False,
-             on_cpu: bool = True) -> None:
-    """`performance.*`: NHWC convolutions (faster on CPUs' oneDNN and GPUs' tensor cores); `torch.compile` in
-    place, so state-dict keys (and checkpoints) are unchanged.
-
-    On the CPU, a network with a 1×1 convolution (the shortcuts of WRN and PreAct ResNet) stays NCHW: oneDNN's
-    AVX2 kernel for a channels-last 1×1 convolution's weight gradient hangs or corrupts memory on CPUs without
-    AVX-512 (seen with PyTorch 2.14.1 on an AMD EPYC); the fallback is said in one line."""
-    if channels_last and on_cpu and has_pointwise_convolution(model, defense):
-        log.warning("performance.channels_last=true is not applied: on the CPU, oneDNN's channels-last 1×1 "
-                    "convolution backward (this network's shortcuts) can hang; the network runs NCHW")
-    elif channels_last:
-        model.to(memory_format=torch.channels_last)
-        defense.to(memory_format=torch.channels_last)
-    if compile:
-        model.compile()
-
-
-def has_pointwise_convolution(*modules: nn.Module) -> bool:
-    return any(isinstance(layer, nn.Conv2d) and tuple(layer.kernel_size) == (1, 1)
-               for module in modules for layer in module.modules())
 
 
 class RobustClassifier(pl.LightningModule):
@@ -104,8 +61,8 @@ class RobustClassifier(pl.LightningModule):
         return self.predictor()(x)
 
     def draws(self) -> int:
-        """Forward passes that validation accuracy is averaged over: several for a randomized predictor."""
-        return self.accuracy_draws if self.randomized else 1
+        """Forward passes that validation accuracy is averaged over (`expectation.draws_for`)."""
+        return draws_for(self.randomized, self.accuracy_draws)
 
     # -- training ---------------------------------------------------------------------------------
     @property

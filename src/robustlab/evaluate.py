@@ -49,13 +49,14 @@ def run(cfg: DictConfig) -> RunRecord | None:
         described = to_plain(cfg.model) if source == "weights" else {"_target_": f"torchscript:{chosen['model']}"}
         build = lambda: external_classifier(model, described, cfg, chosen)  # noqa: E731
     check_step_sizes(cfg)  # attack budgets interpolate from the dataset, so only now
-    with run_directory(cfg) as done:
-        if done is not None:
-            return done
+    with run_directory(cfg) as directory:
+        if directory.finished is not None:
+            return directory.finished
         pl.seed_everything(cfg.seed, workers=True)
         evaluation = Evaluation.from_config(cfg)  # its attacks are built (and checked) first
         datamodule = build_datamodule(cfg.dataset)
-        return evaluate_and_record(cfg, build(), datamodule, evaluation, cfg.get(source), chosen=chosen, steps=steps)
+        return evaluate_and_record(cfg, build(), datamodule, evaluation, cfg.get(source), chosen=chosen, steps=steps,
+                                   fingerprint=directory.fingerprint)
 
 
 

@@ -1,7 +1,7 @@
 """Fingerprints: which runs share a trained model, and which share a result.
 
 `training` covers everything that changes the trained weights: the training config and the robustlab code it
-runs (`provenance.code_hash`: the modules of its `_target_`s and the training loop, followed through their
+runs (`code_digests.code_hash`: the modules of its `_target_`s and the training loop, followed through their
 imports); `run` adds the evaluation config and the evaluation code (attacks, EOT, the evaluation passes, the
 audit). So after an upgrade that changes an attack, the same command evaluates again and keeps the trained
 model; a change to a model or defense trains again. Where files go, and whether work can be skipped or
@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from robustlab.provenance import code_hash, code_modules, targets_in
+from robustlab.code_digests import code_hash, code_modules, targets_in
 
 TRAINING_KEYS = ("dataset", "model", "defense", "optimizer", "scheduler", "seed", "performance",
                  "eval.val_attack", "trainer.max_epochs", "trainer.limit_train_batches", "trainer.limit_val_batches",

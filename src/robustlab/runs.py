@@ -18,13 +18,14 @@ from torch import nn
 
 from robustlab.builders import attack_descriptions, build_runtime, choices, evaluation_attack_configs
 from robustlab.classifier import RobustClassifier
+from robustlab.code_digests import modules_hash
 from robustlab.configuration import instantiate, to_plain
 from robustlab.data.base import InMemoryImageDataModule
 from robustlab.distributed import job_processes
 from robustlab.evaluation.audit import audit, certificate_check, flags, robustness_curves
 from robustlab.evaluation.certification import certifiable, certify_and_check
 from robustlab.evaluation.certification import curves as certification_curves
-from robustlab.evaluation.engine import Evaluation, EvaluationResults
+from robustlab.evaluation.engine import Evaluation
 from robustlab.evaluation.escalation import (
     STILL_FLAGGED,
     TRUSTED,
@@ -35,13 +36,14 @@ from robustlab.evaluation.escalation import (
 )
 from robustlab.evaluation.plots import curves_figure, save_figure
 from robustlab.evaluation.record import FILE_NAME, WITHOUT_EOT, WORST_CASE, RunRecord, encode_per_image
+from robustlab.evaluation.results import EvaluationResults
 from robustlab.evaluation.runtime import Runtime
 from robustlab.evaluation.summary import results_table
 from robustlab.evaluation.tensorboard import VISUAL, Logger, log_record
 from robustlab.files import locked, write_text_atomically
 from robustlab.fingerprint import evaluation_modules, run_fingerprint
 from robustlab.models.preprocessing import backward_through_stand_ins
-from robustlab.provenance import installed_packages, modules_hash, provenance
+from robustlab.provenance import installed_packages, provenance
 from robustlab.stages import Training
 
 log = logging.getLogger(__name__)
@@ -84,17 +86,18 @@ class RunContext:
         save_figure(figure, Path(self.cfg.paths.output_dir) / f"{name}.png")
 
 
-def evaluate_and_record(cfg: DictConfig, classifier: RobustClassifier, datamodule, evaluation: Evaluation,
-                        checkpoint: str | None, chosen: dict[str, str], training: Training | None = None,
-                        steps: int = 0) -> RunRecord | None:
+def evaluate_and_record(cfg: DictConfig, classifier: RobustClassifier, datamodule: InMemoryImageDataModule,
+                        evaluation: Evaluation, checkpoint: str | None, chosen: dict[str, str],
+                        training: Training | None = None, steps: int = 0,
+                        fingerprint: str | None = None) -> RunRecord | None:
     """Evaluate the classifier (holding `checkpoint`'s weights), audit it, and write the run's record; None in
-    a DDP process other than 0, which only evaluates its share."""
+    a DDP process other than 0, which only evaluates its share. `fingerprint`: the run's, if known."""
     runtime = build_runtime(cfg)
     last_step = max(steps - 1, 0)  # where TensorBoard shows the run's final numbers and figures
     results = evaluation.run(classifier.model, classifier.defense, datamodule, runtime, step=last_step)
     if runtime.rank != 0:
         return None
-    run = RunContext(cfg, classifier, datamodule, evaluation, runtime, run_fingerprint(cfg))
+    run = RunContext(cfg, classifier, datamodule, evaluation, runtime, fingerprint or run_fingerprint(cfg))
     curves, audit_record = audit_run(run, step=last_step)
     certification = certify_run(run, step=last_step)
     if certification:
@@ -195,15 +198,22 @@ def certify_run(run: RunContext, step: int = 0) -> dict:
     return record
 
 
+@dataclass
+class RunDirectory:
+    fingerprint: str  # the run's (`fingerprint.run_fingerprint`), computed once
+    finished: RunRecord | None  # the record of the run if it already finished, else None: it must run
+
+
 @contextmanager
 def run_directory(cfg: DictConfig):
-    """Hold the run directory for the whole run; yield the finished run's record, or None if it must run.
+    """Hold the run directory for the whole run; yield its `RunDirectory`.
 
     The same command started twice at once runs once: the second waits on the lock, then finds the run
     finished. Under DDP, the job's processes are closed when the run ends (`distributed.job_processes`).
     """
+    fingerprint = run_fingerprint(cfg)
     with locked(cfg.paths.output_dir), job_processes():
-        yield finished_run(cfg.paths.output_dir, run_fingerprint(cfg))
+        yield RunDirectory(fingerprint, finished_run(cfg.paths.output_dir, fingerprint))
 
 
 def finished_run(output_dir: str | Path, fingerprint: str) -> RunRecord | None:
@@ -238,6 +248,15 @@ def swept_settings(cfg: DictConfig, chosen: dict[str, str]) -> dict:
             "batch_size": OmegaConf.select(cfg, "dataset.datamodule.batch_size"),
             "max_epochs": OmegaConf.select(cfg, "trainer.max_epochs"),
             **flat(cfg.get("attack"), "attack"), **flat(cfg.get("defense"), "defense")}
+
+
+def training_fields(training: Training | None) -> dict:
+    """The record's facts about the training (none for a model evaluated as it was given)."""
+    if training is None:
+        return {}
+    return {"selection": training.selection, "train_seconds": training.train_seconds, "epochs": training.epochs,
+            "training_reused": training.reused, "resumed_from": training.resumed_from,
+            "training_fingerprint": training.fingerprint, "training_code": training.code}
 
 
 def record_run(run: RunContext, results: EvaluationResults, curves: dict, audit_record: dict,
@@ -281,15 +300,9 @@ def record_run(run: RunContext, results: EvaluationResults, curves: dict, audit_
                                                  (cfg.eval.get("mixture_attacks") or {}).items()
                                                  if name in results.robust_acc}},
         settings=swept_settings(cfg, chosen),
-        selection=training.selection if training else None,
-        train_seconds=training.train_seconds if training else None,
-        epochs=training.epochs if training else None,
-        training_reused=training.reused if training else None,
-        resumed_from=training.resumed_from if training else None,
         checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None,
-        training_fingerprint=training.fingerprint if training else None,
         run_fingerprint=run.fingerprint,
-        training_code=training.code if training else None,
+        **training_fields(training),
         evaluation_code=modules_hash(modules),
         evaluation_modules=modules,
         provenance=provenance(runtime.device, runtime.precision),

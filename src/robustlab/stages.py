@@ -15,18 +15,17 @@ them, and they decide the same way, since process 0 writes a marker only after a
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
-from robustlab.builders import build_trainer
+from robustlab.builders import StageSettings, build_trainer
 from robustlab.checkpoints import load_model_weights, load_weights
 from robustlab.classifier import RobustClassifier
 from robustlab.defenses.base import Stage
@@ -42,6 +41,9 @@ MARKER = "trained.json"
 
 @dataclass
 class Training:
+    """A finished training, as its `trained.json` marker records it: of one stage (`_fit_stage`), or of the
+    whole defense, its stages combined (`combined`), which is what a run evaluates."""
+
     fingerprint: str  # training config and code (the checkpoint directory's name)
     checkpoint: str  # the checkpoint to evaluate: best by the defense's selection metric
     train_seconds: float
@@ -49,7 +51,7 @@ class Training:
     resumed_from: str | None = None
     reused: bool = False
     config_fingerprint: str | None = None  # the training config alone
-    code: str | None = None  # the hash of the code that trained it (provenance.code_hash)
+    code: str | None = None  # the hash of the code that trained it (code_digests.code_hash)
     provenance: dict = field(default_factory=dict)
     steps: int = 0  # optimizer steps of the (last stage's) fit: where its final numbers go in TensorBoard
     selection: dict | None = None  # {"metric": the selection metric, "best": its best value}
@@ -60,6 +62,18 @@ class Training:
         # Markers written before code hashes existed: their fingerprint was the config's alone.
         record.setdefault("config_fingerprint", record.get("fingerprint"))
         return cls(**{key: value for key, value in record.items() if key in {f.name for f in fields(cls)}})
+
+    @classmethod
+    def combined(cls, stages: list[Training], cfg: DictConfig) -> Training:
+        """The whole training from its stages': the last stage's checkpoint, selection and steps, the stages'
+        seconds and epochs summed."""
+        last = stages[-1]
+        return cls(fingerprint=last.fingerprint, checkpoint=last.checkpoint,
+                   train_seconds=sum(stage.train_seconds for stage in stages),
+                   epochs=sum(stage.epochs for stage in stages),
+                   resumed_from=next((stage.resumed_from for stage in stages if stage.resumed_from), None),
+                   config_fingerprint=training_config_fingerprint(cfg), code=training_code(cfg),
+                   provenance=last.provenance, steps=last.steps, selection=last.selection)
 
 
 def finished_training(directory: Path, fingerprint: str) -> Training | None:
@@ -83,8 +97,8 @@ def training_by_other_code(directory: Path, cfg: DictConfig) -> Training | None:
     if not matches:
         return None
     training = matches[-1]  # the most recent
-    log.info(f"training: reusing {training.checkpoint}, trained by other code (reuse=any_version): its training code "
-          f"{training.code or 'unrecorded'}, this code {training_code(cfg)}")
+    log.info(f"training: reusing {training.checkpoint}, trained by other code (reuse=any_version): its training "
+             f"code {training.code or 'unrecorded'}, this code {training_code(cfg)}")
     training.reused = True
     return training
 
@@ -92,28 +106,6 @@ def training_by_other_code(directory: Path, cfg: DictConfig) -> Training | None:
 def stage_directory(directory: Path, stages: list[Stage], index: int) -> Path:
     """Stage k's checkpoints: `directory/stage<k>-<name>`, for a defense of one stage as of several."""
     return directory / f"stage{index + 1}-{stages[index].name}"
-
-
-def stage_config(cfg: DictConfig, stage: Stage, directory: Path, multi_stage: bool) -> DictConfig:
-    """The run's config as one stage's Trainer sees it: its epochs, checkpoint directory and selection metric.
-
-    The stages of a multi-stage defense each log into their own TensorBoard sub-directory (`<logger>.sub_dir`)
-    of the run's (its name resolved from the run's config, not the stage's); a single stage logs at the run's
-    top level, beside its final numbers.
-    """
-    stage_cfg = copy.deepcopy(cfg)
-    with open_dict(stage_cfg):
-        for name, node in (stage_cfg.get("logger") or {}).items():
-            if node is not None and "version" in node.keys():
-                node.version = cfg.logger[name].version
-        stage_cfg.paths.checkpoint_dir = str(directory)
-        stage_cfg.defense.selection_metric = stage.selection_metric
-        if stage.epochs is not None:
-            stage_cfg.trainer.max_epochs = stage.epochs
-        for node in (stage_cfg.get("logger") or {}).values():
-            if multi_stage and node is not None and "sub_dir" in node.keys():
-                node.sub_dir = stage.name
-    return stage_cfg
 
 
 def fit_or_reuse(cfg: DictConfig, classifier: RobustClassifier, datamodule) -> Training:
@@ -154,20 +146,15 @@ def fit_or_reuse(cfg: DictConfig, classifier: RobustClassifier, datamodule) -> T
             load_weights(classifier, training.checkpoint)
             trained.append(training)
         defense.begin_stage(None)
-        final = Training(fingerprint=fingerprint, checkpoint=trained[-1].checkpoint,
-                         train_seconds=sum(stage.train_seconds for stage in trained),
-                         epochs=sum(stage.epochs for stage in trained),
-                         resumed_from=next((stage.resumed_from for stage in trained if stage.resumed_from), None),
-                         config_fingerprint=training_config_fingerprint(cfg), code=training_code(cfg),
-                         provenance=trained[-1].provenance, steps=trained[-1].steps,
-                         selection=trained[-1].selection)
+        final = Training.combined(trained, cfg)
         _write_marker(directory, final)
         return final
 
 
 def _fit_stage(cfg, classifier, datamodule, stage: Stage, directory: Path, fingerprint: str,
                multi_stage: bool) -> Training:
-    trainer = build_trainer(stage_config(cfg, stage, directory, multi_stage))
+    trainer = build_trainer(cfg, StageSettings(directory, stage.selection_metric, stage.epochs,
+                                               stage.name if multi_stage else None))
     last = directory / "last.ckpt"
     resume = str(last) if last.is_file() else None
     label = f"stage {stage.name}: " if multi_stage else ""

@@ -16,9 +16,9 @@ from robustlab.validation import check_config
 def run(cfg: DictConfig) -> RunRecord | None:
     """The run's record (None in a DDP process other than 0)."""
     check_config(cfg)
-    with run_directory(cfg) as done:
-        if done is not None:
-            return done
+    with run_directory(cfg) as directory:
+        if directory.finished is not None:
+            return directory.finished
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg.dataset)
         classifier = build_classifier(cfg)
@@ -26,4 +26,4 @@ def run(cfg: DictConfig) -> RunRecord | None:
         training = fit_or_reuse(cfg, classifier, datamodule)
         pl.seed_everything(cfg.seed, workers=True)  # the evaluation's randomness does not depend on how training went
         return evaluate_and_record(cfg, classifier, datamodule, evaluation, training.checkpoint, choices(), training,
-                                   steps=training.steps)
+                                   steps=training.steps, fingerprint=directory.fingerprint)

@@ -29,6 +29,12 @@ from robustlab.errors import is_integer, require
 DEFAULT_EOT_DRAWS = 10
 
 
+def draws_for(randomized: bool, accuracy_draws: int) -> int:
+    """Forward passes an accuracy is averaged over: `accuracy_draws` for a randomized predictor (never one lucky
+    draw), one for a deterministic one. Validation and the evaluation both count with it."""
+    return accuracy_draws if randomized else 1
+
+
 def weighted_members(model: nn.Module) -> list[tuple[float, nn.Module]] | None:
     # Looked up on the class: a missing attribute of a module instance costs an exception in
     # `nn.Module.__getattr__`, and attacks ask at every step.

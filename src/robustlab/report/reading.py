@@ -7,9 +7,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from robustlab.code_digests import module_digest
 from robustlab.errors import RobustlabError
 from robustlab.evaluation.record import FILE_NAME, NotARecord, RunRecord
-from robustlab.provenance import module_digest
 
 # What to do with results evaluated by different code: refuse to report them together, report the current
 # ones alone, or mix them knowingly.

@@ -1,0 +1,84 @@
+"""What an evaluation measured: per process, its `Share` (each image's correctness per pass, costs, checks),
+gathered across DDP processes into test-split order; and the `EvaluationResults` the run's record is made of."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from robustlab.evaluation.passes import Passes
+from robustlab.evaluation.record import CLEAN
+
+
+@dataclass
+class EvaluationResults:
+    """What the passes measured; `runs.record_run` writes it into the run's record."""
+
+    clean_acc: float
+    n_clean: int
+    robust_acc: dict[str, float]  # per attack, and the worst case
+    robust_acc_without_eot: dict[str, float]
+    n_eval: dict[str, int]
+    attack_ms_per_image: dict[str, float]
+    randomized: bool
+    accuracy_draws: int | str  # "exact" for a mixture (Σ α_k·acc_k, no sampling); "vote" for a voting predictor
+    defense_metrics: dict[str, dict[str, float]]
+    per_example: dict[str, torch.Tensor]  # correctness per evaluated image, in test-split order
+    intervals: dict[str, list[float]]  # clean, each attack, worst case: the 95% Wilson interval
+    attack_passes_per_image: dict[str, dict[str, float]]  # forward and backward passes per image, per attack
+    # Per attack: images outside its threat model (counted as not broken), the largest perturbation returned
+    # (in its first ball's norm), and its balls.
+    threat_model: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class Share:
+    """What one process measured: per pass, its images' indices and correctness, attack seconds and passes,
+    the defense's metrics, and the threat-model check (images outside, largest perturbation)."""
+
+    correct: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]
+    seconds: dict[str, float]
+    passes: dict[str, Passes]
+    defense_metrics: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    outside: dict[str, int] = field(default_factory=dict)
+    largest: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, names: list[str]) -> Share:
+        return cls({name: [] for name in [CLEAN, *names]}, {name: 0.0 for name in names},
+                   {name: Passes() for name in names})
+
+    def packed(self) -> Share:
+        """The same, each pass's batches concatenated (what is sent between processes)."""
+        correct = {name: [(torch.cat([i for i, _ in parts]) if parts else torch.zeros(0, dtype=torch.long),
+                           torch.cat([c for _, c in parts]) if parts else torch.zeros(0))]
+                   for name, parts in self.correct.items()}
+        return Share(correct, self.seconds, self.passes, self.defense_metrics, self.outside, self.largest)
+
+    @staticmethod
+    def combined(shares: list[Share]) -> Share:
+        """All processes' shares as one, each pass's images in test-split order."""
+        first = shares[0]
+        correct = {}
+        for name in first.correct:
+            indices = torch.cat([index for share in shares for index, _ in share.correct[name]])
+            values = torch.cat([value for share in shares for _, value in share.correct[name]])
+            correct[name] = [(indices.sort().values, values[indices.argsort()])]
+        metrics: dict[str, dict[str, list[float]]] = {}
+        for share in shares:
+            for name, by_key in share.defense_metrics.items():
+                for key, numbers in by_key.items():
+                    metrics.setdefault(name, {}).setdefault(key, []).extend(numbers)
+        return Share(correct, {name: sum(share.seconds[name] for share in shares) for name in first.seconds},
+                     {name: Passes(sum(share.passes[name].forward for share in shares),
+                                   sum(share.passes[name].backward for share in shares)) for name in first.passes},
+                     metrics,
+                     {name: sum(share.outside.get(name, 0) for share in shares)
+                      for name in {name for share in shares for name in share.outside}},
+                     {name: max(share.largest.get(name, 0.0) for share in shares)
+                      for name in {name for share in shares for name in share.largest}})
+
+    def per_image(self, name: str) -> torch.Tensor:
+        """A combined share's correctness per image of pass `name`."""
+        return self.correct[name][0][1]
