@@ -264,3 +264,13 @@ def test_the_report_never_merges_two_different_targets_under_one_name(tmp_path):
     assert {"pgd_linf (robustlab.attacks.PGD)", "pgd_linf (bob.MyPGD)"} <= columns and "pgd_linf" not in columns
     bob = next(cell for cell in cells if "bob" in cell.model)
     assert bob.robust_acc["pgd_linf (bob.MyPGD)"] == 0.1 and bob.clean_acc == 0.8
+
+
+def test_the_report_and_the_attacks_load_without_the_training_stack():
+    """`scripts/report.py` and `from robustlab.attacks import PGD` start without importing Lightning (seconds
+    of start-up on every call); `robustlab.evaluate_model` still loads it when used."""
+    code = ("import sys\nimport robustlab.report.writing, robustlab.attacks\n"
+            "assert 'pytorch_lightning' not in sys.modules, 'Lightning imported'\n"
+            "import robustlab\nrobustlab.evaluate_model\nassert 'pytorch_lightning' in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -204,3 +204,15 @@ def test_the_records_accuracies_are_the_means_of_its_per_image_results(trained_r
     assert all(len(per_image[name]) == 64 for name in ("clean", "fgsm", "pgd_linf", "pgd_l2", "worst_case"))
     assert results.robust_acc["worst_case"] == pytest.approx(worst.double().mean().item())
     assert results.robust_acc["pgd_linf"] == pytest.approx(per_image["pgd_linf"].double().mean().item())
+
+
+def test_an_unchanged_image_grid_says_so_instead_of_amplifying_rounding():
+    """A perturbation column is scaled by one factor for the whole grid; a grid the attack left unchanged is
+    labelled as such, never as δ × 5e+11 of float rounding."""
+    from robustlab.evaluation.images import adversarial_figure
+
+    x, y = torch.rand(2, 1, 8, 8) * 0.9, torch.tensor([0, 1])
+    unchanged = adversarial_figure(x, x + 1e-9, y, y, y, title="unchanged")
+    moved = adversarial_figure(x, x + 0.05, y, y, y, title="moved")
+    assert unchanged.axes[2].get_xlabel() == "δ = 0 (unchanged)"
+    assert moved.axes[2].get_xlabel() == "δ × 10"

@@ -17,6 +17,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from robustlab.attacks.base import Attack
 from robustlab.classifier import RobustClassifier
@@ -25,7 +26,7 @@ from robustlab.data.base import InMemoryImageDataModule
 from robustlab.defenses.base import Defense
 from robustlab.errors import ConfigError, InvalidValue
 from robustlab.evaluation.runtime import AUTOCAST, Runtime
-from robustlab.files import AtomicCheckpointIO
+from robustlab.files import write_atomically
 from robustlab.fingerprint import training_code
 from robustlab.performance import speed_up
 from robustlab.validation import check_model_fits_dataset
@@ -183,6 +184,14 @@ def single_device(trainer: DictConfig) -> torch.device | None:
 
 def build_loggers(cfg: DictConfig) -> list:
     return [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic: a run killed while saving keeps its previous `last.ckpt`."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        write_atomically(path, lambda partial: super(AtomicCheckpointIO, self).save_checkpoint(
+            checkpoint, partial, storage_options))
 
 
 @dataclass

@@ -34,6 +34,7 @@ PACKAGE = "robustlab"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Code that shows numbers but never changes one: outside every code hash, and not followed.
 PRESENTATION = frozenset({"robustlab.evaluation.plots", "robustlab.evaluation.tensorboard",
+                          "robustlab.evaluation.logger",
                           "robustlab.evaluation.images", "robustlab.evaluation.progress",
                           "robustlab.evaluation.summary", "robustlab.report", "robustlab.report.answer",
                           "robustlab.report.callback", "robustlab.report.reading", "robustlab.report.rows",

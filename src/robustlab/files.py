@@ -9,9 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.utilities import rank_zero_only
-
 
 @contextmanager
 def locked(directory: str | Path):
@@ -19,6 +16,8 @@ def locked(directory: str | Path):
 
     Held by DDP process 0 alone: the other processes of a job run inside process 0's lock.
     """
+    from pytorch_lightning.utilities import rank_zero_only  # here: reading a record needs no Lightning
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if getattr(rank_zero_only, "rank", 0) != 0:  # Lightning sets the process's rank on the function
@@ -51,11 +50,3 @@ def write_atomically(path: str | Path, write: Callable[[Path], Any]) -> Path:
 
 def write_text_atomically(path: str | Path, text: str) -> Path:
     return write_atomically(path, lambda partial: partial.write_text(text))
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer, made atomic: a run killed while saving keeps its previous `last.ckpt`."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        write_atomically(path, lambda partial: super(AtomicCheckpointIO, self).save_checkpoint(
-            checkpoint, partial, storage_options))

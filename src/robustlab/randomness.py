@@ -10,6 +10,13 @@ import numpy as np
 import torch
 
 
+def seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's generators (every device's), as Lightning's `seed_everything` does."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def random_states() -> dict:
     name, keys, position, has_gauss, cached = cast(tuple, np.random.get_state())
     # Plain types and tensors only, so checkpoints load with torch.load(weights_only=True).

@@ -27,19 +27,26 @@ from robustlab.evaluation.certification import certifiable, certify_and_check
 from robustlab.evaluation.certification import curves as certification_curves
 from robustlab.evaluation.engine import Evaluation
 from robustlab.evaluation.escalation import (
-    STILL_FLAGGED,
-    TRUSTED,
     escalate,
     has_stand_ins,
     remedies,
     undefended_surrogate,
 )
+from robustlab.evaluation.logger import Logger
 from robustlab.evaluation.plots import curves_figure, save_figure
-from robustlab.evaluation.record import FILE_NAME, WITHOUT_EOT, WORST_CASE, RunRecord, encode_per_image
+from robustlab.evaluation.record import (
+    FILE_NAME,
+    STILL_FLAGGED,
+    TRUSTED,
+    WITHOUT_EOT,
+    WORST_CASE,
+    RunRecord,
+    encode_per_image,
+)
 from robustlab.evaluation.results import EvaluationResults
 from robustlab.evaluation.runtime import Runtime
 from robustlab.evaluation.summary import results_table
-from robustlab.evaluation.tensorboard import VISUAL, Logger, log_record
+from robustlab.evaluation.tensorboard import VISUAL, log_record
 from robustlab.files import locked, write_text_atomically
 from robustlab.fingerprint import evaluation_modules, run_fingerprint
 from robustlab.models.preprocessing import backward_through_stand_ins

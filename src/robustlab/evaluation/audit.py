@@ -34,6 +34,7 @@ from robustlab.attacks.expectation import expected_correct, weighted_members
 from robustlab.attacks.gradient import input_gradient
 from robustlab.attacks.pgd import PGD
 from robustlab.attacks.square import Square
+from robustlab.evaluation.record import STILL_FLAGGED, TRUSTED
 from robustlab.evaluation.statistics import LEVEL, paired_test, with_intervals
 
 LETTERS = {"non_monotone_curve": "a", "large_eps_not_broken": "b", "pgd_weaker_than_fgsm": "c",
@@ -140,6 +141,12 @@ def certificate_check(certification: Mapping) -> dict:
               f"{checked} certified image(s) attacked inside their radius; none changed class")
     check = Check(bool(flipped), len(flipped) / max(checked, 1), 0.0, detail)
     return {**asdict(check), "letter": LETTERS["certificate_violated"]}
+
+
+def trust(audit_record: Mapping[str, Mapping], escalation: Mapping) -> str:
+    """A result's trust mark: the escalation's verdict; without one, "still flagged" for a flagged audit,
+    "trusted" for a clean one, "" without an audit."""
+    return escalation.get("trust") or (STILL_FLAGGED if flags(audit_record) else TRUSTED if audit_record else "")
 
 
 def flags(audit_record: Mapping[str, Mapping]) -> str:

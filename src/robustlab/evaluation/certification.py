@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from scipy.stats import beta, norm
@@ -30,10 +29,11 @@ from scipy.stats import beta, norm
 from robustlab.configuration import instantiate, to_plain
 from robustlab.defenses.base import evaluation_mode
 from robustlab.errors import is_integer, is_number, require
+from robustlab.evaluation.record import CERTIFIED
 from robustlab.evaluation.statistics import with_intervals
 from robustlab.models.smoothing import ABSTAIN
+from robustlab.randomness import seed_all
 
-CERTIFIED = "certified_l2"  # the certified-accuracy curve (and the report's column)
 ATTACKED = "attacked_l2"  # the vote's accuracy after the L2 attack, on the same images and radii
 
 
@@ -109,7 +109,7 @@ def certify_and_check(cfg: DictConfig, predictor, x: torch.Tensor, y: torch.Tens
     settings = cfg.eval.get("certify")
     if settings is None or not settings.enabled or not certifiable(predictor):
         return {}
-    pl.seed_everything(cfg.seed, verbose=False)  # the same certificates for the same run
+    seed_all(cfg.seed)  # the same certificates for the same run
     limit = len(y) if settings.n_samples == -1 else settings.n_samples
     x, y = x[:limit], y[:limit]
     eps_l2 = float(cfg.dataset.eps.l2)

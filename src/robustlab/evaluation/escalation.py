@@ -41,20 +41,21 @@ from robustlab.attacks.pgd import PGD
 from robustlab.attacks.square import Square
 from robustlab.configuration import instantiate
 from robustlab.errors import is_integer, require
-from robustlab.evaluation.audit import LETTERS, flags
+from robustlab.evaluation.audit import LETTERS
 from robustlab.evaluation.passes import Passes, counting_passes
-from robustlab.evaluation.record import CLEAN, WITHOUT_EOT, WORST_CASE, encode_per_image
+from robustlab.evaluation.record import (
+    CLEAN,
+    ESCALATED,
+    STILL_FLAGGED,
+    WITHOUT_EOT,
+    WORST_CASE,
+    encode_per_image,
+)
 from robustlab.models.preprocessing import NonDifferentiable, backward_through_stand_ins
 
 log = logging.getLogger(__name__)
 
-TRUSTED, ESCALATED, STILL_FLAGGED = "trusted", "escalated", "still flagged"
 
-
-def trust(audit_record: dict, escalation: dict) -> str:
-    """A result's trust mark: the escalation's verdict; without one, "still flagged" for a flagged audit,
-    "trusted" for a clean one, "" without an audit."""
-    return escalation.get("trust") or (STILL_FLAGGED if flags(audit_record) else TRUSTED if audit_record else "")
 REMEDIED = {LETTERS[name] for name in ("pgd_weaker_than_fgsm", "black_box_beats_white_box", "more_steps_help",
                                        "zero_gradients", "randomized_without_eot")}
 

@@ -15,6 +15,10 @@ from typing import Any
 from robustlab.errors import RobustlabError
 from robustlab.files import write_text_atomically
 
+# Trust marks (evaluation/escalation.py) and the certified-accuracy column (evaluation/certification.py): words
+# of the record that the report reads.
+TRUSTED, ESCALATED, STILL_FLAGGED = "trusted", "escalated", "still flagged"
+CERTIFIED = "certified_l2"
 CLEAN = "clean"  # the clean pass over the whole test split
 WORST_CASE = "worst_case"  # per image, the minimum correctness over the clean pass and every attack
 WITHOUT_EOT = "/without_eot"  # suffix of a randomized predictor's single-draw pass, reported apart

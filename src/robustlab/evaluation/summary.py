@@ -3,8 +3,7 @@ intervals, the worst case, the audit's flags and the trust mark. The record hold
 
 from __future__ import annotations
 
-from robustlab.evaluation.audit import flags
-from robustlab.evaluation.escalation import trust
+from robustlab.evaluation.audit import flags, trust
 from robustlab.evaluation.record import CLEAN, WORST_CASE, RunRecord
 
 

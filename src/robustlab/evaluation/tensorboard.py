@@ -16,11 +16,8 @@ attack × defense report writes its HParams table the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from robustlab.evaluation.audit import flags
@@ -28,15 +25,6 @@ from robustlab.evaluation.record import CLEAN, WORST_CASE, RunRecord
 
 FINAL = "verdict"  # the group of a run's final numbers
 VISUAL = "visual"  # the group of its figures
-
-
-class Logger(TensorBoardLogger):
-    """Lightning's TensorBoard logger, with the `epoch` it adds to every log call among the training curves."""
-
-    @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        super().log_metrics({"train/epoch" if name == "epoch" else name: value for name, value in metrics.items()},
-                            step)
 
 
 def accuracy_metrics(clean_acc: float, robust_acc: dict[str, float], certification: dict | None = None

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from statistics import fmean as mean
 
-from robustlab.evaluation.escalation import STILL_FLAGGED
-from robustlab.evaluation.record import WORST_CASE
+from robustlab.evaluation.record import STILL_FLAGGED, WORST_CASE
 from robustlab.evaluation.statistics import LEVEL, paired_test
 from robustlab.report.rows import THREATS, Row, threat_column
 from robustlab.report.tables import count, percent, table

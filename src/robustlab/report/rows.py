@@ -11,10 +11,17 @@ from dataclasses import dataclass, field
 from statistics import fmean as mean
 from typing import Any
 
-from robustlab.evaluation.audit import flags
-from robustlab.evaluation.certification import CERTIFIED
-from robustlab.evaluation.escalation import ESCALATED, STILL_FLAGGED, TRUSTED, trust
-from robustlab.evaluation.record import CLEAN, WORST_CASE, RunRecord, decode_per_image
+from robustlab.evaluation.audit import flags, trust
+from robustlab.evaluation.record import (
+    CERTIFIED,
+    CLEAN,
+    ESCALATED,
+    STILL_FLAGGED,
+    TRUSTED,
+    WORST_CASE,
+    RunRecord,
+    decode_per_image,
+)
 from robustlab.evaluation.statistics import SeedSummary, over_seeds
 from robustlab.report.reading import distinct_attacks, distinct_names
 

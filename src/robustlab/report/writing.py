@@ -16,10 +16,8 @@ import shutil
 from pathlib import Path
 
 from robustlab.evaluation.audit import LETTERS
-from robustlab.evaluation.certification import CERTIFIED
-from robustlab.evaluation.escalation import STILL_FLAGGED, TRUSTED
 from robustlab.evaluation.plots import curves_grid, heatmap_figure, save_figure
-from robustlab.evaluation.record import CLEAN, WORST_CASE
+from robustlab.evaluation.record import CERTIFIED, CLEAN, STILL_FLAGGED, TRUSTED, WORST_CASE
 from robustlab.evaluation.statistics import half_width
 from robustlab.evaluation.tensorboard import FINAL, accuracy_metrics, write_hparams
 from robustlab.report.answer import answer
