@@ -125,3 +125,14 @@ def test_non_finite_loss_stops_training_with_a_clear_error(tmp_path):
         events.Reload()
         assert not [tag for tag in events.Tags()["scalars"]
                     if tag.startswith(("verdict/", "hparams/", "robust_acc/", "test/"))]
+
+
+@pytest.mark.parametrize("value", ["''", "[]", "abc", "-0.1"])
+def test_a_budget_that_is_not_a_number_is_refused_naming_its_key(value, tmp_path):
+    """`attack.eps` is checked where it is written, before `${multiply:...,${..eps}}` (the torchattacks step)
+    resolves it into a traceback (found by tests/test_config_fuzz.py)."""
+    from robustlab.validation import check_config
+
+    cfg = compose_config(["dataset=synthetic", "attack=torchattacks", f"attack.eps={value}"], tmp_path)
+    with pytest.raises(ConfigError, match=r"^attack\.eps=.* is not allowed: expected a number ≥ 0, or null"):
+        check_config(cfg)

@@ -68,6 +68,8 @@ def readme_commands() -> list[str]:
         if language == "python":
             commands.append(block.strip())
             continue
+        if language != "bash":  # output shown as text, not commands
+            continue
         for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
             if line and not line.startswith("#"):

@@ -52,10 +52,14 @@ def test_gpu_trainer_multirun_with_the_local_gpus_launcher(tmp_path):
     assert [json.loads(path.read_text())["attack"] for path in runs] == ["fgsm", "pgd_l2"]
 
 
-def test_gpu_for_job_gives_a_single_run_one_gpu_and_sweep_jobs_a_gpu_each():
+def test_gpu_for_job_gives_a_single_run_one_gpu_and_sweep_jobs_a_gpu_each(monkeypatch):
+    """Job k of a multirun on GPU k mod (number of GPUs); a single run (no job number) and a one-GPU machine
+    get `devices: 1`."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert [gpu_for_job(job) for job in (0, 1, 5, "6")] == [[0], [1], [1], [2]]
     assert gpu_for_job(None) == 1
-    count = torch.cuda.device_count()
-    assert gpu_for_job(5) == ([5 % count] if count >= 2 else 1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert gpu_for_job(5) == 1
 
 
 def test_ddp_trains_once_and_evaluates_every_image_once(tmp_path):

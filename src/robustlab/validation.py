@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from robustlab.errors import ConfigError, InvalidValue
+from robustlab.errors import ConfigError, InvalidValue, is_number
 
 REUSE_OPTIONS = ("same_code", "any_version")
 
@@ -54,22 +54,33 @@ def _missing_keys(node: DictConfig, prefix: str):
 
 
 def check_step_sizes(cfg: DictConfig) -> None:
-    _check_step_sizes(cfg, "")
+    """Budgets and step sizes as written in the config, before anything resolves them: every `eps` a number
+    ≥ 0 (or null: an unbounded attack), every `step_size` > 0 (or null). Values derived by interpolation
+    (fgsm's step `${.eps}`, an attack's `${dataset.eps.linf}`) are checked at their source."""
+    _check_budgets(cfg, "")
 
 
-def _check_step_sizes(node, prefix: str) -> None:
-    items = node.items() if isinstance(node, DictConfig) else enumerate(node)
-    for key, value in items:
-        if not prefix and key in {"hydra", "paths"}:  # Hydra's own settings and file locations
-            continue
-        # A step derived from ε (fgsm: ${.eps}) is ε's to check; ε = 0 means no attack, where any step is exact.
-        derived = isinstance(node, DictConfig) and OmegaConf.is_interpolation(node, str(key))
-        zero_budget = isinstance(node, DictConfig) and node.get("eps") == 0
+def _check_budgets(node: DictConfig | ListConfig, prefix: str) -> None:
+    if isinstance(node, ListConfig):
+        for index, item in enumerate(node):
+            if isinstance(item, (DictConfig, ListConfig)):
+                _check_budgets(item, f"{prefix}.{index}")
+        return
+    for key in map(str, node.keys()):
+        if (not prefix and key in {"hydra", "paths"}) or OmegaConf.is_interpolation(node, key):
+            continue  # Hydra's settings and file locations; a derived value, checked at its source
+        value = node[key]
+        if key == "eps":
+            budgets = list(value.values()) if isinstance(value, DictConfig) else [value]  # a dataset's: per norm
+            if not all(budget is None or (is_number(budget) and budget >= 0) for budget in budgets):
+                raise InvalidValue("eps", value, "a number ≥ 0, or null for an unbounded attack", prefix)
+        # ε = 0 means no attack, where any step is exact.
+        zero_budget = node.get("eps") == 0
         if key == "step_size" and isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 \
-                and not derived and not (value == 0 and zero_budget):
+                and not (value == 0 and zero_budget):
             raise InvalidValue("step_size", value, "a number > 0, or null for 2.5·eps/steps", prefix)
         if isinstance(value, (DictConfig, ListConfig)):
-            _check_step_sizes(value, f"{prefix}.{key!s}" if prefix else str(key))
+            _check_budgets(value, f"{prefix}.{key}" if prefix else key)
 
 
 def check_model_fits_dataset(model: nn.Module, cfg: DictConfig, key: str = "model") -> None:
