@@ -277,6 +277,8 @@ def test_a_killed_multi_stage_training_resumes_at_its_stage(denoiser_run, tmp_pa
     assert rerun.clean_acc == results.clean_acc
 
 
+@pytest.mark.slow  # 26 s; the default suite trains the denoiser in both stages (denoiser_run) and resumes a
+# killed multi-stage training at its stage
 def test_denoiser_can_load_its_classifier_instead_of_training_it(denoiser_run, tmp_path, caplog):
     output, _, _ = denoiser_run
     classifier_checkpoint = next((Path(json.loads((output / "metrics.json").read_text())["checkpoint"]).parents[1]

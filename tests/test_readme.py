@@ -188,7 +188,8 @@ EVALUATE_APGD = "python evaluate.py ckpt_path=outputs/checkpoints/.../last.ckpt 
 EVALUATE_CW = "python evaluate.py ckpt_path=... attack=torchattacks attack.name=CW attack.eps=null attack.norm=l2"
 
 
-@pytest.mark.parametrize("which", ["plain", "multi-stage"])
+# The multi-stage case is slow (15 s); tests/test_defenses.py evaluates a multi-stage checkpoint whole by default.
+@pytest.mark.parametrize("which", ["plain", pytest.param("multi-stage", marks=pytest.mark.slow)])
 def test_evaluate_a_checkpoint_without_naming_its_dataset(which, outputs, plain_run, mixture_run):
     """The README's evaluate.py command takes the dataset from the checkpoint (no `dataset=`)."""
     trained = plain_run if which == "plain" else mixture_run
