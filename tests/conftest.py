@@ -71,8 +71,10 @@ def run_script(script: str, *overrides: str, output_root: Path, cwd: Path = ROOT
                           env=script_environment(), capture_output=True, text=True, timeout=timeout)
 
 
-# Small, fast runs on the synthetic dataset.
-TINY = ["dataset=synthetic", "trainer.max_epochs=2", "eval.n_samples=64", "logger=tensorboard"]
+# Small, fast runs on the synthetic dataset; the audit on 32 images with a short Square (a later override of
+# the same key wins, so a test that studies the audit sets its own).
+TINY = ["dataset=synthetic", "trainer.max_epochs=2", "eval.n_samples=64", "logger=tensorboard",
+        "eval.audit.n_samples=32", "eval.audit.square_queries=50"]
 
 
 def train_standard(model: torch.nn.Module, datamodule, epochs: int, lr: float) -> torch.nn.Module:
