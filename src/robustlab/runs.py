@@ -38,10 +38,8 @@ from robustlab.evaluation.record import (
     FILE_NAME,
     STILL_FLAGGED,
     TRUSTED,
-    WITHOUT_EOT,
     WORST_CASE,
     RunRecord,
-    encode_per_image,
 )
 from robustlab.evaluation.results import EvaluationResults
 from robustlab.evaluation.runtime import Runtime
@@ -287,21 +285,11 @@ def record_run(run: RunContext, results: EvaluationResults, curves: dict, audit_
         attack=chosen.get("attack"),
         seed=cfg.get("seed"),
         eps={"linf": float(dataset.eps.linf), "l2": float(dataset.eps.l2)},
-        n_eval=max(results.n_eval.values(), default=0),
-        n_clean=results.n_clean,
-        clean_acc=results.clean_acc,
-        robust_acc=results.robust_acc,
-        randomized=results.randomized,
-        accuracy_draws=results.accuracy_draws,
-        robust_acc_without_eot=results.robust_acc_without_eot,
-        defense_metrics=results.defense_metrics,
+        **results.record_fields(),
         audit=audit_record,
         curves={**curves, **certification_curves(certification or {})},
         certification=certification or {},
         escalation=escalation or {},
-        attack_ms_per_image=results.attack_ms_per_image,
-        attack_passes_per_image=results.attack_passes_per_image,
-        threat_model=results.threat_model,
         targets=targets or {},
         attacks={**attack_descriptions(cfg), **{name: to_plain(node) for name, node in
                                                  (cfg.eval.get("mixture_attacks") or {}).items()
@@ -314,10 +302,6 @@ def record_run(run: RunContext, results: EvaluationResults, curves: dict, audit_
         evaluation_modules=modules,
         provenance=provenance(runtime.device, runtime.precision),
         tensorboard=next((logger.log_dir for logger in runtime.loggers if isinstance(logger, Logger)), None),
-        intervals=results.intervals,
-        per_image={name: encode_per_image(values[:max(results.n_eval.values())])
-                   for name, values in results.per_example.items()
-                   if results.n_eval and not name.endswith(WITHOUT_EOT)},
     )
     write_text_atomically(Path(cfg.paths.output_dir) / "packages.txt", installed_packages())
     path = record.write(cfg.paths.output_dir)

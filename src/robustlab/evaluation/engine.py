@@ -16,7 +16,6 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -43,6 +42,7 @@ from robustlab.evaluation.progress import PassBar
 from robustlab.evaluation.record import CLEAN, WITHOUT_EOT, WORST_CASE
 from robustlab.evaluation.results import EvaluationResults, Share
 from robustlab.evaluation.runtime import Runtime
+from robustlab.evaluation.sharded import ShardedEvaluation
 from robustlab.evaluation.statistics import wilson_interval
 from robustlab.evaluation.tensorboard import VISUAL
 from robustlab.models.preprocessing import backward_through_stand_ins
@@ -298,30 +298,3 @@ class Evaluation:
                 log.warning(f"threat model: attack {name} returned {check['violations']} of {counts[name]} images "
                             f"outside its threat model {check['balls'] or 'finite, in [0, 1]'} (largest perturbation "
                             f"{check['largest_perturbation']:.4g}); they count as not broken")
-
-class ShardedEvaluation(pl.LightningModule):
-    """Under DDP, Lightning's test loop over the evaluation's passes: it starts the processes (or joins those
-    training started), and each process's hooks hand its share of the batches to `Evaluation.step`."""
-
-    def __init__(self, evaluation: Evaluation) -> None:
-        super().__init__()
-        self.model, self.defense = evaluation.model, evaluation.defense  # moved to this process's device
-        self.evaluation = evaluation
-        self.allow_zero_length_dataloader_with_multiple_devices = True  # a short pass may leave a process none
-
-    def test_dataloader(self) -> list:
-        evaluation, trainer = self.evaluation, self.trainer
-        evaluation.plan(evaluation.defense.wrap(evaluation.model),
-                        evaluation.data.split("test").tensors[0][:8].to(trainer.strategy.root_device))
-        self.loaders = evaluation.loaders(trainer.global_rank, trainer.world_size, trainer.strategy.root_device)
-        return self.loaders
-
-    def on_test_epoch_start(self) -> None:
-        self.evaluation.start()
-
-    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        name = self.evaluation.pass_name(dataloader_idx)
-        self.evaluation.step(batch, batch_idx, name, len(self.loaders[dataloader_idx]))
-
-    def on_test_epoch_end(self) -> None:
-        self.evaluation.finish()

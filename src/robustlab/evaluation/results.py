@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from robustlab.evaluation.passes import Passes
-from robustlab.evaluation.record import CLEAN
+from robustlab.evaluation.record import CLEAN, WITHOUT_EOT, encode_per_image
 
 
 @dataclass
@@ -30,6 +30,19 @@ class EvaluationResults:
     # Per attack: images outside its threat model (counted as not broken), the largest perturbation returned
     # (in its first ball's norm), and its balls.
     threat_model: dict[str, dict] = field(default_factory=dict)
+
+    def record_fields(self) -> dict:
+        """The fields of the run's record (`RunRecord`) that the evaluation measured; per-image results on the
+        first n_eval images, the single-draw passes left out."""
+        n_eval = max(self.n_eval.values(), default=0)
+        return {"n_eval": n_eval, "n_clean": self.n_clean, "clean_acc": self.clean_acc, "robust_acc": self.robust_acc,
+                "randomized": self.randomized, "accuracy_draws": self.accuracy_draws,
+                "robust_acc_without_eot": self.robust_acc_without_eot, "defense_metrics": self.defense_metrics,
+                "attack_ms_per_image": self.attack_ms_per_image,
+                "attack_passes_per_image": self.attack_passes_per_image, "threat_model": self.threat_model,
+                "intervals": self.intervals,
+                "per_image": {name: encode_per_image(values[:n_eval]) for name, values in self.per_example.items()
+                              if self.n_eval and not name.endswith(WITHOUT_EOT)}}
 
 
 @dataclass
