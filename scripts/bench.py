@@ -329,7 +329,7 @@ def cold_matrix(sizes: Sizes, device: torch.device) -> list[Figure]:
     tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=none",
             "eval.n_samples=16", "eval.audit.n_samples=16", "eval.audit.square_queries=20",
             "eval.attacks.apgd_ce.steps=5", "eval.attacks.square.queries=20", "eval.accuracy_draws=2",
-            "eval.attacks.autoattack.steps=5", "eval.attacks.autoattack.square_queries=20",
+            "eval.attacks.a3.steps=5", "eval.attacks.a3.target_steps=5",
             "eval.certify.n_samples=16", "eval.certify.n=100"] if sizes.train_batches is not None else []
     trainer = ["trainer=gpu"] if device.type == "cuda" else []
     with tempfile.TemporaryDirectory() as root:

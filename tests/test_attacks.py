@@ -46,7 +46,8 @@ def batch(data):
 SMALLER = {"arc": ["attack.steps=3"], "arc_l2": ["attack.steps=3"],
            "fab_t": ["attack.steps=10", "attack.targets=3"], "fab_t_l2": ["attack.steps=10", "attack.targets=3"],
            "autoattack": ["attack.steps=10", "attack.square_queries=200"],
-           "autoattack_l2": ["attack.steps=10", "attack.square_queries=200"]}
+           "autoattack_l2": ["attack.steps=10", "attack.square_queries=200"],
+           "a3": ["attack.steps=10", "attack.target_steps=10"], "a3_l2": ["attack.steps=10", "attack.target_steps=10"]}
 
 
 def attack_from_config(option: str, tmp_path, *overrides: str):
@@ -93,7 +94,7 @@ def test_zero_budget_returns_input(option, trained_model, batch, tmp_path):
 
 
 @pytest.mark.parametrize("option", ["fgsm", "pgd_linf", "pgd_l2", "apgd_ce", "apgd_dlr", "square", "square_l2",
-                                    "worst_case"])
+                                    "worst_case", "a3", "a3_l2"])
 def test_attack_beats_random_noise_of_same_budget(option, trained_model, batch, tmp_path):
     attack = attack_from_config(option, tmp_path)
     x, y = batch

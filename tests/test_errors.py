@@ -64,6 +64,8 @@ def test_missing_mandatory_value_is_named(tmp_path):
     ("model.in_channels=3", ["model.in_channels=3", "dataset.channels=1"]),
     ("model.num_classes=5", ["model.num_classes=5", "dataset.num_classes=10"]),
     ("eval.n_samples=0", ["eval.n_samples=0", "-1"]),
+    ("eval=matrix eval.attacks.a3.keep=0", ["eval.attacks.a3.keep=0", "(0, 1]"]),
+    ("attack=a3 attack.rounds=0 attack.targets=0", ["attack.rounds=0", "would spend no iteration"]),
 ])
 def test_bad_value_is_refused_before_training(override, fragments, tmp_path):
     cfg = compose_config([*TINY, *override.split()], tmp_path)

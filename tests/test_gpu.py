@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a G
 SMALL_MATRIX = ["dataset=synthetic", "trainer.max_epochs=1", "trainer.limit_train_batches=4", "logger=tensorboard",
                 "eval.n_samples=64", "eval.audit.n_samples=32", "eval.audit.square_queries=50",
                 "eval.attacks.apgd_ce.steps=10", "eval.attacks.square.queries=50", "eval.accuracy_draws=2",
-                "eval.attacks.autoattack.steps=10", "eval.attacks.autoattack.square_queries=50",
+                "eval.attacks.a3.steps=10", "eval.attacks.a3.target_steps=10",
                 "eval.certify.n_samples=32", "eval.certify.n=200"]
 
 

@@ -25,8 +25,8 @@ from robustlab.evaluation.record import decode_per_image
 # Appended to every run, except where the command sets the key itself: tiny data, one epoch, few images.
 TINY = ["dataset=synthetic", "trainer.max_epochs=1", "eval.n_samples=32", "eval.audit.n_samples=16",
         "eval.audit.square_queries=50", "logger=tensorboard"]
-MATRIX_TINY = ["eval.attacks.apgd_ce.steps=10", "eval.attacks.square.queries=50", "eval.attacks.autoattack.steps=10",
-               "eval.attacks.autoattack.square_queries=100"]
+MATRIX_TINY = ["eval.attacks.apgd_ce.steps=10", "eval.attacks.square.queries=50", "eval.attacks.a3.steps=10",
+               "eval.attacks.a3.target_steps=10"]
 
 # Commands run by another test, as they are written in the README plus their CPU form.
 ELSEWHERE = {

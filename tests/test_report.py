@@ -112,8 +112,8 @@ def test_matrix_sweep_writes_the_report_and_a_rerun_only_reads(tmp_path):
     overrides = ["-m", "sweep=matrix", "hydra.sweeper.params.defense='none,fast_adv_train'", "seed=0,1", *TINY,
                  "logger=none",
                  "eval.n_samples=32", "eval.audit.n_samples=16", "eval.audit.square_queries=50",
-                 "eval.attacks.apgd_ce.steps=10", "eval.attacks.square.queries=50", "eval.attacks.autoattack.steps=10",
-                 "eval.attacks.autoattack.square_queries=100"]
+                 "eval.attacks.apgd_ce.steps=10", "eval.attacks.square.queries=50", "eval.attacks.a3.steps=10",
+                 "eval.attacks.a3.target_steps=10"]
     started = time.perf_counter()
     first = run_script("train.py", *overrides, output_root=tmp_path)
     first_seconds = time.perf_counter() - started
@@ -124,7 +124,7 @@ def test_matrix_sweep_writes_the_report_and_a_rerun_only_reads(tmp_path):
     assert (report / "heatmap.png").is_file() and (report / "results.csv").is_file()
     assert "## Over seeds" in text and "| fast_adv_train | 0, 1 |" in text and "| none | 0, 1 |" in text
     records = [json.loads(path.read_text()) for path in (tmp_path / "sweeps" / "matrix").rglob("metrics.json")]
-    assert len(records) == 4 and {"fgsm", "pgd_linf", "pgd_l2", "apgd_ce", "square", "autoattack"} <= set(
+    assert len(records) == 4 and {"fgsm", "pgd_linf", "pgd_l2", "apgd_ce", "square", "a3"} <= set(
         records[0]["threat_model"])  # every attack of eval=matrix checked, and none left its ball
     assert all(check["violations"] == 0 for record in records for check in record["threat_model"].values())
     assert "Every attack stayed inside its threat model (2 row(s) checked)" in text

@@ -35,8 +35,8 @@ SWEEP = ["-m", "sweep=matrix", f"hydra.sweeper.params.defense='{DEFENSES}'",
          *(["trainer.max_epochs=2", "eval.n_samples=200"] if REAL else
            ["dataset=synthetic", "trainer.max_epochs=4", "eval.n_samples=64"]),
          "eval.audit.n_samples=32", "eval.audit.square_queries=100", "eval.attacks.apgd_ce.steps=20",
-         "eval.attacks.square.queries=200", "eval.attacks.autoattack.steps=10",
-         "eval.attacks.autoattack.square_queries=200"]
+         "eval.attacks.square.queries=200", "eval.attacks.a3.steps=10",
+         "eval.attacks.a3.target_steps=10"]
 
 
 @pytest.fixture(scope="module")

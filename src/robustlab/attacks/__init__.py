@@ -1,5 +1,6 @@
 """Attacks: `attack(model, x, y) -> x_adv`, images in [0, 1], the model passed at call time (contract: `base`)."""
 
+from robustlab.attacks.a3 import A3
 from robustlab.attacks.adapter import TorchAttacks
 from robustlab.attacks.apgd import APGD
 from robustlab.attacks.arc import ARC
@@ -11,4 +12,4 @@ from robustlab.attacks.identity import NoAttack
 from robustlab.attacks.pgd import PGD
 from robustlab.attacks.square import Square
 
-__all__ = ["APGD", "ARC", "AutoAttack", "Attack", "FAB", "NoAttack", "PGD", "Square", "TorchAttacks", "WorstCase"]
+__all__ = ["A3", "APGD", "ARC", "AutoAttack", "Attack", "FAB", "NoAttack", "PGD", "Square", "TorchAttacks", "WorstCase"]

@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from robustlab.attacks.base import Attack, WorstSoFar, per_example
-from robustlab.attacks.expectation import check_eot_samples, expected_correct, most_likely_wrong_classes
+from robustlab.attacks.expectation import check_eot_samples, expected_correct
 from robustlab.attacks.gradient import loss_and_gradient
 from robustlab.attacks.losses import TARGETED_LOSSES, loss_function
 from robustlab.attacks.norms import ball, image_projector
+from robustlab.attacks.targeting import most_likely_wrong_classes, nearest_boundaries
 from robustlab.errors import is_integer, is_number, require
 
 
@@ -30,6 +31,9 @@ def checkpoints(steps: int) -> list[int]:
     return sorted({math.ceil(fraction * steps) for fraction in fractions[1:] if fraction <= 1})
 
 
+RANKINGS = ("logits", "boundary")  # how APGD-T orders its targets (`targeting`)
+
+
 class APGD(Attack):
     """`steps` iterations from a random start (per restart); each example keeps its worst point found.
 
@@ -38,15 +42,17 @@ class APGD(Attack):
     step size nor the best loss changed since then. Momentum α = 0.75. `eot_samples` as in `PGD`; `loss` a
     name of `losses.LOSSES` ("ce": APGD-CE, "dlr": APGD-DLR) or a per-example loss function.
 
-    `targets` (APGD-T): run towards each of the `targets` most likely wrong classes of the clean image in
-    turn (at most classes − 1), with the targeted form of `loss` (`losses.TARGETED_LOSSES`); `restarts`
-    runs per target. Every run after the first attacks only the points still classified right.
+    `targets` (APGD-T): run towards `targets` wrong classes of the clean image in turn (at most classes − 1),
+    with the targeted form of `loss` (`losses.TARGETED_LOSSES`); `restarts` runs per target. Every run after the
+    first attacks only the points still classified right. `ranking` orders the targets (`targeting`): "logits",
+    the most likely first (AutoAttack's APGD-T), or "boundary", the nearest linearized boundary first (MALT).
     """
 
     def __init__(self, eps: float, norm: str = "linf", loss: str | Callable = "ce", steps: int = 100,
                  restarts: int = 1, rho: float = 0.75, momentum: float = 0.75, chunk_size: int | None = 256,
-                 eot_samples: int | None = None, targets: int | None = None) -> None:
+                 eot_samples: int | None = None, targets: int | None = None, ranking: str = "logits") -> None:
         self.threat = ball(norm, eps)
+        require(ranking in RANKINGS, "ranking", ranking, f"one of {', '.join(RANKINGS)}")
         self.loss_fn = loss_function(loss)
         require(targets is None or (is_integer(targets) and targets >= 1), "targets", targets,
                 "an integer ≥ 1 (APGD-T: the most likely wrong classes, in turn), or null for untargeted")
@@ -55,7 +61,7 @@ class APGD(Attack):
             require(isinstance(loss, str) and loss in TARGETED_LOSSES, "loss", loss,
                     f"one of {sorted(TARGETED_LOSSES)} for a targeted attack")
             self.targeted_loss = TARGETED_LOSSES[str(loss)]
-        self.targets = targets
+        self.targets, self.ranking = targets, ranking
         require(is_integer(steps) and steps >= 1, "steps", steps, "an integer ≥ 1")
         require(is_integer(restarts) and restarts >= 1, "restarts", restarts, "an integer ≥ 1")
         require(is_number(rho) and 0 < rho <= 1, "rho", rho, "a number in (0, 1]")
@@ -78,9 +84,11 @@ class APGD(Attack):
         return worst.x
 
     def _target_classes(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> list:
-        """[None] untargeted; else per rank r, each image's r-th most likely class other than its label."""
+        """[None] untargeted; else per rank r, each image's r-th target class by `ranking`."""
         if self.targets is None:
             return [None]
+        if self.ranking == "boundary":
+            return nearest_boundaries(model, x, y, draws, self.targets, self.norm)
         return most_likely_wrong_classes(model, x, y, draws, self.targets)
 
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int, run: tuple[int, int],
@@ -145,4 +153,4 @@ class APGD(Attack):
     def __repr__(self) -> str:
         return (f"APGD(loss={self.loss}, norm={self.norm}, eps={self.eps:g}, steps={self.steps}, "
                 f"restarts={self.restarts}, eot_samples={self.eot_samples}"
-                + ("" if self.targets is None else f", targets={self.targets}") + ")")
+                + ("" if self.targets is None else f", targets={self.targets}, ranking={self.ranking}") + ")")

@@ -48,6 +48,7 @@ class Attack:
     eot_samples: int | None = 1
     chunk_size: int | None = None
     progress: Callable[[float], None] | None = None
+    _span: tuple[float, float] = (0.0, 1.0)  # the current chunk's share of the call: (start, width)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = x.detach()

@@ -79,15 +79,6 @@ def expected_logits(model: nn.Module, x: torch.Tensor, draws: int = 1) -> torch.
     return sum(model(x) for _ in range(draws)) / draws
 
 
-def most_likely_wrong_classes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int, count: int
-                              ) -> list[torch.Tensor]:
-    """Per rank r < `count` (at most classes − 1), each image's r-th most likely class other than its label, by
-    the expected logits: the targets of APGD-T and FAB-T, in turn."""
-    logits = expected_logits(model, x, draws)
-    ranked = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
-    return [ranked[:, rank] for rank in range(min(count, logits.shape[1] - 1))]
-
-
 @torch.no_grad()
 def expected_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1,
                      by_vote: bool = True) -> torch.Tensor:

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from robustlab.attacks.base import Attack, WorstSoFar, per_example
-from robustlab.attacks.expectation import check_eot_samples, expected_correct, most_likely_wrong_classes
+from robustlab.attacks.expectation import check_eot_samples, expected_correct
 from robustlab.attacks.gradient import loss_and_gradient
 from robustlab.attacks.norms import ball
+from robustlab.attacks.targeting import most_likely_wrong_classes
 from robustlab.errors import is_integer, is_number, require
 
 _BISECTIONS = 40
