@@ -274,3 +274,25 @@ def test_the_report_and_the_attacks_load_without_the_training_stack():
             "import robustlab\nrobustlab.evaluate_model\nassert 'pytorch_lightning' in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_report_compares_a3_with_autoattack_image_by_image(tmp_path):
+    """A row evaluated with eval=reference: on 10 images, AutoAttack breaks images 0–5, A3 images 0–4 and 6–7; the
+    union stands on 2, one image is broken by AutoAttack only, two by A3 only; passes 40 + 40 against 800 + 200."""
+    columns = {"clean": [(10, 1)], "a3": [(5, 0), (1, 1), (2, 0), (2, 1)], "autoattack": [(6, 0), (4, 1)],
+               "worst_case": [(8, 0), (2, 1)]}
+    write_cell(tmp_path, "adv_train", 1.0, {"pgd_linf": 0.5, "a3": 0.3, "autoattack": 0.4, "worst_case": 0.2},
+               n_eval=10, per_image={name: per_image(*runs) for name, runs in columns.items()},
+               attack_passes_per_image={"a3": {"forward": 40, "backward": 40},
+                                        "autoattack": {"forward": 800, "backward": 200}})
+    write_cell(tmp_path, "none", 1.0, {"pgd_linf": 0.0, "a3": 0.0, "worst_case": 0.0})
+    text = write_report(tmp_path)["markdown"].read_text()
+    assert "AutoAttack (`autoattack`, standard on a deterministic predictor, rand on a randomized one) was run on: " \
+           "adv_train.\n" in text
+    assert "| adv_train | 10 | 30.0 | 40.0 | 20.0 | 1 (10.0%) | 2 | 80 | 1000 | 12.5× |" in text
+    assert "| none |" not in text.split("## The strongest attack and the reference")[1].split("##")[0].split(
+        "Image by image")[1]
+
+
+def test_a_report_without_a3_or_autoattack_has_no_reference_section(tmp_path):
+    assert "## The strongest attack" not in write_report(sweep(tmp_path))["markdown"].read_text()
