@@ -25,7 +25,7 @@ SMALL_MATRIX = ["dataset=synthetic", "trainer.max_epochs=1", "trainer.limit_trai
 
 def test_the_matrix_sweep_runs_on_the_gpu(tmp_path):
     """`python train.py sweep=matrix trainer=gpu`: every defense of the zoo trains and is evaluated (audit,
-    certification, ARC, AutoAttack and BPDA included) on the GPU, and the report is written."""
+    certification, ARC, A3 and BPDA included) on the GPU, and the report is written."""
     result = run_script("train.py", "sweep=matrix", "trainer=gpu", *SMALL_MATRIX, output_root=tmp_path, timeout=1200)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     records = [json.loads(path.read_text()) for path in (tmp_path / "sweeps" / "matrix").rglob("metrics.json")]
