@@ -108,7 +108,7 @@ def test_worst_case_only_attacks_points_still_standing(model, batch):
 
 @pytest.mark.parametrize("kwargs,field", [
     ({"eps": 0.1, "loss": "hinge"}, "loss"), ({"eps": 0.1, "steps": 0}, "steps"), ({"eps": 0.1, "rho": 0}, "rho"),
-    ({"eps": 0.1, "eot_samples": 0}, "eot_samples"),
+    ({"eps": 0.1, "eot_samples": 0}, "eot_samples"), ({"eps": 0.1, "targets": 3, "ranking": "random"}, "ranking"),
 ])
 def test_apgd_rejects_bad_parameters(kwargs, field):
     with pytest.raises(InvalidValue) as error:
