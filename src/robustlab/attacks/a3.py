@@ -52,8 +52,8 @@ class A3(Attack):
     the smallest margin), then APGD-T with `target_steps` steps towards each of `targets` classes ranked by
     linearized boundary distance. `rounds` or `targets` may be 0 (not both)."""
 
-    def __init__(self, eps: float, norm: str = "linf", rounds: int = 3, steps: int = 50, init_steps: int = 5,
-                 keep: float = 0.5, targets: int = 3, target_steps: int = 100, chunk_size: int | None = 256,
+    def __init__(self, eps: float, norm: str = "linf", rounds: int = 12, steps: int = 50, init_steps: int = 5,
+                 keep: float = 0.2, targets: int = 3, target_steps: int = 100, chunk_size: int | None = 256,
                  eot_samples: int | None = None) -> None:
         self.threat = ball(norm, eps)
         for name, value in (("rounds", rounds), ("init_steps", init_steps), ("targets", targets)):
