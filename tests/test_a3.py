@@ -31,9 +31,9 @@ def correct_after(attack, model, x, y) -> tuple[torch.Tensor, Passes]:
 
 def test_a3_breaks_every_image_autoattack_breaks_at_a_sixth_of_its_passes(robust_net, noisy_synthetic, tmp_path):
     """On a small adversarially trained model, `attack=a3` and `attack=autoattack` (standard: APGD-CE, APGD-T and
-    FAB-T at 100 steps, Square at 5000 queries) from their configs, on the same 128 images: every image that
+    FAB-T at 100 steps, Square at 5000 queries) from their configs, on the same 96 images: every image that
     AutoAttack breaks, A3 breaks too, and A3's forward + backward passes are at most a sixth of AutoAttack's."""
-    x, y = noisy_synthetic.test_set.tensors[0][:128], noisy_synthetic.test_set.tensors[1][:128]
+    x, y = noisy_synthetic.test_set.tensors[0][:96], noisy_synthetic.test_set.tensors[1][:96]
     attacks = {option: instantiate(compose_config(["dataset=synthetic", f"attack={option}", "attack.eps=0.03"],
                                                   tmp_path).attack) for option in ("a3", "autoattack")}
     a3, a3_passes = correct_after(attacks["a3"], robust_net, x, y)
