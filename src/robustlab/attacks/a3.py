@@ -128,10 +128,11 @@ class A3(Attack):
         the one with the smallest margin), that margin, and the class predicted there (y where none broke it)."""
         x_k = project_image(x, x + self.threat.random(x, self.eps), self.threat, self.eps)
         if direction is not None:
+            def along(logits: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:
+                return (logits * direction).sum(dim=1)
+
             for _ in range(self.init_steps):
-                weights = direction
-                _, grad = loss_and_gradient(model, x_k, y, draws,
-                                            lambda logits, _labels, w=weights: (logits * w).sum(dim=1))
+                _, grad = loss_and_gradient(model, x_k, y, draws, along)
                 x_k = project_image(x, x_k + self.eps * self.threat.ascent_direction(grad), self.threat, self.eps)
         best_x, lowest = x_k.clone(), torch.full((len(x),), float("inf"), device=x.device)
         predicted = y.clone()
@@ -149,9 +150,8 @@ class A3(Attack):
             answers = torch.stack(votes)
             votes.clear()
             fooled = (answers != labels).all(dim=0)
-            better = -value < lowest[active]
-            chosen = active[better | fooled]
-            best_x[chosen] = here[(better | fooled)]
+            kept = fooled | (-value < lowest[active])
+            best_x[active[kept]] = here[kept]
             lowest[active] = torch.minimum(lowest[active], -value)
             predicted[active[fooled]] = answers[0][fooled]
             active, here, grad = active[~fooled], here[~fooled], grad[~fooled]
