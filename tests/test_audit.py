@@ -175,7 +175,7 @@ def test_escalation_d_f_transfers_from_an_undefended_surrogate(flag, standard_ne
     saturated.forward = lambda inputs: 1e4 * standard_net(inputs)
     original, escalation = escalated(saturated, *batch, flag, surrogate=standard_net)
     assert {"pgd_linf/transfer", "square_linf/queries=1000"} <= set(escalation["remedies"])
-    assert escalation["remedies"]["pgd_linf/transfer"]["accuracy"] < 0.5 * float(original["pgd_linf"].mean())
+    assert escalation["remedies"]["pgd_linf/transfer"]["after"] < 0.5 * float(original["pgd_linf"].mean())
     assert_lowered(original, escalation)
 
 
@@ -184,7 +184,7 @@ def test_escalation_f_differentiates_a_non_differentiable_step_through_its_stand
 
     squeezed = Preprocessed(standard_net, BitDepthReduction(bits=4)).eval()
     original, escalation = escalated(squeezed, *batch, "f", bpda=False)
-    assert escalation["remedies"]["pgd_linf/bpda"]["accuracy"] < 0.5 * float(original["pgd_linf"].mean())
+    assert escalation["remedies"]["pgd_linf/bpda"]["after"] < 0.5 * float(original["pgd_linf"].mean())
     assert_lowered(original, escalation)
 
 
@@ -220,6 +220,23 @@ def test_bad_escalation_settings_name_their_key(override, key, tmp_path):
     cfg = compose_config(["dataset=synthetic", override], tmp_path)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         Evaluation.from_config(cfg)
+
+
+@pytest.mark.parametrize("override, key, allowed", [
+    ("eval.audit.curve_attacks=[pgd_linf,apgd]", "eval.audit.curve_attacks", "fgsm, pgd_linf, pgd_l2"),
+    ("eval.audit.curve_factors=[0,-1]", "eval.audit.curve_factors", "numbers ≥ 0"),
+    ("eval.audit.n_samples=0", "eval.audit.n_samples", "an integer ≥ 1"),
+    ("eval.audit.enabled=yes", "eval.audit.enabled", "true or false")])
+def test_bad_audit_settings_name_their_key_and_what_is_allowed(override, key, allowed, tmp_path):
+    from conftest import compose_config
+
+    from robustlab.errors import ConfigError
+    from robustlab.evaluation.engine import Evaluation
+
+    cfg = compose_config(["dataset=synthetic", override], tmp_path)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as error:
+        Evaluation.from_config(cfg)
+    assert allowed in str(error.value)
 
 
 def test_bad_escalation_settings_are_refused_before_training(tmp_path):
@@ -259,3 +276,39 @@ def test_escalation_keeps_the_single_draw_copies_out_of_the_worst_case():
     per_example = {"clean": torch.ones(8), "pgd_linf": torch.ones(8), "pgd_linf/without_eot": torch.zeros(8)}
     escalation = escalate(MeanShiftModel(lambda u: u), x, y, 1, per_example, "b", [], True, 8)
     assert escalation["robust_acc"] == {"pgd_linf": 1.0, "worst_case": 1.0}
+
+
+def test_a_remedy_attacks_only_the_images_its_attack_left_standing():
+    """Images 0–9 of 16 are already broken by pgd_linf: the remedy is handed images 10–15 only (each image
+    carries its index as its value), in batches, and reports its accuracy on those 6."""
+    from robustlab.evaluation.escalation import Remedy, escalate
+
+    x = torch.arange(16.0).view(16, 1, 1, 1).expand(16, 1, 4, 4) / 100
+    y = torch.zeros(16, dtype=torch.long)
+    seen: list[float] = []
+
+    def spy(model, xb, yb):
+        seen.extend(xb[:, 0, 0, 0].mul(100).round().tolist())
+        return xb.clone()
+
+    original = {"clean": torch.ones(16), "pgd_linf": torch.cat([torch.zeros(10), torch.ones(6)])}
+    remedy = Remedy("pgd_linf/spy", "e", "pgd_linf", spy, PGD(eps=0.1))
+    escalation = escalate(MeanShiftModel(lambda u: -torch.ones_like(u)), x, y, 1, original, "e", [remedy], True, 4)
+    assert seen == [10.0, 11.0, 12.0, 13.0, 14.0, 15.0]
+    result = escalation["remedies"]["pgd_linf/spy"]
+    assert result["attacked"] == 6 and result["accuracy"] == 1.0 and result["after"] == 6 / 16
+
+
+def test_a_remedy_outside_its_threat_model_breaks_nothing():
+    """A remedy that leaves pgd_linf's ε-ball (it moves every pixel by 0.3, ε = 0.1) would break every image of
+    this model; each such image counts as not broken, and the record counts them."""
+    from robustlab.evaluation.escalation import Remedy, escalate
+
+    x, y = grey_images(8)
+    model = MeanShiftModel(lambda u: torch.where(u > 0.2, torch.ones_like(u), -torch.ones_like(u)))
+    original = {"clean": torch.ones(8), "pgd_linf": torch.ones(8)}
+    remedy = Remedy("pgd_linf/cheat", "e", "pgd_linf", lambda model, xb, yb: (xb + 0.3).clamp(0, 1), PGD(eps=0.1))
+    escalation = escalate(model, x, y, 1, original, "e", [remedy], True, 8)
+    result = escalation["remedies"]["pgd_linf/cheat"]
+    assert result["threat_model_violations"] == 8 and result["after"] == 1.0
+    assert escalation["robust_acc"]["worst_case"] == 1.0

@@ -113,7 +113,7 @@ def test_matrix_sweep_writes_the_report_and_a_rerun_only_reads(tmp_path):
                  "logger=none",
                  "eval.n_samples=32", "eval.audit.n_samples=16", "eval.audit.square_queries=50",
                  "eval.attacks.apgd_ce.steps=10", "eval.attacks.square.queries=50", "eval.attacks.a3.steps=10",
-                 "eval.attacks.a3.target_steps=10"]
+                 "eval.attacks.a3.target_steps=10", "eval.attacks.a3.rounds=2"]
     started = time.perf_counter()
     first = run_script("train.py", *overrides, output_root=tmp_path)
     first_seconds = time.perf_counter() - started
@@ -127,6 +127,8 @@ def test_matrix_sweep_writes_the_report_and_a_rerun_only_reads(tmp_path):
     assert len(records) == 4 and {"fgsm", "pgd_linf", "pgd_l2", "apgd_ce", "square", "a3"} <= set(
         records[0]["threat_model"])  # every attack of eval=matrix checked, and none left its ball
     assert all(check["violations"] == 0 for record in records for check in record["threat_model"].values())
+    # eval=matrix draws curves for the cheap attacks and A3 only (eval.audit.curve_attacks)
+    assert all(set(record["curves"]) == {"fgsm", "pgd_linf", "pgd_l2", "a3"} for record in records)
     assert "Every attack stayed inside its threat model (2 row(s) checked)" in text
     checkpoints = tmp_path / "checkpoints" / "synthetic" / "basic_net"
     assert len(list((checkpoints / "fast_adv_train").glob("*/trained.json"))) == 2  # a training per seed

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY, compose_config, run_script
+from conftest import ROOT, TINY, compose_config, run_script, script_command, script_environment
 
 import robustlab.train
 from robustlab.attacks import PGD
@@ -66,6 +66,25 @@ def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
     assert resumed["epochs"] == reference["epochs"] == 4
     for key, value in numbers(reference).items():
         assert abs(numbers(resumed)[key] - value) <= 1e-6, key
+
+
+def test_a_sweep_stopped_by_sigterm_during_training_fails_and_says_so(tmp_path):
+    """`kill <pid>` (a scheduler's preemption) during a multirun's training: Lightning turns SIGTERM into a
+    SystemExit with status 0, which would end the sweep as if it had finished. The command exits with 143 and
+    says that the run did not finish; the training's last checkpoint stays for the same command to resume."""
+    command = [*script_command("train.py", "-m", *RESUMABLE, output_root=tmp_path)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=script_environment())
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.rglob("last.ckpt")):
+        assert process.poll() is None, "the sweep ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "robustlab: stopped by SIGTERM before the run finished" in stderr
+    assert not list(tmp_path.rglob("metrics.json")) and list(tmp_path.rglob("last.ckpt"))
 
 
 def test_finished_run_is_skipped_and_training_is_reused_for_a_new_budget(tmp_path):

@@ -7,6 +7,8 @@ from there both call `evaluate_and_record`.
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from robustlab.builders import attack_descriptions, build_runtime, choices, evaluation_attack_configs
@@ -132,9 +135,11 @@ def audit_run(run: RunContext, step: int = 0) -> tuple[dict, dict]:
     predictor = run.predictor()
     x, y = run.test_tensors(settings.n_samples)
     draws = evaluation.draws()
+    curved = settings.get("curve_attacks")  # null: every attack
     factories = {name: ((lambda eps, node=node: instantiate(node, eps=eps)), float(node.eps))
                  for name, node in evaluation_attack_configs(cfg).items()
-                 if node.get("eps") is not None and float(node.eps) > 0}  # eps: null is an unbounded attack
+                 if node.get("eps") is not None and float(node.eps) > 0  # eps: null is an unbounded attack
+                 and (curved is None or name in curved)}
     eot_samples = {name: attack.eot_samples for name, attack in evaluation.attacks.items() if (attack.eps or 0) > 0}
     with run.autocast():
         curves = robustness_curves(factories, predictor, x, y, draws, list(settings.curve_factors))
@@ -214,11 +219,18 @@ def run_directory(cfg: DictConfig):
     """Hold the run directory for the whole run; yield its `RunDirectory`.
 
     The same command started twice at once runs once: the second waits on the lock, then finds the run
-    finished. Under DDP, the job's processes are closed when the run ends (`distributed.job_processes`).
+    finished. A SIGTERM (a scheduler's preemption, `kill`) ends the command with status 143 and says so. Under
+    DDP, the job's processes are closed when the run ends (`distributed.job_processes`).
     """
     fingerprint = run_fingerprint(cfg)
-    with locked(cfg.paths.output_dir), job_processes():
-        yield RunDirectory(fingerprint, finished_run(cfg.paths.output_dir, fingerprint))
+    try:
+        with locked(cfg.paths.output_dir), job_processes():
+            yield RunDirectory(fingerprint, finished_run(cfg.paths.output_dir, fingerprint))
+    except SIGTERMException:  # Lightning's, a SystemExit with status 0: a sweep would end as if it had finished
+        print(f"robustlab: stopped by SIGTERM before the run finished: no metrics.json in {cfg.paths.output_dir}. "
+              "The same command resumes its training from the last finished epoch and skips the finished runs.",
+              file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 def finished_run(output_dir: str | Path, fingerprint: str) -> RunRecord | None:

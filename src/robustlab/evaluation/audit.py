@@ -15,6 +15,10 @@ works. The checks run on the first `n` test images, on the deployed predictor:
 - (h) `certificate_violated`: on a certified run (randomized smoothing), no image certified at an L2 radius r
   may change class under the L2 attack at ε < r (`robustlab.evaluation.certification`; `certificate_check`).
 
+The robustness curves (check a, and the report's curves) are drawn for `eval.audit.curve_attacks`: every attack
+of the evaluation when null. eval=matrix draws FGSM, the PGDs and A3, not APGD-CE (A3 is the stronger gradient
+attack) nor Square (check d's attack): each curve runs its attack again at every ε of the grid.
+
 Checks c, d and e compare two attacks on the same images, so they are decided per image: the images the
 first attack leaves standing and the second breaks against the reverse, by a one-sided exact McNemar test
 (`statistics.paired_test`; a sign-flip test on a randomized predictor's fractional correctness) at the 5%
@@ -28,12 +32,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
+from omegaconf import DictConfig, ListConfig
 from torch import nn
 
 from robustlab.attacks.expectation import expected_correct, weighted_members
 from robustlab.attacks.gradient import input_gradient
 from robustlab.attacks.pgd import PGD
 from robustlab.attacks.square import Square
+from robustlab.errors import is_integer, is_number, require
 from robustlab.evaluation.record import STILL_FLAGGED, TRUSTED
 from robustlab.evaluation.statistics import LEVEL, paired_test, with_intervals
 
@@ -49,6 +55,21 @@ class Check:
     limit: float
     detail: str
     evidence: dict | None = None  # paired checks: images each attack wins, the p-value, the test
+
+
+def check_settings(settings: DictConfig, attack_names: list[str]) -> None:
+    """Refuse bad `eval.audit.*` values before training; `attack_names`: the evaluation's attacks."""
+    key = "eval.audit"
+    require(isinstance(settings.enabled, bool), f"{key}.enabled", settings.enabled, "true or false")
+    for name in ("n_samples", "pgd_steps", "square_queries"):
+        require(is_integer(settings[name]) and settings[name] >= 1, f"{key}.{name}", settings[name], "an integer ≥ 1")
+    factors = settings.curve_factors
+    require(isinstance(factors, ListConfig) and len(factors) > 0 and all(is_number(f) and f >= 0 for f in factors),
+            f"{key}.curve_factors", factors, "a non-empty list of numbers ≥ 0 (multiples of each attack's ε)")
+    chosen = settings.get("curve_attacks")
+    require(chosen is None or isinstance(chosen, ListConfig) and all(name in attack_names for name in chosen),
+            f"{key}.curve_attacks", chosen,
+            f"null (every attack of the evaluation) or a list of its attacks: {', '.join(attack_names)}")
 
 
 def paired_check(stronger: torch.Tensor, weaker: torch.Tensor, what: str) -> Check:

@@ -29,11 +29,12 @@ from robustlab.attacks.expectation import (
     voting,
     weighted_members,
 )
-from robustlab.builders import evaluation_attacks
+from robustlab.builders import evaluation_attack_configs, evaluation_attacks
 from robustlab.configuration import instantiate
 from robustlab.data.base import InMemoryImageDataModule
 from robustlab.defenses.base import Defense, evaluation_mode
 from robustlab.errors import AttackContractError, require
+from robustlab.evaluation.audit import check_settings as check_audit
 from robustlab.evaluation.certification import check_settings as check_certification
 from robustlab.evaluation.escalation import check_settings as check_escalation
 from robustlab.evaluation.images import adversarial_figure
@@ -90,6 +91,7 @@ class Evaluation:
         class_names = cfg.dataset.get("class_names")
         if cfg.eval.get("certify") is not None:
             check_certification(cfg.eval.certify)
+        check_audit(cfg.eval.audit, list(evaluation_attack_configs(cfg)))
         check_escalation(cfg)
         return cls(evaluation_attacks(cfg), n_eval=n_eval, image_grid=cfg.eval.image_grid,
                    accuracy_draws=cfg.eval.accuracy_draws, compare_without_eot=cfg.eval.compare_without_eot,

@@ -17,7 +17,9 @@ predictor, with the settings of `eval.audit.escalation`:
 Flags a, b and h have no remedy. Each remedy strengthens one attack of the suite (the PGD of its norm, or the
 attack it re-runs): that attack's escalated correctness is, per image, the minimum of its own and its
 remedies', and the worst case is recomputed from them. So escalation lowers a number or keeps it, never
-raises it. The trust mark: "trusted" (no flag), "escalated" (every flag had a remedy, and they ran), "still
+raises it, and a remedy attacks only the images its attack left standing: a broken one stays broken. Its
+images are checked against that attack's threat model, as the evaluation checks every attack's; one outside
+counts as not broken. The trust mark: "trusted" (no flag), "escalated" (every flag had a remedy, and they ran), "still
 flagged" (a flag without a remedy). The record keeps the original numbers and, under `escalation`, the
 escalated ones, each remedy's accuracy, and the cost (seconds, passes per image).
 """
@@ -35,7 +37,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from robustlab.attacks.base import Attack, WorstSoFar
+from robustlab.attacks.base import Attack, WorstSoFar, outside_threat_model
 from robustlab.attacks.expectation import expected_correct
 from robustlab.attacks.pgd import PGD
 from robustlab.attacks.square import Square
@@ -83,6 +85,7 @@ class Remedy:
     flag: str
     strengthens: str
     attack: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    threat: Attack  # the suite's attack it strengthens: its images must lie in that attack's threat model
     bpda: bool | None = None  # None: as the evaluation
 
 
@@ -113,28 +116,28 @@ def remedies(flags: str, attacks: Mapping[str, Attack], configs: Mapping[str, Di
             stronger = instantiate(configs[name], steps=attack.steps * settings.steps_factor,
                                    restarts=settings.restarts)
             found.append(Remedy(f"{name}/steps×{settings.steps_factor},restarts={settings.restarts}", "e", name,
-                                stronger))
+                                stronger, attack))
     if "c" in flags:
         for name, attack in pgds.items():
             longer = instantiate(configs[name], steps=attack.steps * settings.steps_factor)
-            found.append(Remedy(f"{name}/from_fgsm", "c", name, FromFGSM(longer)))
+            found.append(Remedy(f"{name}/from_fgsm", "c", name, FromFGSM(longer), attack))
     if "g" in flags:
         for name, suite_attack in attacks.items():
             if suite_attack.eot_samples == 1:
                 found.append(Remedy(f"{name}/eot{settings.eot_samples}", "g", name,
-                                    suite_attack.with_eot_samples(settings.eot_samples)))
+                                    suite_attack.with_eot_samples(settings.eot_samples), suite_attack))
     if "d" in flags or "f" in flags:
         letter = "f" if "f" in flags else "d"
         if stand_ins and not bpda:
-            found += [Remedy(f"{name}/bpda", letter, name, attack, bpda=True) for name, attack in pgds.items()]
+            found += [Remedy(f"{name}/bpda", letter, name, attack, attack, bpda=True) for name, attack in pgds.items()]
         if surrogate is not None:
-            found += [Remedy(f"{name}/transfer", letter, name, transfer(attack, surrogate))
+            found += [Remedy(f"{name}/transfer", letter, name, transfer(attack, surrogate), attack)
                       for name, attack in pgds.items()]
         for norm in dict.fromkeys(attack.norm for attack in pgds.values()):
             name = next(name for name, attack in pgds.items() if attack.norm == norm)
             found.append(Remedy(f"square_{norm}/queries={square_queries * settings.square_queries_factor}", letter,
                                 name, Square(eps=pgds[name].eps, norm=norm,
-                                             queries=square_queries * settings.square_queries_factor)))
+                                             queries=square_queries * settings.square_queries_factor), pgds[name]))
     return found
 
 
@@ -176,22 +179,33 @@ def escalate(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, draws, per_
     results, started = {}, time.perf_counter()
     for remedy in found:
         torch.manual_seed(0)
-        passes, remedy_started, parts = Passes(), time.perf_counter(), []
-        for start in range(0, n, batch_size):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        passes, remedy_started, parts, outside = Passes(), time.perf_counter(), [], 0
+        # An image the strengthened attack already broke stays broken whatever the remedy does (the minimum):
+        # only the images it left standing are attacked again.
+        standing = (escalated[remedy.strengthens] > 0).nonzero().flatten()
+        for start in range(0, len(standing), batch_size):
+            index = standing[start:start + batch_size].to(x.device)
+            xb, yb = x[index], y[index]
             through = bpda if remedy.bpda is None else remedy.bpda
             with torch.enable_grad(), backward_through_stand_ins(predictor, through), \
                     counting_passes(predictor, passes):
                 x_adv = remedy.attack(predictor, xb, yb)
+            bad, _ = outside_threat_model(remedy.threat, xb, x_adv)  # counts as not broken, as in the evaluation
+            outside += int(bad.sum())
+            x_adv = torch.where(bad.view(-1, *([1] * (xb.dim() - 1))), xb, x_adv)
             parts.append(expected_correct(predictor, x_adv, yb, draws).cpu())
-        correct = torch.cat(parts)
+        correct = torch.cat(parts) if parts else torch.zeros(0)
         before = float(escalated[remedy.strengthens].double().mean())
-        escalated[remedy.strengthens] = torch.minimum(escalated[remedy.strengthens], correct)
+        column = escalated[remedy.strengthens].clone()
+        column[standing] = torch.minimum(column[standing], correct.to(column.dtype))
+        escalated[remedy.strengthens] = column
         results[remedy.name] = {"flag": remedy.flag, "strengthens": remedy.strengthens,
-                                "accuracy": float(correct.double().mean()), "before": before,
-                                "after": float(escalated[remedy.strengthens].double().mean()),
+                                "attacked": len(standing), "threat_model_violations": outside,
+                                "accuracy": float(correct.double().mean()) if len(standing) else 0.0,
+                                "before": before, "after": float(column.double().mean()),
                                 "seconds": time.perf_counter() - remedy_started, **passes.per_image(n)}
-        log.info(f"escalation ({remedy.flag}): {remedy.name}: accuracy {results[remedy.name]['accuracy']:.3f}; "
+        log.info(f"escalation ({remedy.flag}): {remedy.name}: accuracy {results[remedy.name]['accuracy']:.3f} on the "
+                 f"{len(standing)} image(s) {remedy.strengthens} left standing; "
                  f"{remedy.strengthens} {before:.3f} → {results[remedy.name]['after']:.3f}")
     attacked = [name for name in escalated if name != CLEAN]
     worst = torch.stack([escalated[name] for name in [CLEAN, *attacked]]).min(dim=0).values

@@ -172,8 +172,8 @@ def escalation_section(rows: list[Row]) -> str:
     lines = []
     for row in rows:
         for escalation in row.escalations:
-            remedies = ", ".join(f"{name} {percent(result['accuracy'])}"
-                                 for name, result in escalation["remedies"].items()) or "none"
+            remedies = ", ".join(remedy_summary(name, result) for name, result in escalation["remedies"].items()) \
+                or "none"
             lines.append([row.label, escalation["flags"], escalation["trust"],
                           f"{percent(escalation['original'])} → {percent(escalation['robust_acc'].get(WORST_CASE))}",
                           remedies, ", ".join(escalation.get("not_escalated") or []) or "–",
@@ -184,8 +184,19 @@ def escalation_section(rows: list[Row]) -> str:
             "cell stays *still flagged* and is left out of the answer.\n\n"
             "Attacks that no remedy strengthens (not a PGD of the suite: a user's attack, say) are listed as *not "
             "escalated*: their numbers stand as measured.\n\n"
+            "A remedy attacks only the images that the attack it strengthens left standing (one already broken "
+            "stays broken): its accuracy is on those images, *of* how many there were.\n\n"
             + table(["defense", "flags", "trust", "worst case before → after (%)", "remedies (accuracy %)",
                      "not escalated", "seconds"], lines, "lllrllr"))
+
+
+def remedy_summary(name: str, result: dict) -> str:
+    """`name accuracy% of k` (k: the images it attacked; a record from before escalation skipped the broken ones
+    has no count, its remedies attacked every image), and its images outside the threat model, if any."""
+    attacked = f" of {result['attacked']}" if "attacked" in result else ""
+    outside = result.get("threat_model_violations") or 0
+    return f"{name} {percent(result['accuracy'])}{attacked}" + (f" ({outside} outside its threat model, counted "
+                                                               "as not broken)" if outside else "")
 
 
 def seeds_section(rows: list[Row]) -> str:
