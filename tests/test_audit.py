@@ -30,13 +30,13 @@ def grey_images(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.full((n, 1, 8, 8), 0.5), torch.zeros(n, dtype=torch.long)
 
 
-def run_audit(model, x, y, eps=0.1, num_classes=2, eot_samples=None, randomized=False, pgd_steps=20):
+def run_audit(model, x, y, eps=0.1, num_classes=2, eot_samples=None, randomized=False, pgd_steps=20, eps_l2=None):
     torch.manual_seed(0)
     factories = {"pgd_linf": (lambda budget: PGD(eps=budget, steps=pgd_steps), eps)}
     curves = robustness_curves(factories, model, x, y, draws=10 if randomized else 1, factors=FACTORS)
     return audit(model, x, y, eps_linf=eps, num_classes=num_classes, curves=curves, draws=10 if randomized else 1,
                  randomized=randomized, eot_samples=eot_samples or {"pgd_linf": None}, pgd_steps=pgd_steps,
-                 square_queries=200)
+                 square_queries=200, eps_l2=eps_l2)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,8 @@ def batch(noisy_synthetic):
 
 
 def test_a_standard_trained_model_raises_no_flag(standard_net, batch):
-    record = run_audit(standard_net, *batch, eps=0.1, num_classes=10)
+    record = run_audit(standard_net, *batch, eps=0.1, num_classes=10, eps_l2=1.0)
+    assert "black_box_beats_white_box_l2" in record  # c, d and e under L2 too, quiet as well
     assert flags(record) == "", {name: check["detail"] for name, check in record.items() if check["flagged"]}
 
 
@@ -69,9 +70,11 @@ def test_d_and_f_fire_on_saturated_softmax_outputs(standard_net, batch):
     """×10⁴ logits: cross-entropy gradients are exactly zero, so PGD stalls; Square reads scores and does not."""
     saturated = nn.Sequential(standard_net)
     saturated.forward = lambda inputs: 1e4 * standard_net(inputs)
-    record = run_audit(saturated, *batch, eps=0.1, num_classes=10)
+    record = run_audit(saturated, *batch, eps=0.1, num_classes=10, eps_l2=1.0)
     assert record["zero_gradients"]["flagged"] and record["zero_gradients"]["value"] > 0.5
-    assert record["black_box_beats_white_box"]["flagged"]
+    assert record["black_box_beats_white_box"]["flagged"] and record["black_box_beats_white_box_l2"]["flagged"]
+    assert "Square L2" in record["black_box_beats_white_box_l2"]["detail"]
+    assert sorted(flags(record)) == sorted(set(flags(record)))  # a letter raised under both norms is listed once
 
 
 def test_e_fires_when_the_attack_needs_finer_steps():
@@ -116,8 +119,9 @@ def test_paired_checks_rest_on_evidence_not_on_a_margin():
 
 
 def test_every_paired_check_records_its_counts_and_p_value(standard_net, batch):
-    record = run_audit(standard_net, *batch, eps=0.1, num_classes=10)
-    for name in ("pgd_weaker_than_fgsm", "black_box_beats_white_box", "more_steps_help"):
+    record = run_audit(standard_net, *batch, eps=0.1, num_classes=10, eps_l2=1.0)
+    for name in ("pgd_weaker_than_fgsm", "black_box_beats_white_box", "more_steps_help", "pgd_weaker_than_fgsm_l2",
+                 "black_box_beats_white_box_l2", "more_steps_help_l2"):
         assert set(record[name]["evidence"]) == {"a_better", "b_better", "p_value", "method"}, name
 
 

@@ -42,7 +42,8 @@ def test_metrics_json_has_the_promised_keys(trained_run):
     assert set(metrics["attack_ms_per_image"]) == {"fgsm", "pgd_linf", "pgd_l2"}
     assert set(metrics["audit"]) == {"non_monotone_curve", "large_eps_not_broken", "pgd_weaker_than_fgsm",
                                      "black_box_beats_white_box", "more_steps_help", "zero_gradients",
-                                     "randomized_without_eot"}
+                                     "randomized_without_eot", "pgd_weaker_than_fgsm_l2",
+                                     "black_box_beats_white_box_l2", "more_steps_help_l2"}
     assert set(metrics["curves"]) == {"fgsm", "pgd_linf", "pgd_l2"}
     assert (output_dir / "robustness_curves.png").stat().st_size > 0
     assert metrics["n_eval"] == 64 and metrics["n_clean"] == 256

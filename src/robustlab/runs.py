@@ -146,7 +146,8 @@ def audit_run(run: RunContext, step: int = 0) -> tuple[dict, dict]:
         audit_record = audit(predictor, x, y, eps_linf=float(cfg.dataset.eps.linf),
                              num_classes=int(cfg.dataset.num_classes), curves=curves, draws=draws,
                              randomized=evaluation.randomized, eot_samples=eot_samples,
-                             pgd_steps=settings.pgd_steps, square_queries=settings.square_queries)
+                             pgd_steps=settings.pgd_steps, square_queries=settings.square_queries,
+                             eps_l2=float(cfg.dataset.eps.l2))
     figure = curves_figure(curves, title=" / ".join(f"{k}={v}" for k, v in choices().items()
                                                     if k in ("dataset", "model", "defense")))
     run.publish_figure(figure, "robustness_curves", step)

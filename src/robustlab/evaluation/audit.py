@@ -9,6 +9,9 @@ works. The checks run on the first `n` test images, on the deployed predictor:
 - (c) `pgd_weaker_than_fgsm`: PGD must not leave standing significantly more images than FGSM does;
 - (d) `black_box_beats_white_box`: Square must not break significantly more images than PGD;
 - (e) `more_steps_help`: PGD with twice the steps must not break significantly more images;
+  c, d and e run under L∞ at the dataset's ε∞, and again under L2 at its ε₂ (`…_l2`, the same letter): a
+  defense can hold under one norm and mask its gradients under the other (TRADES, L∞-trained, falls to
+  Square L2 far below PGD-20 L2: docs/RESULTS.md);
 - (f) `zero_gradients`: at most 1% of images may have an all-zero input gradient;
 - (g) `randomized_without_eot`: a randomized predictor (not a finite mixture, which is handled exactly) must
   be attacked with EOT by every attack of the suite;
@@ -44,8 +47,11 @@ from robustlab.evaluation.record import STILL_FLAGGED, TRUSTED
 from robustlab.evaluation.statistics import LEVEL, paired_test, with_intervals
 
 LETTERS = {"non_monotone_curve": "a", "large_eps_not_broken": "b", "pgd_weaker_than_fgsm": "c",
-           "black_box_beats_white_box": "d", "more_steps_help": "e", "zero_gradients": "f",
+           "pgd_weaker_than_fgsm_l2": "c", "black_box_beats_white_box": "d", "black_box_beats_white_box_l2": "d",
+           "more_steps_help": "e", "more_steps_help_l2": "e", "zero_gradients": "f",
            "randomized_without_eot": "g", "certificate_violated": "h"}
+NORM_SUFFIXES = {"linf": "", "l2": "_l2"}  # the paired checks' names under each norm
+NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 
 
 @dataclass
@@ -104,8 +110,9 @@ def robustness_curves(attacks: Mapping[str, tuple[Callable[[float], Callable], f
 
 def audit(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_linf: float, num_classes: int,
           curves: dict[str, dict], draws: int, randomized: bool, eot_samples: Mapping[str, int | None],
-          pgd_steps: int = 20, square_queries: int = 1000) -> dict[str, dict]:
-    """Run checks (b)–(g) on (x, y) and (a) on the given curves; every check's number, limit and flag."""
+          pgd_steps: int = 20, square_queries: int = 1000, eps_l2: float | None = None) -> dict[str, dict]:
+    """Run checks (b)–(g) on (x, y) and (a) on the given curves; every check's number, limit and flag. c, d
+    and e run under L∞ at `eps_linf`, and under L2 at `eps_l2` unless it is None or 0."""
     n = len(y)
     one_image = 1.0 / n
     checks: dict[str, Check] = {}
@@ -122,21 +129,9 @@ def audit(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_linf: f
     checks["large_eps_not_broken"] = Check(large > chance + 0.02, large, chance + 0.02,
                                            f"PGD-{pgd_steps} L∞ at ε=0.5: accuracy {large:.3f}, chance {chance:.3f}")
 
-    fgsm = accuracy_under(PGD(eps=eps_linf, steps=1, step_size=eps_linf, random_start=False), predictor, x, y, draws)
-    pgd = accuracy_under(PGD(eps=eps_linf, steps=pgd_steps), predictor, x, y, draws)
-    checks["pgd_weaker_than_fgsm"] = paired_check(
-        pgd, fgsm, f"resist PGD-{pgd_steps} but fall to FGSM")
-
-    square = accuracy_under(Square(eps=eps_linf, queries=square_queries), predictor, x, y, draws)
-    checks["black_box_beats_white_box"] = paired_check(
-        pgd, square, f"Square {square.double().mean():.3f} vs PGD-{pgd_steps} {pgd.double().mean():.3f}; "
-                     f"resist PGD-{pgd_steps} but fall to Square")
-
-    doubled = accuracy_under(PGD(eps=eps_linf, steps=2 * pgd_steps), predictor, x, y, draws)
-    checks["more_steps_help"] = paired_check(
-        pgd, doubled, f"PGD-{pgd_steps} {pgd.double().mean():.3f} vs PGD-{2 * pgd_steps} "
-                      f"{doubled.double().mean():.3f}; "
-                      f"resist PGD-{pgd_steps} but fall to PGD-{2 * pgd_steps}")
+    for norm, eps in (("linf", eps_linf), ("l2", eps_l2)):
+        if eps:
+            checks.update(paired_checks(predictor, x, y, norm, eps, draws, pgd_steps, square_queries))
 
     gradient = input_gradient(predictor, x, y, draws)
     zero = float((gradient.flatten(1).abs().amax(dim=1) == 0).double().mean())
@@ -151,6 +146,26 @@ def audit(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_linf: f
                                               "exact expectation over mixture members" if randomized else
                                               "deterministic predictor"))
     return {name: {**asdict(check), "letter": LETTERS[name]} for name, check in checks.items()}
+
+
+def paired_checks(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, draws: int,
+                  pgd_steps: int, square_queries: int) -> dict[str, Check]:
+    """Checks c, d and e under one norm: PGD against FGSM, Square and PGD with twice the steps, per image."""
+    suffix, label = NORM_SUFFIXES[norm], NORM_NAMES[norm]
+    pgd_name = f"PGD-{pgd_steps} {label}"
+    fgsm = accuracy_under(PGD(norm=norm, eps=eps, steps=1, step_size=eps, random_start=False), predictor, x, y, draws)
+    pgd = accuracy_under(PGD(norm=norm, eps=eps, steps=pgd_steps), predictor, x, y, draws)
+    square = accuracy_under(Square(norm=norm, eps=eps, queries=square_queries), predictor, x, y, draws)
+    doubled = accuracy_under(PGD(norm=norm, eps=eps, steps=2 * pgd_steps), predictor, x, y, draws)
+    return {
+        "pgd_weaker_than_fgsm" + suffix: paired_check(pgd, fgsm, f"resist {pgd_name} but fall to FGSM {label}"),
+        "black_box_beats_white_box" + suffix: paired_check(
+            pgd, square, f"Square {label} {square.double().mean():.3f} vs {pgd_name} {pgd.double().mean():.3f}; "
+                         f"resist {pgd_name} but fall to Square"),
+        "more_steps_help" + suffix: paired_check(
+            pgd, doubled, f"{pgd_name} {pgd.double().mean():.3f} vs PGD-{2 * pgd_steps} "
+                          f"{doubled.double().mean():.3f}; resist {pgd_name} but fall to PGD-{2 * pgd_steps}"),
+    }
 
 
 def certificate_check(certification: Mapping) -> dict:
@@ -171,5 +186,5 @@ def trust(audit_record: Mapping[str, Mapping], escalation: Mapping) -> str:
 
 
 def flags(audit_record: Mapping[str, Mapping]) -> str:
-    """The letters of the flagged checks, e.g. "cf" (empty: nothing flagged)."""
-    return "".join(check["letter"] for check in audit_record.values() if check["flagged"])
+    """The letters of the flagged checks, each once, e.g. "cf" (empty: nothing flagged)."""
+    return "".join(dict.fromkeys(check["letter"] for check in audit_record.values() if check["flagged"]))

@@ -75,7 +75,7 @@ def markdown(rows: list[Row], left_out: list[str] | None = None, skipped: list[s
         parts.append(escalation_section(rows))
     parts += [threat_model_section(rows), "\n## Audit flags\n\n"]
     for name, letter in LETTERS.items():
-        flagged = [row.label for row in rows if letter in row.flags]
+        flagged = [row.label for row in rows if row.audit.get(name, {}).get("flagged")]
         parts.append(f"- **{letter}** `{name}`: {', '.join(flagged) if flagged else 'none'}\n")
     parts += ["\n## Answer\n\n", answer(rows)]
     return "".join(parts)
