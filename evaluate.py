@@ -1,17 +1,9 @@
-"""Attack an existing checkpoint, write metrics.json: `python evaluate.py ckpt_path=... [attack=...]`."""
+"""Attack an existing checkpoint, write metrics.json: `python evaluate.py ckpt_path=... [attack=...]`, the same as
+`robustlab evaluate [overrides]` (robustlab/cli.py)."""
 
-import hydra
-from omegaconf import DictConfig
+import sys
 
-import robustlab.evaluate
-from robustlab.errors import exit_on_user_error
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
-        robustlab.evaluate.run(cfg)
-
+from robustlab.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

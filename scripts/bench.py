@@ -47,8 +47,7 @@ from hydra.core.hydra_config import HydraConfig
 from tqdm import tqdm
 
 from robustlab.attacks import PGD
-from robustlab.builders import build_classifier, build_datamodule, build_runtime, build_trainer
-from robustlab.evaluation.engine import Evaluation
+from robustlab.builders import build_classifier, build_datamodule, build_evaluation, build_runtime, build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -292,7 +291,7 @@ def measure_evaluation_memory(count: int, dataset: list[str], output_dir: str, d
                           "+trainer.enable_progress_bar=false"], output_dir)
     datamodule = build_datamodule(cfg.dataset)
     classifier = build_classifier(cfg)
-    results = Evaluation.from_config(cfg).run(classifier.model, classifier.defense, datamodule, build_runtime(cfg))
+    results = build_evaluation(cfg).run(classifier.model, classifier.defense, datamodule, build_runtime(cfg))
     assert list(results.n_eval.values()) == [count]
     return torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else peak_rss_mib()
 

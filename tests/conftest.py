@@ -15,12 +15,15 @@ from hydra.core.hydra_config import HydraConfig
 from hypothesis import settings
 from omegaconf import open_dict
 
+from robustlab.resolvers import register_resolvers
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 DATA_DIR = ROOT / "data"  # the real datasets' cache, shared with `python train.py`
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+register_resolvers()  # as every entry point does before composing a config
 
 # Property-based tests: the same few examples on every run by default (CI never flakes on a new draw);
 # `--hypothesis-profile=thorough` draws many fresh ones.

@@ -10,9 +10,8 @@ from conftest import DATA_DIR, FASHION_MNIST_SYSTEM_DIR, TINY, accuracy, compose
 from torch import nn
 
 from robustlab.attacks import PGD
-from robustlab.builders import build_classifier, build_datamodule, build_runtime
+from robustlab.builders import build_classifier, build_datamodule, build_evaluation, build_runtime
 from robustlab.data import FashionMNISTDataModule
-from robustlab.evaluation.engine import Evaluation
 from robustlab.models import BasicNet
 
 
@@ -127,7 +126,7 @@ def test_parity_the_evaluation_equals_a_direct_evaluation(tmp_path):
             if isinstance(module, nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
-    evaluation = Evaluation.from_config(cfg)
+    evaluation = build_evaluation(cfg)
     results = evaluation.run(classifier.model, classifier.defense, datamodule, build_runtime(cfg))
 
     predictor = classifier.predictor().eval()

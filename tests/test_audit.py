@@ -131,20 +131,18 @@ SETTINGS = {"steps_factor": 5, "restarts": 5, "eot_samples": 20, "square_queries
 
 def escalated(model, x, y, flag, eps=0.1, draws=1, eot_samples=None, surrogate=None, bpda=True):
     """The suite (PGD-20 L∞ named pgd_linf) on (x, y), then the remedies for `flag`: (original, escalation)."""
-    from omegaconf import OmegaConf
-
     from robustlab.attacks.expectation import expected_correct
     from robustlab.evaluation.escalation import escalate, has_stand_ins, remedies
     from robustlab.models.preprocessing import backward_through_stand_ins
 
     torch.manual_seed(0)
-    node = OmegaConf.create({"_target_": "robustlab.attacks.PGD", "eps": eps, "steps": 20, "eot_samples": eot_samples})
     attack = PGD(eps=eps, steps=20, eot_samples=eot_samples)
     with backward_through_stand_ins(model, bpda):
         original = {"clean": expected_correct(model, x, y, draws),
                     "pgd_linf": expected_correct(model, attack(model, x, y), y, draws)}
-    found = remedies(flag, {"pgd_linf": attack}, {"pgd_linf": node}, OmegaConf.create(SETTINGS), surrogate,
-                     has_stand_ins(model), bpda, square_queries=200)
+    rebuild = lambda name, **changes: PGD(**{"eps": eps, "steps": 20, "eot_samples": eot_samples, **changes})
+    found = remedies(flag, {"pgd_linf": attack}, rebuild, SETTINGS, surrogate, has_stand_ins(model), bpda,
+                     square_queries=200)
     assert found and {remedy.flag for remedy in found} == {flag}
     return original, escalate(model, x, y, draws, original, flag, found, bpda, batch_size=256)
 
@@ -218,12 +216,12 @@ def test_a_flag_without_remedy_stays_flagged():
 def test_bad_escalation_settings_name_their_key(override, key, tmp_path):
     from conftest import compose_config
 
+    from robustlab.builders import build_evaluation
     from robustlab.errors import ConfigError
-    from robustlab.evaluation.engine import Evaluation
 
     cfg = compose_config(["dataset=synthetic", override], tmp_path)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        Evaluation.from_config(cfg)
+        build_evaluation(cfg)
 
 
 @pytest.mark.parametrize("override, key, allowed", [
@@ -234,12 +232,12 @@ def test_bad_escalation_settings_name_their_key(override, key, tmp_path):
 def test_bad_audit_settings_name_their_key_and_what_is_allowed(override, key, allowed, tmp_path):
     from conftest import compose_config
 
+    from robustlab.builders import build_evaluation
     from robustlab.errors import ConfigError
-    from robustlab.evaluation.engine import Evaluation
 
     cfg = compose_config(["dataset=synthetic", override], tmp_path)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as error:
-        Evaluation.from_config(cfg)
+        build_evaluation(cfg)
     assert allowed in str(error.value)
 
 

@@ -12,6 +12,7 @@ from scipy.stats import norm
 from torch import nn
 
 from robustlab.attacks.expectation import expected_correct, is_randomized, predicted_classes
+from robustlab.configuration import instantiate, to_plain
 from robustlab.errors import InvalidValue
 from robustlab.evaluation.audit import certificate_check
 from robustlab.evaluation.certification import (
@@ -137,7 +138,8 @@ def test_soundness_check_fires_on_a_wrong_sigma(broken, tmp_path):
     x, y = half_space_images()
     smoothed = (WrongSigma(HalfSpace(), sigma=2.0, true_sigma=0.2) if broken else
                 WrongSigma(HalfSpace(), sigma=0.2, true_sigma=0.2)).eval()
-    record = certify_and_check(cfg, smoothed, x, y)
+    record = certify_and_check(to_plain(cfg.eval.certify), lambda eps: instantiate(cfg.eval.certify.attack, eps=eps),
+                               smoothed, x, y, eps_l2=float(cfg.dataset.eps.l2), seed=cfg.seed)
     check = certificate_check(record)
     assert record["n_samples"] == len(y) and record["soundness"]["checked"] > 0
     assert check["flagged"] == broken and check["letter"] == "h"
@@ -165,12 +167,12 @@ def test_certified_accuracy_counts_correct_certificates_at_least_as_large():
                                            ("eval.certify.radius_factors=[-1]", "eval.certify.radius_factors"),
                                            ("eval.certify.attack.steps=0", "steps")])
 def test_bad_certification_settings_name_their_key(override, key, tmp_path):
+    from robustlab.builders import build_evaluation
     from robustlab.errors import ConfigError
-    from robustlab.evaluation.engine import Evaluation
 
     cfg = compose_config(["defense=randomized_smoothing", "dataset=synthetic", override], tmp_path)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        Evaluation.from_config(cfg)
+        build_evaluation(cfg)
 
 
 def test_bad_certification_settings_are_refused_before_training(tmp_path):

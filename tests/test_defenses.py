@@ -161,10 +161,10 @@ def test_random_mixture_reports_the_expectation_in_a_real_run(tmp_path):
 
 
 def test_arc_is_added_only_for_a_finite_mixture(tmp_path):
-    from robustlab.evaluation.engine import Evaluation
+    from robustlab.builders import build_evaluation
 
     cfg = compose_config([*TINY], tmp_path)
-    evaluation = Evaluation.from_config(cfg)
+    evaluation = build_evaluation(cfg)
     x = torch.rand(4, 1, 28, 28)
     for defense, expected in (("none", False), ("noise_injection", False), ("random_mixture", True)):
         evaluation.plan(build(defense, tmp_path).eval().predictor(), x)

@@ -26,16 +26,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from robustlab.builders import build_datamodule, choices
-from robustlab.checkpoints import EXTERNAL_DEFENSE, external_classifier
+from robustlab.builders import build_datamodule, build_evaluation, build_external_classifier, choices
+from robustlab.checkpoints import EXTERNAL_DEFENSE
+from robustlab.configuration import config_dir
 from robustlab.data.tensors import GivenTestSplit
 from robustlab.errors import ConfigError
-from robustlab.evaluation.engine import Evaluation
 from robustlab.evaluation.record import RunRecord
+from robustlab.resolvers import register_resolvers
 from robustlab.runs import evaluate_and_record
 from robustlab.validation import check_accelerator, check_model_fits_dataset, check_step_sizes
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def evaluate_model(model: nn.Module, images: torch.Tensor | None = None, labels: torch.Tensor | None = None, *,
@@ -71,9 +70,9 @@ def evaluate_model(model: nn.Module, images: torch.Tensor | None = None, labels:
         datamodule = given
     chosen = {**choices(), "model": name or type(model).__name__, "defense": EXTERNAL_DEFENSE}
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    evaluation = Evaluation.from_config(cfg)
-    classifier = external_classifier(model, {"_target_": f"{type(model).__module__}.{type(model).__qualname__}"},
-                                     cfg, chosen)
+    evaluation = build_evaluation(cfg)
+    classifier = build_external_classifier(model, {"_target_": f"{type(model).__module__}.{type(model).__qualname__}"},
+                                           cfg, chosen)
     record = evaluate_and_record(cfg, classifier, datamodule, evaluation, None, chosen=chosen)
     if record is None:  # only a DDP process other than 0 has none, and `trainer=ddp` starts them from a script
         raise ConfigError("evaluate_model runs in one process: leave trainer=ddp to python evaluate.py")
@@ -83,7 +82,8 @@ def evaluate_model(model: nn.Module, images: torch.Tensor | None = None, labels:
 def compose_evaluation(overrides: list[str], output_dir: Path) -> DictConfig:
     """The config `python evaluate.py <overrides>` runs, its outputs in `output_dir`, with Hydra's own settings in
     place as in a run (`${hydra:...}` and the option names resolve), without a Hydra app."""
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("evaluate", overrides=[f"paths.output_root={output_dir}", f"paths.root_dir={output_dir}",
                                              *overrides], return_hydra_config=True)
     with open_dict(cfg):

@@ -1,8 +1,13 @@
-"""Build a run's parts from its composed config: data, classifier, attacks, where the evaluation runs, Trainer (the
-evaluation: `Evaluation.from_config`)."""
+"""Build a run's parts from its composed config: data, classifier (trained here, read from a checkpoint, or given),
+the evaluation and its attacks, the escalation's surrogate, where the evaluation runs, the Trainer.
+
+This is the lowest layer that reads the Hydra config: the evaluation engine, escalation, certification and
+checkpoint reading below it take the objects built here (docs/ARCHITECTURE.md, "Layers")."""
 
 from __future__ import annotations
 
+import json
+import logging
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,18 +23,33 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from torch import nn
 
 from robustlab.attacks.base import Attack
+from robustlab.checkpoints import (
+    EXTERNAL_DEFENSE,
+    TRAINED_MARKER,
+    TorchScriptModel,
+    classifier_from_checkpoint,
+    read_checkpoint,
+)
 from robustlab.classifier import RobustClassifier
 from robustlab.configuration import instantiate, to_plain
 from robustlab.data.base import InMemoryImageDataModule
+from robustlab.defenses import AdversarialTraining
 from robustlab.defenses.base import Defense
-from robustlab.errors import ConfigError, InvalidValue
+from robustlab.errors import CheckpointError, ConfigError, InvalidValue
+from robustlab.evaluation.audit import check_settings as check_audit
+from robustlab.evaluation.certification import check_settings as check_certification
+from robustlab.evaluation.engine import Evaluation
+from robustlab.evaluation.escalation import check_settings as check_escalation
 from robustlab.evaluation.runtime import AUTOCAST, Runtime
 from robustlab.files import write_atomically
 from robustlab.fingerprint import training_code
 from robustlab.performance import speed_up
 from robustlab.validation import check_model_fits_dataset
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -58,14 +78,11 @@ def choices() -> dict[str, str]:
     return chosen
 
 
-def _choice(group: str) -> str:
+def resolve_choice(group: str) -> str:
     """`${choice:model}`: the name `choices()` gives the group (its option's name before Hydra knows it)."""
     if not HydraConfig.initialized():
         raise ValueError("${choice:...} is resolved inside a Hydra run")
     return choices().get(group) or str(HydraConfig.get().runtime.choices.get(group))
-
-
-OmegaConf.register_new_resolver("choice", _choice, replace=True)
 
 
 def build_datamodule(dataset_cfg: DictConfig) -> InMemoryImageDataModule:
@@ -99,6 +116,53 @@ def evaluation_attacks(cfg: DictConfig) -> dict[str, Any]:
     return attacks
 
 
+def build_evaluation(cfg: DictConfig) -> Evaluation:
+    """The evaluation `cfg.eval` describes, over its suite and the top-level attack; its settings (certification,
+    audit, escalation) checked and its attacks built, so a bad value stops the run before training."""
+    evaluation = cfg.eval
+    class_names = cfg.dataset.get("class_names")
+    if evaluation.get("certify") is not None:
+        check_certification(to_plain(evaluation.certify))
+        instantiate(evaluation.certify.attack)  # built once here, so its config is checked before training
+    check_audit(to_plain(evaluation.audit), list(evaluation_attack_configs(cfg)))
+    check_escalation(to_plain(OmegaConf.select(cfg, "eval.audit.escalation")))
+    return Evaluation(evaluation_attacks(cfg), n_eval=evaluation.n_samples, image_grid=evaluation.image_grid,
+                      accuracy_draws=evaluation.accuracy_draws, compare_without_eot=evaluation.compare_without_eot,
+                      class_names=list(class_names) if class_names else None, bpda=evaluation.get("bpda", True),
+                      mixture_attacks={name: instantiate(node) for name, node in
+                                       (evaluation.get("mixture_attacks") or {}).items()})
+
+
+def rebuild_attack(cfg: DictConfig, name: str, **changes: Any) -> Attack:
+    """The evaluation's attack `name` built again from its config with `changes` (e.g. more steps)."""
+    return instantiate(evaluation_attack_configs(cfg)[name], **changes)
+
+
+def find_surrogate(cfg: DictConfig) -> str | None:
+    """The checkpoint escalation transfers from (remedies d, f): `eval.audit.escalation.surrogate`, else the newest
+    finished `defense=none` training of this run's dataset and model anywhere under `paths.checkpoint_store`
+    (found by the trainings' markers and what their checkpoints record, whatever `paths.checkpoint_dir` was);
+    None if there is none."""
+    chosen = OmegaConf.select(cfg, "eval.audit.escalation.surrogate")
+    if chosen is not None:
+        return str(chosen)
+    store = Path(str(cfg.paths.checkpoint_store))
+    markers = sorted(store.rglob(TRAINED_MARKER), key=lambda marker: marker.stat().st_mtime, reverse=True) \
+        if store.is_dir() else []
+    model, dataset = choices().get("model"), cfg.dataset.name
+    for checkpoint in dict.fromkeys(str(json.loads(marker.read_text()).get("checkpoint")) for marker in markers):
+        try:
+            stored = read_checkpoint(checkpoint)["robustlab"]
+        except CheckpointError:
+            continue
+        made = stored.get("choices", {})
+        if made.get("defense") == "none" and made.get("model") == model and \
+                stored.get("dataset", {}).get("name") == dataset:
+            log.info(f"escalation: transfer attacks from the undefended surrogate {checkpoint}")
+            return checkpoint
+    return None
+
+
 def attack_descriptions(cfg: DictConfig) -> dict[str, dict]:
     return {name: to_plain(node) for name, node in evaluation_attack_configs(cfg).items()}
 
@@ -118,7 +182,7 @@ def build_classifier(cfg: DictConfig) -> RobustClassifier:
     check_defense(defense, cfg.defense)
     with config_key(cfg.defense.get("wrapper") or cfg.defense):
         check_model_fits_dataset(defense.wrap(model), cfg, "defense")  # e.g. noise after a layer the model lacks
-    speed_up(model, defense, **cfg.performance, on_cpu=runs_on_cpu(cfg))
+    speed_up(model, defense, **cfg.performance, on_cpu=_runs_on_cpu(cfg))
     return RobustClassifier(
         model=model,
         defense=defense,
@@ -130,7 +194,24 @@ def build_classifier(cfg: DictConfig) -> RobustClassifier:
     )
 
 
-def runs_on_cpu(cfg: DictConfig) -> bool:
+def build_classifier_from_checkpoint(checkpoint: dict, cfg: DictConfig) -> RobustClassifier:
+    """The classifier a robustlab checkpoint holds, laid out for where this run runs (`performance`)."""
+    return classifier_from_checkpoint(checkpoint, cfg.performance, _runs_on_cpu(cfg))
+
+
+def build_external_classifier(model: nn.Module, model_config: dict, cfg: DictConfig, chosen: dict[str, str]
+                              ) -> RobustClassifier:
+    """A model trained elsewhere as robustlab's classifier: deployed as it is (no defense of robustlab's), its
+    build config (what a record's `targets` come from) made of `model_config`, `cfg.dataset` and `chosen`."""
+    defense = AdversarialTraining()
+    if not isinstance(model, TorchScriptModel):  # a TorchScript graph runs as it was saved
+        speed_up(model, defense, **cfg.performance, on_cpu=_runs_on_cpu(cfg))
+    built = {"model": model_config, "defense": {"_target_": EXTERNAL_DEFENSE}, "dataset": to_plain(cfg.dataset),
+             "choices": chosen}
+    return RobustClassifier(model=model, defense=defense, build_config=built).eval()
+
+
+def _runs_on_cpu(cfg: DictConfig) -> bool:
     """Whether the Trainer will run on the CPU (`trainer.accelerator` cpu, or auto without a GPU)."""
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu"))
     return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())

@@ -6,13 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
 from torch import nn
 
-from robustlab.builders import runs_on_cpu
 from robustlab.classifier import RobustClassifier
-from robustlab.configuration import instantiate, to_plain
-from robustlab.defenses import AdversarialTraining
+from robustlab.configuration import instantiate
 from robustlab.errors import CheckpointError
 from robustlab.performance import speed_up
 
@@ -29,6 +27,10 @@ def load_tensors(path: Path, what: str, expected: str):
         raise CheckpointError(f"{what} cannot be read {expected}: {type(error).__name__}: {reason}") from error
 
 
+# Marks a finished training (and each finished stage) in its checkpoint directory; names its best checkpoint.
+TRAINED_MARKER = "trained.json"
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint's dict, or a `CheckpointError` saying why it cannot be used."""
     path = Path(path)
@@ -36,34 +38,6 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(checkpoint, dict) or not checkpoint.get("robustlab") or "state_dict" not in checkpoint:
         raise CheckpointError(f"checkpoint {str(path)!r} was not written by robustlab (no 'robustlab' entry)")
     return checkpoint
-
-
-def with_checkpoint_dataset(cfg: DictConfig, stored: dict) -> None:
-    """Where no dataset is chosen (`python evaluate.py ckpt_path=...`), the one the checkpoint was trained on."""
-    if cfg.get("dataset") is None:
-        with open_dict(cfg):
-            cfg.dataset = OmegaConf.create(stored["dataset"])
-
-
-def check_checkpoint_matches(stored: dict, cfg) -> None:
-    """Refuse to evaluate a checkpoint on another dataset or as another model than it was trained as.
-
-    `cfg.dataset` / `cfg.model`, when the user chose them, must describe what the checkpoint holds.
-    """
-    for group, identity in (("dataset", ("name", "channels", "image_size", "num_classes")),
-                            ("model", None)):
-        chosen = cfg.get(group)
-        if chosen is None:
-            continue
-        expected = to_plain(chosen)
-        trained = stored[group]
-        keys = identity or [key for key in expected if key not in ("mean", "std")]
-        differences = [f"{group}.{key}={expected.get(key)!r} but the checkpoint has {trained.get(key)!r}"
-                       for key in keys if expected.get(key) != trained.get(key)]
-        if differences:
-            trained_as = stored.get("choices", {}).get(group, trained.get("name", trained.get("_target_")))
-            raise CheckpointError(f"the checkpoint was trained with {group} {trained_as}, not the one chosen: "
-                                  + "; ".join(differences))
 
 
 def load_weights(classifier: RobustClassifier, path: str | Path) -> None:
@@ -167,15 +141,3 @@ class TorchScriptModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scripted(x)
-
-
-def external_classifier(model: nn.Module, model_config: dict, cfg: DictConfig, chosen: dict[str, str]
-                        ) -> RobustClassifier:
-    """A model trained elsewhere as robustlab's classifier: deployed as it is (no defense of robustlab's), its
-    build config (what a record's `targets` come from) made of `model_config`, `cfg.dataset` and `chosen`."""
-    defense = AdversarialTraining()
-    if not isinstance(model, TorchScriptModel):  # a TorchScript graph runs as it was saved
-        speed_up(model, defense, **cfg.performance, on_cpu=runs_on_cpu(cfg))
-    built = {"model": model_config, "defense": {"_target_": EXTERNAL_DEFENSE}, "dataset": to_plain(cfg.dataset),
-             "choices": chosen}
-    return RobustClassifier(model=model, defense=defense, build_config=built).eval()

@@ -1,16 +1,30 @@
-"""Hydra instantiation with error messages that name the full config key."""
+"""Where robustlab's config groups are, Hydra instantiation with error messages that name the full config key,
+and the config's plain resolvers (registered with the others by `resolvers.register_resolvers`)."""
 
 from __future__ import annotations
 
-import os
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import hydra.utils
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robustlab.errors import ConfigError, InvalidValue
+
+
+def config_dir() -> Path:
+    """robustlab's own config groups: `robustlab/conf` in an installed package (the wheel puts the repository's
+    `conf/` there), else the checkout's `conf/` (an editable install, a clone)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise ConfigError(f"robustlab's configs are missing: neither {package / 'conf'} nor {package.parents[1] / 'conf'} "
+                      "holds train.yaml (a broken installation: reinstall robustlab)")
+
 
 _FULL_KEY = re.compile(r"^full_key: (\S+)$", re.MULTILINE)
 _TARGET = re.compile(r"^Error locating target '([^']*)'")
@@ -32,9 +46,12 @@ def instantiate(node: DictConfig, **kwargs: Any) -> Any:
             missing = _in_chain(error, ImportError)
             key = f"{prefix}._target_" if prefix else "_target_"
             reason = ' '.join(str(missing).split()) if missing else 'not found'
-            raise ConfigError(f"{key}={located.group(1)!r} cannot be imported ({reason}): a "
-                              "`_target_` is `module.Class` with the module on Python's path (for your own files: "
-                              "run from their directory with PYTHONPATH=., or install them)") from None
+            module = located.group(1).rpartition(".")[0] or located.group(1)
+            searched = [entry or "." for entry in sys.path if not entry or Path(entry).is_dir()]
+            raise ConfigError(f"{key}={located.group(1)!r} cannot be imported ({reason}): a `_target_` is "
+                              f"`module.Class`, and module {module!r} was looked for in {', '.join(searched)} "
+                              "(for your own files: run `robustlab` from your project's directory, where they are, "
+                              "or install them)") from None
         cause = _in_chain(error, InvalidValue)
         if not isinstance(cause, InvalidValue):
             raise
@@ -72,9 +89,6 @@ def gpu_for_job(job_number: Any) -> int | list[int]:
     return [int(job_number) % torch.cuda.device_count()]
 
 
-OmegaConf.register_new_resolver("gpu_for_job", gpu_for_job, replace=True)
-
-
 def multiply(*factors: float | None) -> float | None:
     """`${multiply:1.25,${.eps}}`: a product of numbers, e.g. a step size as a multiple of ε; null if a factor
     is null (`attack.eps=null`: an unbounded attack has no step size derived from ε)."""
@@ -86,9 +100,9 @@ def multiply(*factors: float | None) -> float | None:
     return product
 
 
-OmegaConf.register_new_resolver("multiply", multiply, replace=True)
-
-
-# `${cwd:}`: the directory the command was started in. Unlike `${hydra:runtime.cwd}` it resolves before
-# Hydra sets up a job, which a multirun's sweep directory needs (jobs never chdir: hydra.job.chdir=false).
-OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
+def with_checkpoint_dataset(cfg: DictConfig, stored: dict) -> None:
+    """Where no dataset is chosen (`python evaluate.py ckpt_path=...`), the one the checkpoint was trained on
+    (`stored`: the checkpoint's `robustlab` entry)."""
+    if cfg.get("dataset") is None:
+        with open_dict(cfg):
+            cfg.dataset = OmegaConf.create(stored["dataset"])

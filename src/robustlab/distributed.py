@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -25,15 +24,16 @@ def process_command(local_rank: int) -> tuple[list[str], str]:
     """The command that starts DDP process `local_rank` of this Hydra job, and the directory to start it in.
 
     Lightning's own re-runs the command line, which in a multirun is the whole sweep (and in a joblib worker
-    not the script at all). This runs this job alone: its entry script with the job's own overrides, as a
-    single run writing into the job's directory.
+    not the script at all). This runs this job alone: `python -m robustlab <task>` with the job's config
+    directory (a project's `--config-dir`) and its own overrides, as a single run writing into the job's
+    directory, from the directory the job was started in (where the project's modules are).
     """
     hydra = HydraConfig.get()
-    primary = next(source for source in hydra.runtime.config_sources if source.provider == "main")
-    script = Path(primary.path.removeprefix("file://")).parent / f"{hydra.job.config_name}.py"
+    project = [f"--config-dir={source.path.removeprefix('file://')}" for source in hydra.runtime.config_sources
+               if source.provider == "command-line"]
     overrides = [*hydra.overrides.task, "hydra.mode=RUN", f'hydra.run.dir="{hydra.runtime.output_dir}"',
                  f"hydra.job.name={hydra.job.name}_ddp_process_{local_rank}", "hydra.output_subdir=null"]
-    return [sys.executable, str(script), *overrides], hydra.runtime.cwd
+    return [sys.executable, "-m", "robustlab", str(hydra.job.config_name), *project, *overrides], hydra.runtime.cwd
 
 
 @contextmanager

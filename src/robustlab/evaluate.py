@@ -8,23 +8,25 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from robustlab.builders import build_datamodule, choices, runs_on_cpu
-from robustlab.checkpoints import (
-    EXTERNAL_DEFENSE,
-    check_checkpoint_matches,
-    classifier_from_checkpoint,
-    external_classifier,
-    model_with_weights,
-    read_checkpoint,
-    read_torchscript,
-    with_checkpoint_dataset,
+from robustlab.builders import (
+    build_classifier_from_checkpoint,
+    build_datamodule,
+    build_evaluation,
+    build_external_classifier,
+    choices,
 )
-from robustlab.configuration import instantiate, to_plain
+from robustlab.checkpoints import EXTERNAL_DEFENSE, model_with_weights, read_checkpoint, read_torchscript
+from robustlab.configuration import instantiate, to_plain, with_checkpoint_dataset
 from robustlab.errors import ConfigError
-from robustlab.evaluation.engine import Evaluation
 from robustlab.evaluation.record import RunRecord
 from robustlab.runs import evaluate_and_record, run_directory
-from robustlab.validation import check_accelerator, check_complete, check_model_fits_dataset, check_step_sizes
+from robustlab.validation import (
+    check_accelerator,
+    check_checkpoint_matches,
+    check_complete,
+    check_model_fits_dataset,
+    check_step_sizes,
+)
 
 SOURCES = ("ckpt_path", "weights", "torchscript")
 
@@ -40,24 +42,23 @@ def run(cfg: DictConfig) -> RunRecord | None:
         check_checkpoint_matches(stored, cfg)
         with_checkpoint_dataset(cfg, stored)  # evaluate on the data the checkpoint was trained on, unless chosen
         chosen, steps = {**stored.get("choices", {}), **choices()}, int(checkpoint.get("global_step", 0))
-        build = lambda: classifier_from_checkpoint(checkpoint, cfg.performance, runs_on_cpu(cfg))  # noqa: E731
+        build = lambda: build_classifier_from_checkpoint(checkpoint, cfg)  # noqa: E731
     else:
         model = external_model(cfg, source)
         chosen, steps = {**choices(), "defense": EXTERNAL_DEFENSE}, 0
         if source == "torchscript":
             chosen["model"] = Path(cfg.torchscript).stem
         described = to_plain(cfg.model) if source == "weights" else {"_target_": f"torchscript:{chosen['model']}"}
-        build = lambda: external_classifier(model, described, cfg, chosen)  # noqa: E731
+        build = lambda: build_external_classifier(model, described, cfg, chosen)  # noqa: E731
     check_step_sizes(cfg)  # attack budgets interpolate from the dataset, so only now
     with run_directory(cfg) as directory:
         if directory.finished is not None:
             return directory.finished
         pl.seed_everything(cfg.seed, workers=True)
-        evaluation = Evaluation.from_config(cfg)  # its attacks are built (and checked) first
+        evaluation = build_evaluation(cfg)  # its attacks are built (and checked) first
         datamodule = build_datamodule(cfg.dataset)
         return evaluate_and_record(cfg, build(), datamodule, evaluation, cfg.get(source), chosen=chosen, steps=steps,
                                    fingerprint=directory.fingerprint)
-
 
 
 def chosen_source(cfg: DictConfig) -> str:

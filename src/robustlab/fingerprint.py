@@ -26,7 +26,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from robustlab.checkpoints import read_checkpoint
 from robustlab.code_digests import code_hash, code_modules, targets_in
+from robustlab.configuration import with_checkpoint_dataset
+from robustlab.errors import CheckpointError
 
 TRAINING_KEYS = ("dataset", "model", "defense", "optimizer", "scheduler", "seed", "performance",
                  "eval.val_attack", "trainer.max_epochs", "trainer.limit_train_batches", "trainer.limit_val_batches",
@@ -111,7 +114,7 @@ def run_fingerprint(cfg: DictConfig) -> str:
                     "evaluation_code": evaluation_code(cfg)})
 
 
-def _resolve(kind: str, *, _root_: DictConfig) -> str:
+def resolve_fingerprint(kind: str, *, _root_: DictConfig) -> str:
     """`${fingerprint:training}` or `${fingerprint:run}` anywhere in a config.
 
     `python evaluate.py ckpt_path=...` chooses no dataset: the run directory's fingerprint then takes the
@@ -123,9 +126,6 @@ def _resolve(kind: str, *, _root_: DictConfig) -> str:
         raise ValueError(f"${{fingerprint:{kind}}}: expected one of {sorted(functions)}")
     if OmegaConf.select(_root_, "dataset", throw_on_missing=False) is None and \
             OmegaConf.select(_root_, "ckpt_path", throw_on_missing=False) is not None:
-        from robustlab.checkpoints import read_checkpoint, with_checkpoint_dataset
-        from robustlab.errors import CheckpointError
-
         path = OmegaConf.select(_root_, "ckpt_path", throw_on_missing=False)
         try:
             stored = read_checkpoint(str(path))["robustlab"]
@@ -134,6 +134,3 @@ def _resolve(kind: str, *, _root_: DictConfig) -> str:
         _root_ = copy.deepcopy(_root_)
         with_checkpoint_dataset(_root_, stored)
     return functions[kind](_root_)
-
-
-OmegaConf.register_new_resolver("fingerprint", _resolve, replace=True)

@@ -19,7 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from robustlab.builders import attack_descriptions, build_runtime, choices, evaluation_attack_configs
+from robustlab.builders import (
+    attack_descriptions,
+    build_runtime,
+    choices,
+    evaluation_attack_configs,
+    find_surrogate,
+    rebuild_attack,
+)
+from robustlab.checkpoints import load_predictor
 from robustlab.classifier import RobustClassifier
 from robustlab.code_digests import modules_hash
 from robustlab.configuration import instantiate, to_plain
@@ -29,12 +37,7 @@ from robustlab.evaluation.audit import audit, certificate_check, flags, robustne
 from robustlab.evaluation.certification import certifiable, certify_and_check
 from robustlab.evaluation.certification import curves as certification_curves
 from robustlab.evaluation.engine import Evaluation
-from robustlab.evaluation.escalation import (
-    escalate,
-    has_stand_ins,
-    remedies,
-    undefended_surrogate,
-)
+from robustlab.evaluation.escalation import escalate, has_stand_ins, remedies
 from robustlab.evaluation.logger import Logger
 from robustlab.evaluation.plots import curves_figure, save_figure
 from robustlab.evaluation.record import (
@@ -170,9 +173,11 @@ def escalate_run(run: RunContext, results: EvaluationResults, audit_record: dict
         return {"trust": STILL_FLAGGED, "flags": raised, "without_remedy": raised}
     predictor = run.predictor()
     x, y = run.test_tensors(n)
-    surrogate = undefended_surrogate(cfg, run.runtime.device) if set(raised) & {"d", "f"} else None
-    found = remedies(raised, evaluation.attacks, evaluation_attack_configs(cfg), settings, surrogate,
-                     has_stand_ins(predictor), evaluation.bpda, int(cfg.eval.audit.square_queries))
+    surrogate_path = find_surrogate(cfg) if set(raised) & {"d", "f"} else None
+    surrogate = load_predictor(surrogate_path).to(run.runtime.device) if surrogate_path else None
+    found = remedies(raised, evaluation.attacks, lambda name, **changes: rebuild_attack(cfg, name, **changes),
+                     to_plain(settings), surrogate, has_stand_ins(predictor), evaluation.bpda,
+                     int(cfg.eval.audit.square_queries))
     pl.seed_everything(cfg.seed, verbose=False)
     with run.runtime.autocast():
         record = escalate(predictor, x, y, evaluation.draws(), results.per_example, raised, found, evaluation.bpda,
@@ -193,12 +198,13 @@ def certify_run(run: RunContext, step: int = 0) -> dict:
     Writes certified_accuracy.png (certified vs attacked accuracy per radius) into the run directory and logs
     it to TensorBoard at `step`.
     """
-    predictor = run.predictor()
-    if not certifiable(predictor) or not OmegaConf.select(run.cfg, "eval.certify.enabled", default=False):
+    predictor, settings = run.predictor(), run.cfg.eval.get("certify")
+    if not certifiable(predictor) or settings is None or not settings.get("enabled", False):
         return {}
     images, labels = run.test_tensors()
     with run.autocast():
-        record = certify_and_check(run.cfg, predictor, images, labels)
+        record = certify_and_check(to_plain(settings), lambda eps: instantiate(settings.attack, eps=eps), predictor,
+                                   images, labels, eps_l2=float(run.cfg.dataset.eps.l2), seed=run.cfg.seed)
     figure = curves_figure(certification_curves(record),
                            title=f"randomized smoothing, σ = {record['sigma']:g}: {record['n_samples']} images")
     run.publish_figure(figure, "certified_accuracy", step)

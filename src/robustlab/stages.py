@@ -26,7 +26,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 
 from robustlab.builders import StageSettings, build_trainer
-from robustlab.checkpoints import load_model_weights, load_weights
+from robustlab.checkpoints import TRAINED_MARKER, load_model_weights, load_weights
 from robustlab.classifier import RobustClassifier
 from robustlab.defenses.base import Stage
 from robustlab.errors import ConfigError
@@ -36,7 +36,7 @@ from robustlab.provenance import provenance
 
 log = logging.getLogger(__name__)
 
-MARKER = "trained.json"
+MARKER = TRAINED_MARKER
 
 
 @dataclass

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from robustlab.builders import build_classifier, build_datamodule, choices
-from robustlab.evaluation.engine import Evaluation
+from robustlab.builders import build_classifier, build_datamodule, build_evaluation, choices
 from robustlab.evaluation.record import RunRecord
 from robustlab.runs import evaluate_and_record, run_directory
 from robustlab.stages import fit_or_reuse
@@ -22,7 +21,7 @@ def run(cfg: DictConfig) -> RunRecord | None:
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = build_datamodule(cfg.dataset)
         classifier = build_classifier(cfg)
-        evaluation = Evaluation.from_config(cfg)  # its attacks are built (and checked) before training
+        evaluation = build_evaluation(cfg)  # its attacks are built (and checked) before training
         training = fit_or_reuse(cfg, classifier, datamodule)
         pl.seed_everything(cfg.seed, workers=True)  # the evaluation's randomness does not depend on how training went
         return evaluate_and_record(cfg, classifier, datamodule, evaluation, training.checkpoint, choices(), training,

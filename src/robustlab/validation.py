@@ -11,7 +11,8 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from robustlab.errors import ConfigError, InvalidValue, is_number
+from robustlab.configuration import to_plain
+from robustlab.errors import CheckpointError, ConfigError, InvalidValue, is_number
 
 REUSE_OPTIONS = ("same_code", "any_version")
 
@@ -106,3 +107,24 @@ def check_model_fits_dataset(model: nn.Module, cfg: DictConfig, key: str = "mode
     if logits.shape != (2, dataset.num_classes):
         raise ConfigError(f"{key}: {subject} predicts {logits.shape[-1]} classes but {description}: model.num_classes="
                           f"{OmegaConf.select(cfg, 'model.num_classes')}, dataset.num_classes={dataset.num_classes}")
+
+
+def check_checkpoint_matches(stored: dict, cfg) -> None:
+    """Refuse to evaluate a checkpoint on another dataset or as another model than it was trained as.
+
+    `cfg.dataset` / `cfg.model`, when the user chose them, must describe what the checkpoint holds.
+    """
+    for group, identity in (("dataset", ("name", "channels", "image_size", "num_classes")),
+                            ("model", None)):
+        chosen = cfg.get(group)
+        if chosen is None:
+            continue
+        expected = to_plain(chosen)
+        trained = stored[group]
+        keys = identity or [key for key in expected if key not in ("mean", "std")]
+        differences = [f"{group}.{key}={expected.get(key)!r} but the checkpoint has {trained.get(key)!r}"
+                       for key in keys if expected.get(key) != trained.get(key)]
+        if differences:
+            trained_as = stored.get("choices", {}).get(group, trained.get("name", trained.get("_target_")))
+            raise CheckpointError(f"the checkpoint was trained with {group} {trained_as}, not the one chosen: "
+                                  + "; ".join(differences))

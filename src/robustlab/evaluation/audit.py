@@ -33,9 +33,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig
 from torch import nn
 
 from robustlab.attacks.expectation import expected_correct, weighted_members
@@ -63,17 +63,18 @@ class Check:
     evidence: dict | None = None  # paired checks: images each attack wins, the p-value, the test
 
 
-def check_settings(settings: DictConfig, attack_names: list[str]) -> None:
-    """Refuse bad `eval.audit.*` values before training; `attack_names`: the evaluation's attacks."""
+def check_settings(settings: Mapping[str, Any], attack_names: list[str]) -> None:
+    """Refuse bad `eval.audit.*` values (plain, resolved) before training; `attack_names`: the evaluation's
+    attacks."""
     key = "eval.audit"
-    require(isinstance(settings.enabled, bool), f"{key}.enabled", settings.enabled, "true or false")
+    require(isinstance(settings["enabled"], bool), f"{key}.enabled", settings["enabled"], "true or false")
     for name in ("n_samples", "pgd_steps", "square_queries"):
         require(is_integer(settings[name]) and settings[name] >= 1, f"{key}.{name}", settings[name], "an integer ≥ 1")
-    factors = settings.curve_factors
-    require(isinstance(factors, ListConfig) and len(factors) > 0 and all(is_number(f) and f >= 0 for f in factors),
+    factors = settings["curve_factors"]
+    require(isinstance(factors, list) and len(factors) > 0 and all(is_number(f) and f >= 0 for f in factors),
             f"{key}.curve_factors", factors, "a non-empty list of numbers ≥ 0 (multiples of each attack's ε)")
     chosen = settings.get("curve_attacks")
-    require(chosen is None or isinstance(chosen, ListConfig) and all(name in attack_names for name in chosen),
+    require(chosen is None or isinstance(chosen, list) and all(name in attack_names for name in chosen),
             f"{key}.curve_attacks", chosen,
             f"null (every attack of the evaluation) or a list of its attacks: {', '.join(attack_names)}")
 

@@ -19,14 +19,14 @@ EOT through the noise) and scored by a vote of `n` draws at level α:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from scipy.stats import beta, norm
 
-from robustlab.configuration import instantiate, to_plain
 from robustlab.defenses.base import evaluation_mode
 from robustlab.errors import is_integer, is_number, require
 from robustlab.evaluation.record import CERTIFIED
@@ -81,44 +81,46 @@ def certified_accuracy(certificates: Certificates, y: torch.Tensor, at: float) -
     return float(hits.double().mean()) if len(y) else 0.0
 
 
-def check_settings(settings: DictConfig) -> None:
-    """`eval.certify`, checked before anything trains (its attack is built once, so its config is checked too)."""
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """`eval.certify` (plain, resolved), checked before anything trains (`builders.build_evaluation` then builds
+    its attack once, so that its config is checked too)."""
     def need(condition: bool, field: str, allowed: str) -> None:
         require(condition, f"eval.certify.{field}", settings.get(field), allowed)
 
     need(isinstance(settings.get("enabled"), bool), "enabled", "true or false")
-    n_samples = settings.get("n_samples")
+    n_samples: Any = settings.get("n_samples")
     need(is_integer(n_samples) and (n_samples >= 1 or n_samples == -1), "n_samples",
          "an integer ≥ 1, or -1 for the whole test split")
-    need(is_integer(settings.get("n0")) and settings.n0 >= 1, "n0", "an integer ≥ 1")
-    need(is_integer(settings.get("n")) and settings.n >= 1, "n", "an integer ≥ 1")
-    need(is_number(settings.get("alpha")) and 0 < settings.alpha < 1, "alpha", "a number in (0, 1)")
+    need(is_integer(settings.get("n0")) and settings["n0"] >= 1, "n0", "an integer ≥ 1")
+    need(is_integer(settings.get("n")) and settings["n"] >= 1, "n", "an integer ≥ 1")
+    need(is_number(settings.get("alpha")) and 0 < settings["alpha"] < 1, "alpha", "a number in (0, 1)")
     factors = settings.get("radius_factors")
     need(factors is not None and len(factors) >= 1 and all(is_number(f) and f >= 0 for f in factors),
          "radius_factors", "a non-empty list of numbers ≥ 0 (radii as multiples of the dataset's ε₂)")
-    need(is_integer(settings.get("batch_size")) and settings.batch_size >= 1, "batch_size", "an integer ≥ 1")
+    need(is_integer(settings.get("batch_size")) and settings["batch_size"] >= 1, "batch_size", "an integer ≥ 1")
     need(settings.get("attack") is not None, "attack", "an L2 attack config, e.g. /attack@certify.attack: pgd_l2")
-    instantiate(settings.attack)
 
 
-def certify_and_check(cfg: DictConfig, predictor, x: torch.Tensor, y: torch.Tensor) -> dict:
+def certify_and_check(settings: Mapping[str, Any] | None, attack_at: Callable[[float], Any], predictor,
+                      x: torch.Tensor, y: torch.Tensor, eps_l2: float, seed: int) -> dict:
     """Certify the first images, attack them at every radius of the grid, check the certificates; the record.
 
-    Returns {} when `eval.certify.enabled` is false or the predictor is not a smoothed classifier.
+    `settings`: `eval.certify` (plain, resolved; its `attack` the config that `attack_at(eps)` builds at
+    radius eps); `eps_l2`: the dataset's ε₂; `seed`: the run's. Returns {} when `eval.certify.enabled` is
+    false or the predictor is not a smoothed classifier.
     """
-    settings = cfg.eval.get("certify")
-    if settings is None or not settings.enabled or not certifiable(predictor):
+    if settings is None or not settings["enabled"] or not certifiable(predictor):
         return {}
-    seed_all(cfg.seed)  # the same certificates for the same run
-    limit = len(y) if settings.n_samples == -1 else settings.n_samples
+    seed_all(seed)  # the same certificates for the same run
+    n0, n, alpha, batch_size = (settings[key] for key in ("n0", "n", "alpha", "batch_size"))
+    limit = len(y) if settings["n_samples"] == -1 else settings["n_samples"]
     x, y = x[:limit], y[:limit]
-    eps_l2 = float(cfg.dataset.eps.l2)
-    radii = [round(float(factor) * eps_l2, 9) for factor in settings.radius_factors]
-    batches = [slice(start, start + settings.batch_size) for start in range(0, len(y), settings.batch_size)]
+    radii = [round(float(factor) * eps_l2, 9) for factor in settings["radius_factors"]]
+    batches = [slice(start, start + batch_size) for start in range(0, len(y), batch_size)]
 
     started = time.perf_counter()
     with evaluation_mode(predictor):
-        parts = [certify(predictor, x[part], settings.n0, settings.n, settings.alpha) for part in batches]
+        parts = [certify(predictor, x[part], n0, n, alpha) for part in batches]
     certificates = Certificates(*(torch.cat([getattr(part, name) for part in parts])
                                   for name in ("predicted", "radius", "p_lower")))
     certify_seconds = time.perf_counter() - started
@@ -126,8 +128,8 @@ def certify_and_check(cfg: DictConfig, predictor, x: torch.Tensor, y: torch.Tens
     started = time.perf_counter()
     attacked, flipped, checked = [], set[int](), torch.zeros(len(y), dtype=torch.bool)
     for eps in radii:
-        attack = instantiate(settings.attack, eps=eps)
-        decided = torch.cat([_attacked_vote(predictor, attack, x[part], y[part], settings) for part in batches])
+        attack = attack_at(eps)
+        decided = torch.cat([_attacked_vote(predictor, attack, x[part], y[part], n, alpha) for part in batches])
         attacked.append(float((decided == y.cpu()).double().mean()))
         # Images certified beyond ε must keep their class. Those certified with a wrong class are attacked
         # again, away from that class (the attack above aimed away from the true one).
@@ -136,35 +138,35 @@ def certify_and_check(cfg: DictConfig, predictor, x: torch.Tensor, y: torch.Tens
         wrong = torch.nonzero(must_hold & (certificates.predicted != y.cpu()))[:, 0]
         if len(wrong):
             target = certificates.predicted[wrong].to(y.device)
-            decided[wrong] = _attacked_vote(predictor, attack, x[wrong.to(x.device)], target, settings)
+            decided[wrong] = _attacked_vote(predictor, attack, x[wrong.to(x.device)], target, n, alpha)
         checked |= must_hold
         flipped.update(int(i) for i in torch.nonzero(must_hold & (decided != ABSTAIN)
                                                       & (decided != certificates.predicted))[:, 0])
     check_seconds = time.perf_counter() - started
 
     return {
-        "sigma": float(predictor.sigma), "n0": settings.n0, "n": settings.n, "alpha": float(settings.alpha),
+        "sigma": float(predictor.sigma), "n0": n0, "n": n, "alpha": float(alpha),
         "n_samples": len(y), "eps_l2": eps_l2,
         "certified_acc": certified_accuracy(certificates, y, eps_l2),  # at the dataset's ε₂
         "radii": radii,
         "certified_accuracy": [certified_accuracy(certificates, y, r) for r in radii],
         "attacked_accuracy": attacked,
-        "attack": to_plain(settings.attack),
+        "attack": settings["attack"],
         "abstained": float((certificates.predicted == ABSTAIN).double().mean()),
         "max_radius": float(certificates.radius.max()) if len(y) else 0.0,
         "ms_per_image": 1000.0 * certify_seconds / max(len(y), 1),
-        "forward_passes_per_image": settings.n0 + settings.n,
+        "forward_passes_per_image": n0 + n,
         "soundness": {"checked": int(checked.sum()), "flipped": sorted(flipped),
                       "ms_per_image": 1000.0 * check_seconds / max(len(y), 1)},
     }
 
 
-def _attacked_vote(predictor, attack, x: torch.Tensor, y: torch.Tensor, settings: DictConfig) -> torch.Tensor:
-    """The vote of `settings.n` draws at level α on the attack's examples against label `y`."""
+def _attacked_vote(predictor, attack, x: torch.Tensor, y: torch.Tensor, n: int, alpha: float) -> torch.Tensor:
+    """The vote of `n` draws at level `alpha` on the attack's examples against label `y`."""
     with torch.enable_grad(), evaluation_mode(predictor):
         x_adv = attack(predictor, x, y)
     with evaluation_mode(predictor):
-        return predictor.vote(x_adv, votes=settings.n, alpha=settings.alpha).cpu()
+        return predictor.vote(x_adv, votes=n, alpha=alpha).cpu()
 
 
 def curves(record: dict) -> dict[str, dict]:

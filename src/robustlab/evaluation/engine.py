@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from robustlab.attacks.base import Attack, outside_threat_model
@@ -29,14 +28,9 @@ from robustlab.attacks.expectation import (
     voting,
     weighted_members,
 )
-from robustlab.builders import evaluation_attack_configs, evaluation_attacks
-from robustlab.configuration import instantiate
 from robustlab.data.base import InMemoryImageDataModule
 from robustlab.defenses.base import Defense, evaluation_mode
 from robustlab.errors import AttackContractError, require
-from robustlab.evaluation.audit import check_settings as check_audit
-from robustlab.evaluation.certification import check_settings as check_certification
-from robustlab.evaluation.escalation import check_settings as check_escalation
 from robustlab.evaluation.images import adversarial_figure
 from robustlab.evaluation.passes import counting_passes
 from robustlab.evaluation.progress import PassBar
@@ -65,6 +59,8 @@ class Evaluation:
                  accuracy_draws: int = 10, compare_without_eot: bool = True,
                  class_names: list[str] | None = None, bpda: bool = True,
                  mixture_attacks: Mapping[str, Attack] | None = None) -> None:
+        require(isinstance(n_eval, int) and (n_eval >= 1 or n_eval == -1), "eval.n_samples", n_eval,
+                "an integer ≥ 1, or -1 for the whole test split")
         self.suite = dict(attacks)
         self.mixture_attacks = dict(mixture_attacks or {})  # added when the predictor is a finite mixture (ARC)
         self.attacks = dict(self.suite)  # what `plan` decides runs: the suite, plus the mixture attacks
@@ -81,23 +77,6 @@ class Evaluation:
         self.runtime = Runtime()  # where `run` evaluates: a single CPU process unless told otherwise
         self.bar: PassBar | None = None
         self.results: EvaluationResults | None = None
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> Evaluation:
-        """The evaluation `cfg.eval` describes, over its suite and the top-level attack."""
-        n_eval = cfg.eval.n_samples
-        require(isinstance(n_eval, int) and (n_eval >= 1 or n_eval == -1), "eval.n_samples", n_eval,
-                "an integer ≥ 1, or -1 for the whole test split")
-        class_names = cfg.dataset.get("class_names")
-        if cfg.eval.get("certify") is not None:
-            check_certification(cfg.eval.certify)
-        check_audit(cfg.eval.audit, list(evaluation_attack_configs(cfg)))
-        check_escalation(cfg)
-        return cls(evaluation_attacks(cfg), n_eval=n_eval, image_grid=cfg.eval.image_grid,
-                   accuracy_draws=cfg.eval.accuracy_draws, compare_without_eot=cfg.eval.compare_without_eot,
-                   class_names=list(class_names) if class_names else None, bpda=cfg.eval.get("bpda", True),
-                   mixture_attacks={name: instantiate(node) for name, node in
-                                    (cfg.eval.get("mixture_attacks") or {}).items()})
 
     # -- planning ---------------------------------------------------------------------------------
     def draws(self) -> int:

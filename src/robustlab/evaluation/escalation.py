@@ -11,7 +11,8 @@ predictor, with the settings of `eval.audit.escalation`:
 - (d, f) black box beats white box, zero gradients: each PGD of the suite through the predictor's
   non-differentiable steps' stand-ins (BPDA), where it has any and the evaluation ran without; each PGD on an
   undefended surrogate, its examples scored on the predictor (a transfer attack; `surrogate`, or the newest
-  finished `defense=none` training of the same dataset and model in the checkpoint store); and Square under
+  finished `defense=none` training of the same dataset and model in `paths.checkpoint_store`, found by
+  `builders.find_surrogate`); and Square under
   each norm with `square_queries_factor`× the audit's queries.
 
 Flags a, b and h have no remedy. Each remedy strengthens one attack of the suite (the PGD of its norm, or the
@@ -26,22 +27,20 @@ escalated ones, each remedy's accuracy, and the cost (seconds, passes per image)
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from robustlab.attacks.base import Attack, WorstSoFar, outside_threat_model
 from robustlab.attacks.expectation import expected_correct
 from robustlab.attacks.pgd import PGD
 from robustlab.attacks.square import Square
-from robustlab.configuration import instantiate
 from robustlab.errors import is_integer, require
 from robustlab.evaluation.audit import LETTERS
 from robustlab.evaluation.passes import Passes, counting_passes
@@ -62,17 +61,16 @@ REMEDIED = {LETTERS[name] for name in ("pgd_weaker_than_fgsm", "black_box_beats_
                                        "zero_gradients", "randomized_without_eot")}
 
 
-def check_settings(cfg: DictConfig) -> None:
-    """Refuse bad `eval.audit.escalation.*` values before training."""
-    settings = OmegaConf.select(cfg, "eval.audit.escalation")
+def check_settings(settings: Mapping[str, Any] | None) -> None:
+    """Refuse bad `eval.audit.escalation.*` values (plain, resolved; None: no escalation) before training."""
     if settings is None:
         return
     key = "eval.audit.escalation"
-    require(isinstance(settings.enabled, bool), f"{key}.enabled", settings.enabled, "true or false")
+    require(isinstance(settings["enabled"], bool), f"{key}.enabled", settings["enabled"], "true or false")
     for name in ("steps_factor", "restarts", "eot_samples", "square_queries_factor"):
         value = settings[name]
         require(is_integer(value) and value >= 1, f"{key}.{name}", value, "an integer ≥ 1")
-    surrogate = settings.surrogate
+    surrogate = settings["surrogate"]
     require(surrogate is None or Path(str(surrogate)).is_file(), f"{key}.surrogate", surrogate,
             "null (the newest undefended training of this dataset and model), or an existing checkpoint file")
 
@@ -105,27 +103,30 @@ class FromFGSM(Attack):
         return worst.x
 
 
-def remedies(flags: str, attacks: Mapping[str, Attack], configs: Mapping[str, DictConfig], settings: DictConfig,
+def remedies(flags: str, attacks: Mapping[str, Attack], rebuild: Callable[..., Any], settings: Mapping[str, Any],
              surrogate: nn.Module | None, stand_ins: bool, bpda: bool, square_queries: int) -> list[Remedy]:
-    """The re-attacks for the raised `flags` (letters), given the suite's attacks and their configs; `stand_ins`:
-    whether the predictor has non-differentiable steps that BPDA can differentiate."""
+    """The re-attacks for the raised `flags` (letters), given the suite's attacks; `rebuild(name, **changes)`:
+    the suite's attack `name` built again from its config with `changes` (more steps, restarts); `settings`:
+    `eval.audit.escalation`; `stand_ins`: whether the predictor has non-differentiable steps that BPDA can
+    differentiate."""
     pgds = {name: attack for name, attack in attacks.items() if isinstance(attack, PGD) and attack.steps > 1}
+    steps_factor, eot_samples, queries = (settings[key] for key in ("steps_factor", "eot_samples",
+                                                                     "square_queries_factor"))
     found: list[Remedy] = []
     if "e" in flags:
         for name, attack in pgds.items():
-            stronger = instantiate(configs[name], steps=attack.steps * settings.steps_factor,
-                                   restarts=settings.restarts)
-            found.append(Remedy(f"{name}/steps×{settings.steps_factor},restarts={settings.restarts}", "e", name,
+            stronger = rebuild(name, steps=attack.steps * steps_factor, restarts=settings["restarts"])
+            found.append(Remedy(f"{name}/steps×{steps_factor},restarts={settings['restarts']}", "e", name,
                                 stronger, attack))
     if "c" in flags:
         for name, attack in pgds.items():
-            longer = instantiate(configs[name], steps=attack.steps * settings.steps_factor)
+            longer = rebuild(name, steps=attack.steps * steps_factor)
             found.append(Remedy(f"{name}/from_fgsm", "c", name, FromFGSM(longer), attack))
     if "g" in flags:
         for name, suite_attack in attacks.items():
             if suite_attack.eot_samples == 1:
-                found.append(Remedy(f"{name}/eot{settings.eot_samples}", "g", name,
-                                    suite_attack.with_eot_samples(settings.eot_samples), suite_attack))
+                found.append(Remedy(f"{name}/eot{eot_samples}", "g", name,
+                                    suite_attack.with_eot_samples(eot_samples), suite_attack))
     if "d" in flags or "f" in flags:
         letter = "f" if "f" in flags else "d"
         if stand_ins and not bpda:
@@ -135,9 +136,8 @@ def remedies(flags: str, attacks: Mapping[str, Attack], configs: Mapping[str, Di
                       for name, attack in pgds.items()]
         for norm in dict.fromkeys(attack.norm for attack in pgds.values()):
             name = next(name for name, attack in pgds.items() if attack.norm == norm)
-            found.append(Remedy(f"square_{norm}/queries={square_queries * settings.square_queries_factor}", letter,
-                                name, Square(eps=pgds[name].eps, norm=norm,
-                                             queries=square_queries * settings.square_queries_factor), pgds[name]))
+            found.append(Remedy(f"square_{norm}/queries={square_queries * queries}", letter, name,
+                                Square(eps=pgds[name].eps, norm=norm, queries=square_queries * queries), pgds[name]))
     return found
 
 
@@ -149,22 +149,6 @@ def has_stand_ins(predictor: nn.Module) -> bool:
 def transfer(attack: Attack, surrogate: nn.Module) -> Callable:
     """The attack's examples crafted on `surrogate`, whatever predictor is passed."""
     return lambda predictor, x, y: attack(surrogate, x, y)
-
-
-def undefended_surrogate(cfg: DictConfig, device: torch.device) -> nn.Module | None:
-    """`eval.audit.escalation.surrogate`, else the newest finished `defense=none` training of this dataset and
-    model in the checkpoint store, as a deployed predictor; None if there is none."""
-    from robustlab.checkpoints import load_predictor
-
-    path = OmegaConf.select(cfg, "eval.audit.escalation.surrogate")
-    if path is None:
-        store = Path(cfg.paths.checkpoint_dir).parents[1] / "none"
-        finished = sorted(store.glob("*/trained.json"), key=lambda marker: marker.stat().st_mtime)
-        if not finished:
-            return None
-        path = json.loads(finished[-1].read_text())["checkpoint"]
-    log.info(f"escalation: transfer attacks from the undefended surrogate {path}")
-    return load_predictor(path).to(device)
 
 
 def escalate(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, draws, per_example: Mapping[str, torch.Tensor],
