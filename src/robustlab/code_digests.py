@@ -51,6 +51,12 @@ def _installed_dirs() -> tuple[Path, ...]:
 
 
 @functools.cache
+def _distribution_modules() -> frozenset[str]:
+    """The top-level modules that installed distributions provide."""
+    return frozenset(metadata.packages_distributions())
+
+
+@functools.cache
 def _stdlib_dirs() -> tuple[Path, ...]:
     paths = sysconfig.get_paths()
     return tuple(Path(d).resolve() for d in {paths.get("stdlib"), paths.get("platstdlib")} if d)
@@ -94,7 +100,8 @@ def _kind(module: str) -> str | None:
         return None
     if top == PACKAGE:
         return "source"
-    if _is_within(path, _installed_dirs()):
+    # Installed: in site-packages, or a distribution's module wherever its directory is on Python's path.
+    if _is_within(path, _installed_dirs()) or top in _distribution_modules():
         return "installed"
     if _is_within(path, _stdlib_dirs()) or path.suffix != ".py":
         return None

@@ -3,6 +3,7 @@ and the config's plain resolvers (registered with the others by `resolvers.regis
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -47,7 +48,7 @@ def instantiate(node: DictConfig, **kwargs: Any) -> Any:
             key = f"{prefix}._target_" if prefix else "_target_"
             reason = ' '.join(str(missing).split()) if missing else 'not found'
             module = located.group(1).rpartition(".")[0] or located.group(1)
-            searched = [entry or "." for entry in sys.path if not entry or Path(entry).is_dir()]
+            searched = [entry or os.getcwd() for entry in sys.path if not entry or Path(entry).is_dir()]
             raise ConfigError(f"{key}={located.group(1)!r} cannot be imported ({reason}): a `_target_` is "
                               f"`module.Class`, and module {module!r} was looked for in {', '.join(searched)} "
                               "(for your own files: run `robustlab` from your project's directory, where they are, "
