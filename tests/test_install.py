@@ -52,7 +52,8 @@ def test_the_wheel_holds_every_module_config_and_the_starter_project(installed):
     names = set(zipfile.ZipFile(installed["wheel"]).namelist())
     modules = {f"robustlab/{path.relative_to(ROOT / 'src' / 'robustlab').as_posix()}"
                for path in (ROOT / "src" / "robustlab").rglob("*.py")}
-    configs = {f"robustlab/conf/{path.relative_to(ROOT / 'conf').as_posix()}" for path in (ROOT / "conf").rglob("*.yaml")}
+    configs = {f"robustlab/conf/{path.relative_to(ROOT / 'conf').as_posix()}"
+               for path in (ROOT / "conf").rglob("*.yaml")}
     starter = {f"robustlab/project_template/{path.relative_to(ROOT / 'examples' / 'own_code').as_posix()}"
                for path in (ROOT / "examples" / "own_code").rglob("*")
                if path.is_file() and path.suffix in (".py", ".yaml", ".md") and "outputs" not in path.parts}

@@ -22,19 +22,19 @@ from robustlab.fingerprint import evaluation_modules
 
 EXAMPLE = ROOT / "examples" / "own_code"
 # The README's command, run from a copy of examples/own_code (any directory outside the repository): its
-# arguments after `PYTHONPATH=. python ../../train.py`.
+# arguments after `robustlab train`.
 EXAMPLE_COMMAND = next(line for line in (ROOT / "README.md").read_text().splitlines()
-                       if line.startswith("PYTHONPATH=. python ../../train.py "))
-EXAMPLE_COMMAND = EXAMPLE_COMMAND.split("#")[0].split()[3:]
+                       if line.startswith("robustlab train model=tiny_cnn "))
+EXAMPLE_COMMAND = EXAMPLE_COMMAND.split("#")[0].split()[2:]
 QUICK = ["dataset=synthetic", "trainer.max_epochs=1", "eval=quick", "eval.n_samples=64", "logger=none"]
 
 
-def run_in(directory: Path, *overrides: str, script: str = "train.py"):
+def run_in(directory: Path, *overrides: str, command: str = "train"):
+    """`robustlab <command> <overrides>` run from `directory`, the user's project (no PYTHONPATH)."""
     import subprocess
 
-    inherited = script_environment().get("PYTHONPATH")
-    environment = {**script_environment(), "PYTHONPATH": "." + (f":{inherited}" if inherited else "")}
-    return subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=directory, env=environment,
+    environment = {key: value for key, value in script_environment().items() if key != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-m", "robustlab", command, *overrides], cwd=directory, env=environment,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -75,6 +75,26 @@ def test_a_bare_target_override_is_labelled_by_its_class(tmp_path):
     assert (directory / "outputs" / "runs" / "synthetic" / "TinyCNN" / "none").is_dir()
 
 
+SWEEP_COMMAND = next(line for line in (ROOT / "README.md").read_text().splitlines()
+                     if line.startswith("robustlab train -m model=tiny_cnn "))
+SWEEP_COMMAND = SWEEP_COMMAND.split("#")[0].split()[2:]
+
+
+@pytest.mark.slow  # four trainings (adversarial ones among them), about two minutes
+def test_the_examples_sweep_against_the_zoo_and_its_report(tmp_path):
+    directory = user_directory(tmp_path)
+    swept = run_in(directory, *SWEEP_COMMAND, *QUICK)
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    cells = [json.loads(Path(line.removeprefix("metrics: ")).read_text())
+             for line in swept.stdout.splitlines() if line.startswith("metrics: ")]
+    defenses = next(word for word in SWEEP_COMMAND if word.startswith("defense=")).split("=")[1].split(",")
+    assert sorted(cell["defense"] for cell in cells) == sorted(defenses)
+    assert {(cell["model"], cell["attack"]) for cell in cells} == {("tiny_cnn", "margin_pgd")}
+    reported = run_in(directory, "outputs/runs", command="report")
+    assert reported.returncode == 0, reported.stderr[-3000:]
+    assert all(defense in reported.stdout for defense in defenses)
+
+
 @pytest.mark.slow  # 4 runs, about a minute; the default suite keys the user's code in test_code_hash_* below
 def test_editing_the_users_files_retrains_reevaluates_or_does_nothing(tmp_path):
     directory = user_directory(tmp_path)
@@ -106,11 +126,16 @@ def test_editing_the_users_files_retrains_reevaluates_or_does_nothing(tmp_path):
     assert retrained["training_fingerprint"] != trained["training_fingerprint"] and not retrained["training_reused"]
 
 
-def test_a_target_that_cannot_be_imported_is_refused_naming_its_key(tmp_path):
+def test_a_target_that_cannot_be_imported_is_refused_naming_its_key_module_and_where(tmp_path):
     directory = user_directory(tmp_path)
-    result = run_in(directory, "--config-dir", "conf", "model=tiny_cnn", "model._target_=mynet.NoSuchNet", *QUICK)
+    result = run_in(directory, "model=tiny_cnn", "model._target_=mynet.NoSuchNet", *QUICK)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "model._target_='mynet.NoSuchNet' cannot be imported" in result.stderr
+    (directory / "conf" / "model" / "ghost.yaml").write_text("_target_: ghostmodule.Ghost\n")
+    result = run_in(directory, "model=ghost", *QUICK)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "model._target_='ghostmodule.Ghost'" in result.stderr and "module 'ghostmodule'" in result.stderr
+    assert str(directory) in result.stderr  # the project's directory is among those searched
     assert not (directory / "outputs" / "checkpoints").exists() or not list((directory / "outputs").rglob("*.ckpt"))
 
 

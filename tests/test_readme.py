@@ -34,7 +34,8 @@ ELSEWHERE = {
         "tests/test_certification.py::test_randomized_smoothing_run_is_certified_and_checked",
     "python train.py trainer=gpu": "tests/test_trainers.py::test_gpu_trainer_single_run_in_its_cpu_form",
     "python train.py trainer=ddp": "tests/test_trainers.py::test_ddp_trains_once_and_evaluates_every_image_once",
-    "bash scripts/setup.sh && .venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/python -m pytest":
+    "bash scripts/setup.sh && .venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/lint-imports "
+    "&& .venv/bin/python -m pytest":
         "tests/test_readme.py::test_ci_runs_the_readmes_test_command",
     # `python train.py` with the venv's Python (CI runs the setup first)
     "bash scripts/setup.sh && .venv/bin/python train.py": "tests/test_readme.py::test_train_commands",
@@ -42,10 +43,20 @@ ELSEWHERE = {
         "tests/test_external_models.py::test_a_state_dict_gives_the_numbers_of_its_checkpoint",
     "python evaluate.py torchscript=model.pt dataset=fashion_mnist":
         "tests/test_external_models.py::test_a_torchscript_model_is_evaluated_as_it_is",
-    "cd examples/own_code":
-        "tests/test_own_code.py (each test runs from a copy of examples/own_code outside the repository)",
-    "PYTHONPATH=. python ../../train.py --config-dir conf model=tiny_cnn defense=blur attack=margin_pgd":
+    # The robustlab command: from a wheel installed into a fresh venv, in a directory outside the repository
+    "robustlab --help": "tests/test_cli.py::test_help_lists_each_group_with_robustlabs_options_and_the_projects",
+    "robustlab train defense=adv_train":
+        "tests/test_install.py::test_a_user_starts_trains_evaluates_and_reports_from_their_own_directory",
+    "robustlab evaluate ckpt_path=outputs/checkpoints/.../last.ckpt attack=apgd_ce":
+        "tests/test_install.py::test_a_user_starts_trains_evaluates_and_reports_from_their_own_directory",
+    "robustlab report outputs/runs":
+        "tests/test_install.py::test_a_user_starts_trains_evaluates_and_reports_from_their_own_directory",
+    "robustlab new my_project && cd my_project":
+        "tests/test_cli.py::test_new_writes_a_project_and_refuses_a_non_empty_directory",
+    "robustlab train model=tiny_cnn defense=blur attack=margin_pgd":
         "tests/test_own_code.py::test_the_examples_model_defense_and_attack_run_under_their_own_names",
+    "robustlab train -m model=tiny_cnn defense=blur,none,adv_train,trades attack=margin_pgd":
+        "tests/test_own_code.py::test_the_examples_sweep_against_the_zoo_and_its_report",
     "python evaluate_torchvision.py":
         "tests/test_own_code.py::test_the_torchvision_example_runs_through_the_python_api",
 }
