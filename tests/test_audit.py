@@ -181,6 +181,40 @@ def test_escalation_d_f_transfers_from_an_undefended_surrogate(flag, standard_ne
     assert_lowered(original, escalation)
 
 
+def test_the_surrogate_is_found_by_what_the_trainings_record_wherever_their_checkpoints_are(tmp_path):
+    """The newest finished defense=none training of the run's dataset and model under paths.checkpoint_store, in
+    whatever layout `paths.checkpoint_dir` gave it; another defense, model or dataset is never taken."""
+    import json
+    import os
+
+    from conftest import compose_config
+
+    from robustlab.builders import find_surrogate
+
+    store = tmp_path / "store"
+
+    def training(where: str, age: int, defense="none", model="basic_net", dataset="synthetic") -> str:
+        directory = store / where
+        directory.mkdir(parents=True)
+        checkpoint = directory / "best.ckpt"
+        torch.save({"state_dict": {}, "robustlab": {"choices": {"defense": defense, "model": model},
+                                                    "dataset": {"name": dataset}}}, checkpoint)
+        marker = directory / "trained.json"
+        marker.write_text(json.dumps({"checkpoint": str(checkpoint)}))
+        os.utime(marker, (1_000_000 + age, 1_000_000 + age))
+        return str(checkpoint)
+
+    cfg = compose_config(["dataset=synthetic", "defense=adv_train", f"paths.checkpoint_store={store}"], tmp_path)
+    assert find_surrogate(cfg) is None  # none trained yet
+    training("anywhere/a", age=1)
+    newest = training("elsewhere/deeper/b", age=2)
+    for wrong in (dict(defense="adv_train"), dict(model="small_cnn"), dict(dataset="mnist")):
+        training(f"wrong/{'-'.join(wrong.values())}", age=3, **wrong)
+    assert find_surrogate(cfg) == newest
+    named = compose_config(["dataset=synthetic", f"eval.audit.escalation.surrogate={newest}"], tmp_path)
+    assert find_surrogate(named) == newest
+
+
 def test_escalation_f_differentiates_a_non_differentiable_step_through_its_stand_in(standard_net, batch):
     from robustlab.models import BitDepthReduction, Preprocessed
 
