@@ -204,18 +204,18 @@ def test_the_threat_model_check_per_image():
     x_adv[4] = 0.5
     x_adv[4, 0, 0, 0] = 1.0 + 1e-3  # outside [0, 1] (and the ball)
     x_adv[5, 0, 0, 0] = 0.45  # inside
-    bad, sizes = outside_threat_model(Fixed(0.1), x, x_adv)
+    bad, sizes = outside_threat_model(Fixed(0.1).balls(), x, x_adv)
     assert bad.tolist() == [False, False, True, True, True, False]
     assert float(sizes[2]) == pytest.approx(0.11)
     l2 = x.clone()
     l2[0, 0, 0, :2] += 0.3  # ‖δ‖₂ = 0.42 ≤ 0.5
     l2[1, 0, 0, :] += 0.3  # ‖δ‖₂ = 0.6 > 0.5
-    assert outside_threat_model(Fixed(0.5, "l2"), x, l2)[0].tolist()[:2] == [False, True]
+    assert outside_threat_model(Fixed(0.5, "l2").balls(), x, l2)[0].tolist()[:2] == [False, True]
     # An unbounded attack (eps: null) is only held to finite images in [0, 1].
-    assert outside_threat_model(Fixed(None), x, x_adv)[0].tolist() == [False, False, False, True, True, False]
+    assert outside_threat_model(Fixed(None).balls(), x, x_adv)[0].tolist() == [False, False, False, True, True, False]
     # A cascade over both norms: each image in one of its attacks' balls.
     both = WorstCase({"linf": PGD(eps=0.1, norm="linf"), "l2": PGD(eps=0.5, norm="l2")})
-    assert outside_threat_model(both, x, l2)[0].tolist()[:2] == [False, True]
+    assert outside_threat_model(both.balls(), x, l2)[0].tolist()[:2] == [False, True]
 
 
 class Cheat(PGD):
@@ -224,11 +224,6 @@ class Cheat(PGD):
 
     def attack(self, model, x, y, draws):
         return (x + 0.6 * torch.randn_like(x)).clamp(0, 1)
-
-
-class WrongShape(Cheat):
-    def attack(self, model, x, y, draws):
-        return x[:, :, 1:]
 
 
 def test_a_cheating_attack_is_caught_and_its_images_count_as_not_broken(tmp_path):
@@ -248,17 +243,6 @@ def test_a_cheating_attack_is_caught_and_its_images_count_as_not_broken(tmp_path
     from robustlab.report.writing import threat_model_section
 
     assert "| none | Cheat | 64 |" in threat_model_section(collect_rows({"run": record}))
-
-
-def test_an_attack_returning_another_shape_stops_the_run_naming_it(tmp_path):
-    from robustlab.errors import AttackContractError
-    from robustlab.train import run
-
-    cfg = compose_config(["dataset=synthetic", "trainer.max_epochs=1", "eval=quick", "eval.n_samples=64", "logger=none",
-                          "attack._target_=test_own_code.WrongShape", "eval.audit.enabled=false"], tmp_path)
-    with pytest.raises(AttackContractError, match=r"attack 'WrongShape' .* returned \(64, 1, 27, 28\)"):
-        run(cfg)
-    assert not (tmp_path / "metrics.json").exists()
 
 
 @pytest.mark.slow  # a ResNet-18 on the whole Fashion-MNIST test split on the CPU: minutes; the default suite runs

@@ -70,7 +70,9 @@ def choices() -> dict[str, str]:
     hydra = HydraConfig.get()
     chosen = {group: str(option) for group, option in hydra.runtime.choices.items()
               if not group.startswith("hydra/") and option is not None}
-    for override in OverridesParser.create().parse_overrides(list(hydra.overrides.task)):
+    # The overrides as typed: an interpolation in one (`+attack.eps=${dataset.eps.linf}`) stays unresolved.
+    typed = [str(override) for override in OmegaConf.to_container(hydra.overrides.task)]  # type: ignore[union-attr]
+    for override in OverridesParser.create().parse_overrides(typed):
         group, _, leaf = override.key_or_group.rpartition(".")
         value = override.value()
         if leaf == "_target_" and "." not in group and not override.is_delete() and isinstance(value, str):
@@ -126,11 +128,57 @@ def build_evaluation(cfg: DictConfig) -> Evaluation:
         instantiate(evaluation.certify.attack)  # built once here, so its config is checked before training
     check_audit(to_plain(evaluation.audit), list(evaluation_attack_configs(cfg)))
     check_escalation(to_plain(OmegaConf.select(cfg, "eval.audit.escalation")))
-    return Evaluation(evaluation_attacks(cfg), n_eval=evaluation.n_samples, image_grid=evaluation.image_grid,
+    attacks = evaluation_attacks(cfg)
+    mixture_attacks = {name: instantiate(node) for name, node in (evaluation.get("mixture_attacks") or {}).items()}
+    nodes = {**evaluation_attack_configs(cfg), **(evaluation.get("mixture_attacks") or {})}
+    budgets = {name: configured_budget(nodes[name], attack) for name, attack in {**attacks, **mixture_attacks}.items()}
+    save = evaluation.get("save_adversarial", False)
+    if not isinstance(save, bool):
+        raise InvalidValue("eval.save_adversarial", save, "true or false")
+    return Evaluation(attacks, n_eval=evaluation.n_samples, image_grid=evaluation.image_grid,
                       accuracy_draws=evaluation.accuracy_draws, compare_without_eot=evaluation.compare_without_eot,
                       class_names=list(class_names) if class_names else None, bpda=evaluation.get("bpda", True),
-                      mixture_attacks={name: instantiate(node) for name, node in
-                                       (evaluation.get("mixture_attacks") or {}).items()})
+                      mixture_attacks=mixture_attacks, budgets=budgets, save_adversarial=save,
+                      threat_model=[("linf", float(cfg.dataset.eps.linf)), ("l2", float(cfg.dataset.eps.l2))])
+
+
+def configured_budget(node: DictConfig, attack: Attack) -> list[tuple[str, float]]:
+    """The balls the evaluation enforces for `attack`: those its config writes (`eps` with `norm`, at its top or
+    in the attacks it combines). An attack object that declares another budget than its config is refused
+    before the run starts, naming the key and both values: the report labels the column with the config's."""
+    written = to_plain(node)
+    key = node._get_full_key(None)
+    declared = {"eps": attack.eps, "norm": attack.norm}
+    for field, value in declared.items():
+        if field in written and not _same_budget(value, written[field]):
+            raise ConfigError(f"{key}: {written.get('_target_')} declares eps={attack.eps!r}, norm={attack.norm!r} "
+                              f"but its config says eps={written.get('eps')!r}, norm={written.get('norm')!r}: the "
+                              "evaluation enforces the configured budget, so the attack must declare that one "
+                              f"(its `{field}` set from its constructor's argument)")
+    balls = [(str(norm), float(eps)) for norm, eps in _written_balls(written)]
+    extra = [ball for ball in attack.balls() if ball[1] != 0 and ball not in balls and not any(
+        norm == ball[0] and _same_budget(eps, ball[1]) for norm, eps in balls)]
+    if extra:
+        raise ConfigError(f"{key}: {written.get('_target_')} declares the ball(s) {extra}, which its config does not "
+                          f"write (it writes {balls or 'no eps with a norm'}): write the attack's budget in its config "
+                          "(eps: ${dataset.eps.linf}, norm: linf) and set it from there")
+    return attack.balls()
+
+
+def _written_balls(node: Any) -> list[tuple[str, float]]:
+    """Every (norm, eps) that a plain config node writes, at its top or in the nodes it holds."""
+    if isinstance(node, list):
+        return [ball for item in node for ball in _written_balls(item)]
+    if not isinstance(node, dict):
+        return []
+    own = [(node["norm"], node["eps"])] if node.get("eps") is not None and isinstance(node.get("norm"), str) else []
+    return own + [ball for value in node.values() for ball in _written_balls(value)]
+
+
+def _same_budget(a: Any, b: Any) -> bool:
+    if a is None or b is None or isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
 
 
 def rebuild_attack(cfg: DictConfig, name: str, **changes: Any) -> Attack:

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 
 # What Lightning's launcher sets in process 0's environment (lightning_fabric's subprocess_script launcher).
 LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
@@ -31,7 +32,8 @@ def process_command(local_rank: int) -> tuple[list[str], str]:
     hydra = HydraConfig.get()
     project = [f"--config-dir={source.path.removeprefix('file://')}" for source in hydra.runtime.config_sources
                if source.provider == "command-line"]
-    overrides = [*hydra.overrides.task, "hydra.mode=RUN", f'hydra.run.dir="{hydra.runtime.output_dir}"',
+    typed = [str(override) for override in OmegaConf.to_container(hydra.overrides.task)]  # type: ignore[union-attr]
+    overrides = [*typed, "hydra.mode=RUN", f'hydra.run.dir="{hydra.runtime.output_dir}"',
                  f"hydra.job.name={hydra.job.name}_ddp_process_{local_rank}", "hydra.output_subdir=null"]
     return [sys.executable, "-m", "robustlab", str(hydra.job.config_name), *project, *overrides], hydra.runtime.cwd
 

@@ -35,10 +35,6 @@ class InvalidValue(ConfigError):
         return InvalidValue(self.field, self.value, self.allowed, key_prefix)
 
 
-class AttackContractError(RobustlabError):
-    """An attack returned something that is no batch of images like its input (shape, dtype, device)."""
-
-
 class DataError(RobustlabError):
     """A dataset file that is there but unusable (truncated, corrupt); the message says how to recover."""
 

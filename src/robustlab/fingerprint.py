@@ -35,7 +35,7 @@ TRAINING_KEYS = ("dataset", "model", "defense", "optimizer", "scheduler", "seed"
                  "eval.val_attack", "trainer.max_epochs", "trainer.limit_train_batches", "trainer.limit_val_batches",
                  "trainer.precision", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val")
 EVALUATION_KEYS = ("attack", "eval.attacks", "eval.n_samples", "eval.accuracy_draws", "eval.compare_without_eot",
-                   "eval.bpda",
+                   "eval.bpda", "eval.save_adversarial",
                    "eval.mixture_attacks",
                    "eval.audit", "eval.certify", "ckpt_path", "weights", "torchscript")
 # Model files from elsewhere are keyed by their content, not their path: a new file at the same path is a new run.

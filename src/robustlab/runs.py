@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -33,6 +35,7 @@ from robustlab.code_digests import modules_hash
 from robustlab.configuration import instantiate, to_plain
 from robustlab.data.base import InMemoryImageDataModule
 from robustlab.distributed import job_processes
+from robustlab.errors import RobustlabError
 from robustlab.evaluation.audit import audit, certificate_check, flags, robustness_curves
 from robustlab.evaluation.certification import certifiable, certify_and_check
 from robustlab.evaluation.certification import curves as certification_curves
@@ -51,13 +54,18 @@ from robustlab.evaluation.results import EvaluationResults
 from robustlab.evaluation.runtime import Runtime
 from robustlab.evaluation.summary import results_table
 from robustlab.evaluation.tensorboard import VISUAL, log_record
-from robustlab.files import locked, write_text_atomically
+from robustlab.files import locked, write_atomically, write_text_atomically
 from robustlab.fingerprint import evaluation_modules, run_fingerprint
 from robustlab.models.preprocessing import backward_through_stand_ins
 from robustlab.provenance import installed_packages, provenance
 from robustlab.stages import Training
 
 log = logging.getLogger(__name__)
+ADVERSARIAL_FILE = "adversarial.pt"  # eval.save_adversarial: {attack: {"index": ..., "images": ...}}
+
+
+class LateStepFailed(RobustlabError):
+    """A step after the evaluation failed; its error is in the record, with everything measured."""
 
 
 @dataclass
@@ -109,19 +117,40 @@ def evaluate_and_record(cfg: DictConfig, classifier: RobustClassifier, datamodul
     if runtime.rank != 0:
         return None
     run = RunContext(cfg, classifier, datamodule, evaluation, runtime, fingerprint or run_fingerprint(cfg))
-    curves, audit_record = audit_run(run, step=last_step)
-    certification = certify_run(run, step=last_step)
+    errors: dict[str, str] = {}  # a late step that fails leaves what was measured; the run ends non-zero
+    curves, audit_record = late_step("audit", errors, lambda: audit_run(run, step=last_step), ({}, {}))
+    certification = late_step("certification", errors, lambda: certify_run(run, step=last_step), {})
     if certification:
         audit_record["certificate_violated"] = certificate_check(certification)
-    escalation = escalate_run(run, results, audit_record)
+    escalation = late_step("escalation", errors, lambda: escalate_run(run, results, audit_record), {})
     built = classifier.build_config or {}
     targets = {group: built[group]["_target_"] for group in ("model", "defense")
                if isinstance(built.get(group), dict) and "_target_" in built[group]}
     try:
-        return record_run(run, results, curves, audit_record, checkpoint, chosen, training, steps,
-                          certification, escalation, targets)
+        record = record_run(run, results, curves, audit_record, checkpoint, chosen, training, steps,
+                            certification, escalation, targets, errors)
     finally:
         runtime.close()
+    if record.errors:
+        raise LateStepFailed(f"the run's {', '.join(record.errors)} failed ("
+                             + "; ".join(f"{step}: {error}" for step, error in record.errors.items())
+                             + f"); what was measured is in {Path(cfg.paths.output_dir) / FILE_NAME}, and the same "
+                             "command runs it again")
+    return record
+
+
+def late_step(name: str, errors: dict[str, str], step: Callable[[], Any], otherwise: Any) -> Any:
+    """Run a step after the evaluation; if it fails, record its error under `name` and go on with `otherwise`, so
+    the results measured so far are written (a user's error in a configuration is not caught: it is refused
+    earlier)."""
+    try:
+        return step()
+    except (KeyboardInterrupt, SystemExit, SIGTERMException):
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure of a late step is recorded, never lost
+        log.exception(f"{name} failed; the results measured so far are written")
+        errors[name] = f"{type(error).__name__}: {' '.join(str(error).split())[:500]}"
+        return otherwise
 
 
 def audit_run(run: RunContext, step: int = 0) -> tuple[dict, dict]:
@@ -181,7 +210,8 @@ def escalate_run(run: RunContext, results: EvaluationResults, audit_record: dict
     pl.seed_everything(cfg.seed, verbose=False)
     with run.runtime.autocast():
         record = escalate(predictor, x, y, evaluation.draws(), results.per_example, raised, found, evaluation.bpda,
-                          int(cfg.dataset.datamodule.eval_batch_size))
+                          int(cfg.dataset.datamodule.eval_batch_size), budgets=evaluation.budgets,
+                          worst_of=results.worst_case.get("attacks"))
     record["not_escalated"] = [name for name in evaluation.attacks if name not in {r.strengthens for r in found}]
     if record["not_escalated"]:
         log.info(f"escalation: no remedy strengthens {', '.join(record['not_escalated'])}: not escalated")
@@ -248,6 +278,9 @@ def finished_run(output_dir: str | Path, fingerprint: str) -> RunRecord | None:
     record = RunRecord.read(path)
     if record.run_fingerprint != fingerprint:
         return None
+    if record.errors:
+        log.info(f"the last run with this fingerprint failed in its {', '.join(record.errors)}: running it again")
+        return None
     log.info(f"run already finished (fingerprint {fingerprint}); nothing to do")
     log.info(results_table(record))
     log.info(f"metrics: {path}")
@@ -286,7 +319,7 @@ def training_fields(training: Training | None) -> dict:
 def record_run(run: RunContext, results: EvaluationResults, curves: dict, audit_record: dict,
                checkpoint: str | None, chosen: dict[str, str], training: Training | None = None,
                steps: int = 0, certification: dict | None = None, escalation: dict | None = None,
-               targets: dict[str, str] | None = None) -> RunRecord:
+               targets: dict[str, str] | None = None, errors: dict[str, str] | None = None) -> RunRecord:
     """Write metrics.json into the run directory, log its final numbers and HParams to TensorBoard at the last
     training step (of `steps`; Lightning logs step k's numbers at index k − 1), print where the file is.
 
@@ -321,10 +354,16 @@ def record_run(run: RunContext, results: EvaluationResults, curves: dict, audit_
         evaluation_modules=modules,
         provenance=provenance(runtime.device, runtime.precision),
         tensorboard=next((logger.log_dir for logger in runtime.loggers if isinstance(logger, Logger)), None),
+        errors=dict(errors or {}),
     )
-    write_text_atomically(Path(cfg.paths.output_dir) / "packages.txt", installed_packages())
-    path = record.write(cfg.paths.output_dir)
-    log_record(runtime.loggers, record, step=max(steps - 1, 0))  # the last training step, as the figures
+    directory = Path(cfg.paths.output_dir)
+    write_text_atomically(directory / "packages.txt", installed_packages())
+    if results.adversarial:
+        write_atomically(directory / ADVERSARIAL_FILE, lambda partial: torch.save(results.adversarial, partial))
+    # TensorBoard's numbers come first, so a failure there is in the record; the record is written last.
+    late_step("tensorboard", record.errors, lambda: log_record(runtime.loggers, record, step=max(steps - 1, 0)),
+              None)  # the last training step, as the figures
+    path = record.write(directory)
     log.info(results_table(record))
     log.info(f"metrics: {path}")
     return record

@@ -123,17 +123,26 @@ def lexicographically_lower(score: torch.Tensor, than: torch.Tensor) -> torch.Te
     return lower
 
 
-def outside_threat_model(attack: Attack, x: torch.Tensor, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image, whether `x_adv` breaks `attack`'s threat model (not finite, outside [0, 1], or outside every
-    ball of `attack.balls()`, each within the stated tolerance), and its perturbation's size in the first
-    ball's norm (0 for an unbounded attack): what the evaluation checks after every attack."""
+def outside_threat_model(balls: list[tuple[str, float]], x: torch.Tensor, x_adv: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, whether `x_adv` breaks the threat model `balls` around the clean `x` (not finite, outside [0, 1],
+    or outside every (norm, ε) ball, each within the stated tolerance; no balls: an unbounded attack, only held to
+    finite images in [0, 1]), and its perturbation's size in the first ball's norm (inf for a non-finite image, 0
+    without balls): what the evaluation checks after every attack, against the attack's configured budget."""
     flat, delta = x_adv.flatten(1), (x_adv - x).flatten(1).nan_to_num(nan=float("inf"))
     bad = ~torch.isfinite(flat).all(dim=1)
     bad |= ((flat < -ABSOLUTE_TOLERANCE) | (flat > 1 + ABSOLUTE_TOLERANCE)).any(dim=1)
-    balls = attack.balls()
     sizes = [NORMS[norm].size(delta) for norm, _ in balls]
     if balls:
         inside = torch.stack([size <= eps * (1 + EPS_RELATIVE_TOLERANCE) + ABSOLUTE_TOLERANCE
                               for size, (_, eps) in zip(sizes, balls)]).any(dim=0)
         bad |= ~inside
     return bad, sizes[0] if sizes else torch.zeros(len(x), device=x.device)
+
+
+def within_balls(ball: tuple[str, float], threat_model: list[tuple[str, float]]) -> bool:
+    """Whether the (norm, ε) `ball` lies inside one of `threat_model`'s balls: a ball of radius 0, or one of the
+    same norm and a radius at most that ball's (within the stated tolerance)."""
+    norm, eps = ball
+    return eps == 0 or any(norm == other and eps <= limit * (1 + EPS_RELATIVE_TOLERANCE) + ABSOLUTE_TOLERANCE
+                           for other, limit in threat_model)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab.attacks.base import Attack, outside_threat_model
+from robustlab.attacks.base import Attack, outside_threat_model, within_balls
 from robustlab.attacks.expectation import (
     draws_for,
     expected_correct,
@@ -30,8 +30,9 @@ from robustlab.attacks.expectation import (
 )
 from robustlab.data.base import InMemoryImageDataModule
 from robustlab.defenses.base import Defense, evaluation_mode
-from robustlab.errors import AttackContractError, require
+from robustlab.errors import require
 from robustlab.evaluation.images import adversarial_figure
+from robustlab.evaluation.integrity import ModelState, batch_changed
 from robustlab.evaluation.passes import counting_passes
 from robustlab.evaluation.progress import PassBar
 from robustlab.evaluation.record import CLEAN, WITHOUT_EOT, WORST_CASE
@@ -53,16 +54,29 @@ class Evaluation:
     (exact for a mixture), and its attacks use EOT unless their config says otherwise; with
     `compare_without_eot`, every attack that would use EOT runs again with one draw per gradient, reported
     apart (`robust_acc_without_eot`), never as the robust accuracy.
+
+    What an attack returns is checked against `budgets` (each attack's configured balls, frozen here; default:
+    what the attack declares now), measured from the engine's own copy of the clean images; the attack gets
+    copies of the batch, and whatever it changes in them or in the model is named and undone before scoring
+    (`integrity.py`). The worst case combines the attacks whose balls lie inside `threat_model` (the dataset's
+    balls; None: every attack); the others are reported in their own columns only.
     """
 
     def __init__(self, attacks: Mapping[str, Attack], n_eval: int = 1000, image_grid: int = 8,
                  accuracy_draws: int = 10, compare_without_eot: bool = True,
                  class_names: list[str] | None = None, bpda: bool = True,
-                 mixture_attacks: Mapping[str, Attack] | None = None) -> None:
+                 mixture_attacks: Mapping[str, Attack] | None = None,
+                 budgets: Mapping[str, list[tuple[str, float]]] | None = None,
+                 threat_model: list[tuple[str, float]] | None = None, save_adversarial: bool = False) -> None:
         require(isinstance(n_eval, int) and (n_eval >= 1 or n_eval == -1), "eval.n_samples", n_eval,
                 "an integer ≥ 1, or -1 for the whole test split")
         self.suite = dict(attacks)
         self.mixture_attacks = dict(mixture_attacks or {})  # added when the predictor is a finite mixture (ARC)
+        given = dict(budgets or {})
+        self.budgets = {name: [(str(norm), float(eps)) for norm, eps in given.get(name, attack.balls())]
+                        for name, attack in {**self.suite, **self.mixture_attacks}.items()}
+        self.threat_model = None if threat_model is None else [(str(n), float(e)) for n, e in threat_model]
+        self.save_adversarial = save_adversarial
         self.attacks = dict(self.suite)  # what `plan` decides runs: the suite, plus the mixture attacks
         self.n_eval, self.image_grid, self.class_names = n_eval, image_grid, class_names
         self.accuracy_draws, self.compare_without_eot = accuracy_draws, compare_without_eot
@@ -95,6 +109,18 @@ class Evaluation:
             for name, attack in self.attacks.items():
                 if attack.eot_samples is None:  # chosen automatically, so EOT on this predictor
                     self.passes[name + WITHOUT_EOT] = attack.with_eot_samples(1)
+
+    def budget(self, name: str) -> list[tuple[str, float]]:
+        """The balls pass `name`'s images must lie in: its attack's configured budget (a single-draw copy's is
+        its attack's)."""
+        return self.budgets[name.removesuffix(WITHOUT_EOT)]
+
+    def in_worst_case(self, name: str) -> bool:
+        """Whether attack `name`'s budget lies inside the worst case's threat model (every ball of it inside one of
+        `threat_model`'s; an unbounded attack never does)."""
+        if self.threat_model is None:
+            return True
+        return bool(self.budget(name)) and all(within_balls(ball, self.threat_model) for ball in self.budget(name))
 
     def pass_name(self, dataloader_idx: int) -> str:
         return CLEAN if dataloader_idx == 0 else list(self.passes)[dataloader_idx - 1]
@@ -173,17 +199,23 @@ class Evaluation:
             if name != CLEAN:
                 attack = self.passes[name]
                 attack.progress = lambda fraction: bar.attack_progress(batch_idx, fraction)
+                # The attack works on copies: `x` and `y`, the model's state, are what is scored.
+                given_x, given_y, before = x.clone(), y.clone(), ModelState.of(predictor)
                 started = time.perf_counter()
                 try:
                     with torch.enable_grad(), backward_through_stand_ins(predictor, self.bpda), \
                             counting_passes(predictor, self.share.passes[name]):
-                        x_eval = attack(predictor, x, y)
+                        x_eval = attack(predictor, given_x, given_y)
                 finally:
                     attack.progress = None
                 if x.is_cuda:
                     torch.cuda.synchronize(x.device)
                 self.share.seconds[name] += time.perf_counter() - started
-                x_eval = self._within_threat_model(name, attack, x, x_eval)
+                self._undo_changes(name, predictor, before, {"input": batch_changed(given_x, x),
+                                                             "labels": batch_changed(given_y, y)})
+                x_eval = self._within_threat_model(name, x, x_eval)
+                if self.save_adversarial and not name.endswith(WITHOUT_EOT):
+                    self.share.adversarial.setdefault(name, []).append((index.cpu(), x_eval.detach().cpu()))
                 for key, values in self.defense.test_metrics(self.model, x, x_eval).items():
                     self.share.defense_metrics.setdefault(name, {}).setdefault(key, []).extend(values.tolist())
             correct = expected_correct(predictor, x_eval, y, self.draws()).cpu()
@@ -199,19 +231,39 @@ class Evaluation:
         self.bar = PassBar(name, batches, enabled=self.runtime.progress and self.runtime.rank == 0)
         return self.bar
 
-    def _within_threat_model(self, name: str, attack: Attack, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
-        """The attack's images, each one outside its threat model (`attacks.base.outside_threat_model`: not
-        finite, outside [0, 1] or outside the ε-ball) replaced by the clean image: it counts as not broken,
-        and is counted under `threat_model`. An output that is no batch like `x` stops the run."""
-        if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape or x_adv.dtype != x.dtype \
-                or x_adv.device != x.device:
-            got = (f"{tuple(x_adv.shape)} {x_adv.dtype} on {x_adv.device}" if isinstance(x_adv, torch.Tensor)
-                   else type(x_adv).__name__)
-            raise AttackContractError(f"attack {name!r} ({attack!r}) returned {got}; an attack must return images "
-                                      f"shaped like its input: {tuple(x.shape)} {x.dtype} on {x.device}")
-        bad, sizes = outside_threat_model(attack, x, x_adv)
+    def _undo_changes(self, name: str, predictor: nn.Module, before: ModelState, batch: dict[str, bool]) -> None:
+        """Name what the attack changed (the copies of the batch it was given, the model's parameters, buffers,
+        modes, hooks, gradients) under `threat_model.<name>.changed`, counted in batches, and put the model back."""
+        changed = [what for what, happened in batch.items() if happened] + before.changes(predictor)
+        if "parameters" in changed or "buffers" in changed or "mode" in changed or "hooks" in changed \
+                or "gradients" in changed:
+            before.restore(predictor)
+        counts = self.share.changed.setdefault(name, {})
+        for what in changed:
+            counts[what] = counts.get(what, 0) + 1
+
+    def _within_threat_model(self, name: str, x: torch.Tensor, x_adv: Any) -> torch.Tensor:
+        """The attack's images, each one outside its threat model (`attacks.base.outside_threat_model` against the
+        pass's configured balls, from the clean images `x`: not finite, outside [0, 1] or outside the ε-ball)
+        replaced by the clean image: it counts as not broken, and is counted under `threat_model`. An output
+        that is no batch of images like `x` (another shape, or not a tensor) counts wholly so, and is named
+        (`changed.output`); one of another dtype or device is checked as `x`'s."""
         share = self.share
-        share.largest[name] = max(share.largest.get(name, 0.0), float(sizes.max()))  # a non-finite image's is inf
+        if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
+            share.outside[name] = share.outside.get(name, 0) + len(x)
+            counts = share.changed.setdefault(name, {})
+            counts["output"] = counts.get("output", 0) + 1
+            return x
+        if x_adv.dtype != x.dtype or x_adv.device != x.device:
+            counts = share.changed.setdefault(name, {})
+            counts["output"] = counts.get("output", 0) + 1
+            x_adv = x_adv.detach().to(device=x.device, dtype=x.dtype)
+        bad, sizes = outside_threat_model(self.budget(name), x, x_adv)
+        finite_images = torch.isfinite(x_adv.flatten(1)).all(dim=1)
+        share.non_finite[name] = share.non_finite.get(name, 0) + int((~finite_images).sum())
+        measured = sizes[finite_images & torch.isfinite(sizes)]
+        if len(measured):
+            share.largest[name] = max(share.largest.get(name, 0.0), float(measured.max()))
         share.outside[name] = share.outside.get(name, 0) + int(bad.sum())
         if not bad.any():
             return x_adv
@@ -245,11 +297,12 @@ class Evaluation:
         per_example = {name: share.per_image(name) for name in share.correct}
         accuracy = {name: float(values.double().mean()) if len(values) else 0.0 for name, values in per_example.items()}
         counts = {name: len(values) for name, values in per_example.items()}
+        covered = [name for name in self.attacks if self.in_worst_case(name)]
         if self.attacks:
-            # Per example, robust only if robust to every attack (and classified right to begin with): the
-            # worst case over the suite, at most each attack's accuracy on every single image.
-            columns = [per_example[name] for name in self.attacks]
-            n = min(len(column) for column in columns)
+            # Per example, robust only if robust to every attack of the threat model (and classified right to begin
+            # with): the worst case over those attacks, at most each one's accuracy on every single image.
+            columns = [per_example[name] for name in covered]
+            n = min((len(per_example[name]) for name in self.attacks), default=0)
             worst = torch.stack([per_example[CLEAN][:n], *(column[:n] for column in columns)]).min(dim=0).values
             per_example[WORST_CASE] = worst
             accuracy[WORST_CASE], counts[WORST_CASE] = float(worst.double().mean()) if n else 0.0, n
@@ -270,10 +323,22 @@ class Evaluation:
             per_example=per_example,
             intervals={name: list(wilson_interval(accuracy[name], counts[name])) for name in reported},
             threat_model={name: {"violations": share.outside.get(name, 0),
+                                 "non_finite": share.non_finite.get(name, 0),
                                  "largest_perturbation": share.largest.get(name, 0.0),
-                                 "balls": [list(ball) for ball in self.attacks[name].balls()]}
+                                 "balls": [list(ball) for ball in self.budget(name)],
+                                 "in_worst_case": name in covered,
+                                 **({"changed": share.changed[name]} if share.changed.get(name) else {})}
                           for name in self.attacks},
+            worst_case={"balls": None if self.threat_model is None else [list(ball) for ball in self.threat_model],
+                        "attacks": covered, "left_out": [name for name in self.attacks if name not in covered]},
+            adversarial=share.adversarial_images(),
         )
+        for name, changed in share.changed.items():
+            what = ", ".join(f"{kind} in {count} batch(es)" for kind, count in changed.items())
+            log.warning(f"attack {name} changed what it may not ({what}); the evaluation scored the untouched copies")
+        if self.results.worst_case["left_out"]:
+            log.warning(f"worst case: over the attacks inside {self.threat_model}; left out, in their own columns "
+                        f"only: {', '.join(self.results.worst_case['left_out'])}")
         for name, check in self.results.threat_model.items():
             if check["violations"]:
                 log.warning(f"threat model: attack {name} returned {check['violations']} of {counts[name]} images "

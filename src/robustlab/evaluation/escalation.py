@@ -152,8 +152,11 @@ def transfer(attack: Attack, surrogate: nn.Module) -> Callable:
 
 
 def escalate(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, draws, per_example: Mapping[str, torch.Tensor],
-             flags: str, found: list[Remedy], bpda: bool, batch_size: int) -> dict:
-    """Run the remedies on (x, y) and return the `escalation` record (module docstring)."""
+             flags: str, found: list[Remedy], bpda: bool, batch_size: int,
+             budgets: Mapping[str, list[tuple[str, float]]] | None = None, worst_of: list[str] | None = None) -> dict:
+    """Run the remedies on (x, y) and return the `escalation` record (module docstring). `budgets`: each suite
+    attack's configured balls, which its remedies' images must lie in (default: what the attack declares);
+    `worst_of`: the attacks the worst case combines (default: all)."""
     flags = "".join(sorted(flags))
     n = len(y)
     # The suite's passes (the single-draw copies of a randomized predictor's attacks are reported apart, and are
@@ -174,7 +177,8 @@ def escalate(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, draws, per_
             with torch.enable_grad(), backward_through_stand_ins(predictor, through), \
                     counting_passes(predictor, passes):
                 x_adv = remedy.attack(predictor, xb, yb)
-            bad, _ = outside_threat_model(remedy.threat, xb, x_adv)  # counts as not broken, as in the evaluation
+            balls = (budgets or {}).get(remedy.strengthens, remedy.threat.balls())
+            bad, _ = outside_threat_model(balls, xb, x_adv)  # counts as not broken, as in the evaluation
             outside += int(bad.sum())
             x_adv = torch.where(bad.view(-1, *([1] * (xb.dim() - 1))), xb, x_adv)
             parts.append(expected_correct(predictor, x_adv, yb, draws).cpu())
@@ -192,7 +196,8 @@ def escalate(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, draws, per_
                  f"{len(standing)} image(s) {remedy.strengthens} left standing; "
                  f"{remedy.strengthens} {before:.3f} → {results[remedy.name]['after']:.3f}")
     attacked = [name for name in escalated if name != CLEAN]
-    worst = torch.stack([escalated[name] for name in [CLEAN, *attacked]]).min(dim=0).values
+    combined = [name for name in attacked if worst_of is None or name in worst_of]
+    worst = torch.stack([escalated[name] for name in [CLEAN, *combined]]).min(dim=0).values
     without_remedy = "".join(letter for letter in flags if letter not in REMEDIED)
     trust = STILL_FLAGGED if without_remedy else ESCALATED
     return {"trust": trust, "flags": flags, "without_remedy": without_remedy,

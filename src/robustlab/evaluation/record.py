@@ -60,6 +60,13 @@ class RunRecord:
     # Per attack, checked on every image it returned: how many were outside its threat model (not finite,
     # outside [0, 1] or the ε-ball; counted as not broken), the largest perturbation, its balls.
     threat_model: dict[str, dict] = field(default_factory=dict)
+    # The worst case's threat model: its balls (null: every attack), the attacks it combines, those left out.
+    worst_case: dict = field(default_factory=dict)
+    # A late step that failed (audit, certification, escalation, TensorBoard, ...): its error. A record with
+    # errors holds what was measured, and is not a finished run: the same command runs it again.
+    errors: dict[str, str] = field(default_factory=dict)
+    # Where a non-finite number was measured, written as null: the key and what it was ("inf", "nan").
+    non_finite: dict[str, str] = field(default_factory=dict)
     targets: dict[str, str] = field(default_factory=dict)  # the model's and defense's `_target_` (the report's key)
     settings: dict[str, Any] = field(default_factory=dict)  # the swept settings, flat (TensorBoard's HParams)
     selection: dict | None = None  # the checkpoint's selection metric and its best value
@@ -100,9 +107,13 @@ class RunRecord:
         return {key: values[key] for key in self.keys()}
 
     def write(self, directory: str | Path) -> Path:
-        """`<directory>/metrics.json`, atomically (a killed run leaves no half file); never a non-finite number."""
-        return write_text_atomically(Path(directory) / FILE_NAME,
-                                     json.dumps(_finite(self.to_dict(), "metrics"), indent=2) + "\n")
+        """`<directory>/metrics.json`, atomically (a killed run leaves no half file), valid JSON: a non-finite
+        number is written as null, and named with what it was under `non_finite`."""
+        found: dict[str, str] = {}
+        values = _finite(self.to_dict(), "", found)
+        values["non_finite"] = {**values.get("non_finite", {}), **found}
+        self.non_finite = values["non_finite"]
+        return write_text_atomically(Path(directory) / FILE_NAME, json.dumps(values, indent=2) + "\n")
 
     @classmethod
     def read(cls, path: str | Path) -> RunRecord:
@@ -118,11 +129,13 @@ def decode_per_image(text: str) -> list[float]:
     return [float(value) for value in text.split(",")] if text else []
 
 
-def _finite(value: Any, key: str) -> Any:
+def _finite(value: Any, key: str, found: dict[str, str]) -> Any:
+    """`value` with each non-finite number replaced by None, and its key and value added to `found`."""
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"metrics.json: {key} is {value}; a non-finite number is never written")
+        found[key] = str(value)
+        return None
     if isinstance(value, dict):
-        return {k: _finite(v, f"{key}.{k}") for k, v in value.items()}
+        return {k: _finite(v, f"{key}.{k}" if key else str(k), found) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_finite(v, f"{key}[{i}]", found) for i, v in enumerate(value)]
     return value

@@ -27,9 +27,14 @@ class EvaluationResults:
     per_example: dict[str, torch.Tensor]  # correctness per evaluated image, in test-split order
     intervals: dict[str, list[float]]  # clean, each attack, worst case: the 95% Wilson interval
     attack_passes_per_image: dict[str, dict[str, float]]  # forward and backward passes per image, per attack
-    # Per attack: images outside its threat model (counted as not broken), the largest perturbation returned
-    # (in its first ball's norm), and its balls.
+    # Per attack: images outside its threat model (counted as not broken), of which not finite, the largest
+    # perturbation of a finite image returned (in its first ball's norm), its configured balls, and what it
+    # changed that it may not (`integrity.py`: in how many batches).
     threat_model: dict[str, dict] = field(default_factory=dict)
+    # The worst case's threat model (its balls; None: every attack), the attacks it combines, those left out.
+    worst_case: dict = field(default_factory=dict)
+    # With `eval.save_adversarial`: per attack, the scored images and their test-split indices.
+    adversarial: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def record_fields(self) -> dict:
         """The fields of the run's record (`RunRecord`) that the evaluation measured; per-image results on the
@@ -40,7 +45,7 @@ class EvaluationResults:
                 "robust_acc_without_eot": self.robust_acc_without_eot, "defense_metrics": self.defense_metrics,
                 "attack_ms_per_image": self.attack_ms_per_image,
                 "attack_passes_per_image": self.attack_passes_per_image, "threat_model": self.threat_model,
-                "intervals": self.intervals,
+                "worst_case": self.worst_case, "intervals": self.intervals,
                 "per_image": {name: encode_per_image(values[:n_eval]) for name, values in self.per_example.items()
                               if self.n_eval and not name.endswith(WITHOUT_EOT)}}
 
@@ -56,6 +61,9 @@ class Share:
     defense_metrics: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     outside: dict[str, int] = field(default_factory=dict)
     largest: dict[str, float] = field(default_factory=dict)
+    non_finite: dict[str, int] = field(default_factory=dict)  # images returned with a NaN or an infinity
+    changed: dict[str, dict[str, int]] = field(default_factory=dict)  # what an attack changed: batches
+    adversarial: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, names: list[str]) -> Share:
@@ -67,7 +75,10 @@ class Share:
         correct = {name: [(torch.cat([i for i, _ in parts]) if parts else torch.zeros(0, dtype=torch.long),
                            torch.cat([c for _, c in parts]) if parts else torch.zeros(0))]
                    for name, parts in self.correct.items()}
-        return Share(correct, self.seconds, self.passes, self.defense_metrics, self.outside, self.largest)
+        adversarial = {name: [(torch.cat([i for i, _ in parts]), torch.cat([x for _, x in parts]))]
+                       for name, parts in self.adversarial.items() if parts}
+        return Share(correct, self.seconds, self.passes, self.defense_metrics, self.outside, self.largest,
+                     self.non_finite, self.changed, adversarial)
 
     @staticmethod
     def combined(shares: list[Share]) -> Share:
@@ -90,7 +101,24 @@ class Share:
                      {name: sum(share.outside.get(name, 0) for share in shares)
                       for name in {name for share in shares for name in share.outside}},
                      {name: max(share.largest.get(name, 0.0) for share in shares)
-                      for name in {name for share in shares for name in share.largest}})
+                      for name in {name for share in shares for name in share.largest}},
+                     {name: sum(share.non_finite.get(name, 0) for share in shares)
+                      for name in {name for share in shares for name in share.non_finite}},
+                     {name: {what: sum(share.changed.get(name, {}).get(what, 0) for share in shares)
+                             for what in {what for share in shares for what in share.changed.get(name, {})}}
+                      for name in {name for share in shares for name in share.changed}},
+                     {name: [part for share in shares for part in share.adversarial.get(name, [])]
+                      for name in {name for share in shares for name in share.adversarial}})
+
+    def adversarial_images(self) -> dict[str, dict[str, torch.Tensor]]:
+        """A combined share's saved adversarial images per attack, in test-split order, with their indices."""
+        found = {}
+        for name, parts in self.adversarial.items():
+            indices = torch.cat([index for index, _ in parts])
+            images = torch.cat([x for _, x in parts])
+            order = indices.argsort()
+            found[name] = {"index": indices[order], "images": images[order]}
+        return found
 
     def per_image(self, name: str) -> torch.Tensor:
         """A combined share's correctness per image of pass `name`."""

@@ -32,6 +32,14 @@ def results_table(record: RunRecord) -> str:
     if violations:
         lines.append("  outside the threat model (counted as not broken): "
                      + ", ".join(f"{name} {count}" for name, count in violations.items()))
+    for name, check in record.threat_model.items():
+        if check.get("changed"):
+            lines.append(f"  {name} changed {', '.join(check['changed'])} (undone; the untouched copies were scored)")
+    left_out = (record.worst_case or {}).get("left_out")
+    if left_out:
+        lines.append(f"  not in the worst case (another budget than the dataset's balls): {', '.join(left_out)}")
+    for step, error in (record.errors or {}).items():
+        lines.append(f"  {step} failed: {error}")
     raised = flags(record.audit or {})
     mark = trust(record.audit or {}, record.escalation or {})
     lines.append("  audit: " + (("flags " + raised if raised else "no flags") + f"; {mark}" if record.audit

@@ -80,10 +80,14 @@ class Measured:
         self.trust = max(self.trust, other_trust, key=TRUST_ORDER.index)
         self.escalations += escalations
         for name, check in threat_model.items():
-            kept = self.threat_model.setdefault(name, {"violations": 0, "largest_perturbation": 0.0})
+            kept = self.threat_model.setdefault(name, {"violations": 0, "largest_perturbation": 0.0, "changed": {},
+                                                       "in_worst_case": True})
             kept["violations"] += int(check.get("violations", 0))
             kept["largest_perturbation"] = max(kept["largest_perturbation"],
-                                               float(check.get("largest_perturbation", 0)))
+                                               float(check.get("largest_perturbation") or 0))
+            for what, batches in (check.get("changed") or {}).items():
+                kept["changed"][what] = kept["changed"].get(what, 0) + int(batches)
+            kept["in_worst_case"] = kept["in_worst_case"] and check.get("in_worst_case", True)
 
     def add_sources(self, other: Measured) -> None:
         self.sources += other.sources

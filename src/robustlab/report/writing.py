@@ -161,10 +161,22 @@ def threat_model_section(rows: list[Row]) -> str:
             "ε-ball (‖x′ − x‖ ≤ ε·(1 + 1e-5) + 1e-6 in the attack's norm); one outside counts as not broken. ")
     violating = [[row.label, name, check["violations"], f"{check['largest_perturbation']:.4g}"]
                  for row in checked for name, check in sorted(row.threat_model.items()) if check["violations"]]
-    if not violating:
-        return text + f"Every attack stayed inside its threat model ({len(checked)} row(s) checked).\n"
-    return text + "These did not:\n\n" + table(["defense", "attack", "images outside", "largest perturbation"],
-                                                violating, "llrr")
+    text += "These did not:\n\n" + table(["defense", "attack", "images outside", "largest perturbation"], violating,
+                                          "llrr") if violating else \
+        f"Every attack stayed inside its threat model ({len(checked)} row(s) checked).\n"
+    changed = [[row.label, name, ", ".join(f"{what} ({count} batch(es))" for what, count in check["changed"].items())]
+               for row in checked for name, check in sorted(row.threat_model.items()) if check.get("changed")]
+    if changed:
+        text += ("\nThese attacks changed what an attack may not (the images or labels they were given, the model's "
+                 "parameters, buffers, mode, hooks or gradients, or returned no batch like their input); the "
+                 "evaluation undid it and scored the untouched copies:\n\n"
+                 + table(["defense", "attack", "changed"], changed, "lll"))
+    left_out = sorted({name for row in checked for name, check in row.threat_model.items()
+                       if not check.get("in_worst_case", True)})
+    if left_out:
+        text += (f"\nLeft out of the worst case, in their own columns only (their budget is not inside the dataset's "
+                 f"L∞ and L2 balls): {', '.join(left_out)}.\n")
+    return text
 
 
 def escalation_section(rows: list[Row]) -> str:

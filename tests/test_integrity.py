@@ -1,0 +1,264 @@
+"""A user's attack cannot fool the evaluation: a family of faulty attacks in a file outside the repository, each on a
+model with BatchNorm, run the way a user runs them. Each run finishes (or is refused before it starts, naming the
+attack), the faulty column is no lower than what the attack broke fairly (here: the clean accuracy of those
+images, as every fault is built on a perturbation that breaks nothing within the budget), the other columns equal
+an honest run's with the same seed, and the record names what happened."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, script_environment
+from hypothesis import given
+from hypothesis import strategies as st
+
+import robustlab
+from robustlab.attacks.base import ABSOLUTE_TOLERANCE, EPS_RELATIVE_TOLERANCE
+from robustlab.errors import ConfigError
+from robustlab.evaluation.record import decode_per_image
+
+# The user's file: a BatchNorm CNN and the faulty attacks. Every attack but `Honest` moves its images 4ε away
+# (outside the ball: nothing it does may count) or not at all, and commits one fault on the way.
+FAULTY = '''
+import torch
+from torch import nn
+
+from robustlab.attacks.base import Attack
+
+
+class BatchNormNet(nn.Module):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.head = nn.Linear(8 * 16, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features((x - 0.5) / 0.25))
+
+
+class Faulty(Attack):
+    def __init__(self, eps: float = 0.1, norm: str = "linf", eot_samples=1) -> None:
+        self.eps, self.norm, self.eot_samples = eps, norm, eot_samples
+
+    def far(self, x):
+        return (x + 4 * self.eps * torch.sign(torch.randn_like(x))).clamp(0, 1)
+
+
+class WritesIntoItsInput(Faulty):
+    def attack(self, model, x, y, draws):
+        x.copy_(self.far(x))
+        return x
+
+
+class DeclaresABiggerBudget(Faulty):
+    def __init__(self, eps: float = 0.1, norm: str = "linf", eot_samples=1) -> None:
+        super().__init__(4 * eps, norm, eot_samples)
+
+    def attack(self, model, x, y, draws):
+        return self.far(x)
+
+
+class GrowsItsBudgetWhileAttacking(Faulty):
+    def attack(self, model, x, y, draws):
+        self.eps = 4 * 0.1
+        return self.far(x)
+
+
+class ReturnsNaN(Faulty):
+    def attack(self, model, x, y, draws):
+        return torch.full_like(x, float("nan"))
+
+
+class ReturnsInfinity(Faulty):
+    def attack(self, model, x, y, draws):
+        return torch.where(torch.rand_like(x) < 0.5, float("inf"), float("-inf"))
+
+
+class ReturnsAnotherDtype(Faulty):
+    def attack(self, model, x, y, draws):
+        return self.far(x).double()
+
+
+class ReturnsAnotherShape(Faulty):
+    def attack(self, model, x, y, draws):
+        return self.far(x)[:, :, 1:]
+
+
+class LeavesTrainMode(Faulty):
+    def attack(self, model, x, y, draws):
+        model.train()
+        model(x)  # BatchNorm's statistics move too
+        return x
+
+
+class ChangesParameters(Faulty):
+    def attack(self, model, x, y, draws):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.mul_(-1)
+        return x
+
+
+class LeavesAForwardHook(Faulty):
+    def attack(self, model, x, y, draws):
+        model.register_forward_hook(lambda module, inputs, output: -output)
+        return x
+
+
+class LeavesGradients(Faulty):
+    def attack(self, model, x, y, draws):
+        nn.functional.cross_entropy(model(x), y).backward()
+        return x
+'''
+FAULTS = {  # attack → what the record names (None: refused before the run)
+    "WritesIntoItsInput": {"input"},
+    "DeclaresABiggerBudget": None,
+    "GrowsItsBudgetWhileAttacking": set(),
+    "ReturnsNaN": set(),
+    "ReturnsInfinity": set(),
+    "ReturnsAnotherDtype": {"output"},
+    "ReturnsAnotherShape": {"output"},
+    "LeavesTrainMode": {"mode", "buffers"},
+    "ChangesParameters": {"parameters"},
+    "LeavesAForwardHook": {"hooks"},
+    "LeavesGradients": {"gradients"},
+}
+SUITE = ["fgsm", "pgd_linf", "pgd_l2"]
+QUICK = ["eval.n_samples=64", "eval.audit.n_samples=16", "eval.audit.square_queries=20", "eval.image_grid=0",
+         "eval.audit.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("faulty")
+    (directory / "faulty.py").write_text(FAULTY)
+    sys.path.insert(0, str(directory))
+    yield directory
+    sys.path.remove(str(directory))
+
+
+@pytest.fixture(scope="module")
+def trained(user_files):
+    """The BatchNorm net trained a little on the synthetic data, and 64 test images."""
+    import faulty
+
+    from robustlab.data import SyntheticDataModule
+
+    torch.manual_seed(0)
+    data = SyntheticDataModule(num_train=2048, num_test=256, noise=0.15, batch_size=64, val_size=128)
+    data.prepare_data()
+    data.setup("fit")
+    model = faulty.BatchNormNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    images, labels = data.split("train").tensors
+    for _ in range(3):
+        for start in range(0, len(labels), 64):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(images[start:start + 64]), labels[start:start + 64]).backward()
+            optimizer.step()
+    test_images, test_labels = data.split("test").tensors
+    return model.eval(), test_images[:64], test_labels[:64]
+
+
+def evaluate(trained, user_files, attack: str, tmp_path: Path):
+    model, images, labels = trained
+    return robustlab.evaluate_model(model, images, labels, dataset="synthetic", output_dir=tmp_path / attack,
+                                    attack="none", overrides=[*configured(attack), *QUICK])
+
+
+def configured(attack: str) -> list[str]:
+    """The user's attack as a config: its class, and the dataset's L∞ budget."""
+    return [f"attack._target_=faulty.{attack}", "+attack.eps=${dataset.eps.linf}", "+attack.norm=linf"]
+
+
+@pytest.fixture(scope="module")
+def honest(trained, user_files, tmp_path_factory):
+    model, images, labels = trained
+    return robustlab.evaluate_model(model, images, labels, dataset="synthetic", attack="none",
+                                    output_dir=tmp_path_factory.mktemp("honest"), overrides=QUICK)
+
+
+@pytest.mark.parametrize("attack", sorted(FAULTS))
+def test_a_faulty_attack_fools_nothing(attack, trained, user_files, honest, tmp_path):
+    if FAULTS[attack] is None:
+        with pytest.raises(ConfigError, match=r"attack: faulty.DeclaresABiggerBudget declares eps=0.4.* its config "
+                                              r"says eps=0.1"):
+            evaluate(trained, user_files, attack, tmp_path)
+        return
+    record = evaluate(trained, user_files, attack, tmp_path)
+    check = record.threat_model[attack]
+    assert set(check.get("changed", {})) == FAULTS[attack]
+    clean_of_those = decode_per_image(honest.per_image["clean"])[:record.n_eval]
+    assert record.robust_acc[attack] == pytest.approx(sum(clean_of_those) / len(clean_of_those))
+    for name in ["clean", *SUITE]:  # untouched by the faulty pass, whatever it did to the model
+        theirs = record.clean_acc if name == "clean" else record.robust_acc[name]
+        ours = honest.clean_acc if name == "clean" else honest.robust_acc[name]
+        assert theirs == ours, name
+    json.loads((tmp_path / attack / "metrics.json").read_text())  # written, and valid JSON
+
+
+def test_nan_images_are_written_as_counts_not_crashes(trained, user_files, tmp_path):
+    record = evaluate(trained, user_files, "ReturnsNaN", tmp_path)
+    check = record.threat_model["ReturnsNaN"]
+    assert check["violations"] == record.n_eval and check["non_finite"] == record.n_eval
+    assert check["largest_perturbation"] is None or check["largest_perturbation"] == pytest.approx(0.0)
+
+
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=2 * 16, max_size=2 * 16),
+       st.sampled_from([("linf", 0.1), ("l2", 0.5)]))
+def test_every_scored_image_is_its_clean_image_or_inside_the_configured_ball(values, ball):
+    """For any tensor an attack returns, each image that is scored is the clean one, or lies in the configured
+    ball (and [0, 1]) around the untouched clean image, within the stated tolerance."""
+    from robustlab.attacks.norms import NORMS
+    from robustlab.evaluation.engine import Evaluation
+
+    torch.manual_seed(0)
+    clean = torch.rand(2, 1, 4, 4)
+    returned = torch.tensor(values, dtype=torch.float32).view(2, 1, 4, 4)
+    evaluation = Evaluation({"attack": FixedBudget()}, budgets={"attack": [ball]})
+    evaluation.start()
+    scored = evaluation._within_threat_model("attack", clean, returned)
+    norm, eps = ball
+    for image, original in zip(scored, clean):
+        if torch.equal(image, original):
+            continue
+        assert torch.isfinite(image).all() and image.min() >= -ABSOLUTE_TOLERANCE
+        assert image.max() <= 1 + ABSOLUTE_TOLERANCE
+        size = float(NORMS[norm].size((image - original).flatten()[None])[0])
+        assert size <= eps * (1 + EPS_RELATIVE_TOLERANCE) + ABSOLUTE_TOLERANCE
+
+
+class FixedBudget(robustlab.attacks.base.Attack):
+    eps, norm = 1.0, "linf"  # what the object says: the evaluation's frozen budget is what counts
+
+
+def test_a_faulty_attack_through_train_and_evaluate(user_files, tmp_path):
+    """The command line: a model with BatchNorm trained by train.py with the in-place attack as its evaluation
+    attack, then evaluate.py on its checkpoint with the parameter-changing one."""
+    environment = {**script_environment(), "PYTHONPATH": str(user_files)}
+    common = ["dataset=synthetic", "trainer.max_epochs=1", "model._target_=faulty.BatchNormNet", "~model.image_size",
+              "~model.mean", "~model.std", "logger=none", f"paths.output_root={tmp_path}", *QUICK]
+    trained = subprocess.run([sys.executable, str(ROOT / "train.py"), "attack=none",
+                              *configured("WritesIntoItsInput"), *common], env=environment, capture_output=True,
+                             text=True, timeout=600, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    record = json.loads(Path(trained.stdout.strip().splitlines()[-1].removeprefix("metrics: ")).read_text())
+    assert record["threat_model"]["WritesIntoItsInput"]["changed"] == {"input": 1}
+    clean = decode_per_image(record["per_image"]["clean"])
+    assert record["robust_acc"]["WritesIntoItsInput"] == pytest.approx(sum(clean) / len(clean))
+    evaluated = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), f"ckpt_path={record['checkpoint']}",
+                                "attack=none", *configured("ChangesParameters"), "logger=none",
+                                f"paths.output_root={tmp_path}", *QUICK], env=environment, capture_output=True,
+                               text=True, timeout=600, cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    again = json.loads(Path(evaluated.stdout.strip().splitlines()[-1].removeprefix("metrics: ")).read_text())
+    assert again["threat_model"]["ChangesParameters"]["changed"] == {"parameters": 1}
+    assert again["clean_acc"] == record["clean_acc"]
+    assert {name: again["robust_acc"][name] for name in SUITE} == {name: record["robust_acc"][name] for name in SUITE}
+    assert again["robust_acc"]["ChangesParameters"] == pytest.approx(sum(clean) / len(clean))
