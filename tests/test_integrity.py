@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import robustlab
-from robustlab.attacks.base import ABSOLUTE_TOLERANCE, EPS_RELATIVE_TOLERANCE
+from robustlab.attacks.base import ABSOLUTE_TOLERANCE, EPS_RELATIVE_TOLERANCE, outside_threat_model
 from robustlab.errors import ConfigError
 from robustlab.evaluation.record import decode_per_image
 
@@ -114,6 +114,13 @@ class LeavesAForwardHook(Faulty):
 class LeavesGradients(Faulty):
     def attack(self, model, x, y, draws):
         nn.functional.cross_entropy(model(x), y).backward()
+        return x
+
+
+class FailsAtAnotherBudget(Faulty):
+    def attack(self, model, x, y, draws):
+        if abs(self.eps - 0.1) > 1e-9:  # the audit's robustness curves build it at other budgets
+            raise RuntimeError(f"written for eps=0.1 only, got {self.eps}")
         return x
 '''
 FAULTS = {  # attack → what the record names (None: refused before the run)
@@ -262,3 +269,60 @@ def test_a_faulty_attack_through_train_and_evaluate(user_files, tmp_path):
     assert again["clean_acc"] == record["clean_acc"]
     assert {name: again["robust_acc"][name] for name in SUITE} == {name: record["robust_acc"][name] for name in SUITE}
     assert again["robust_acc"]["ChangesParameters"] == pytest.approx(sum(clean) / len(clean))
+
+
+def test_the_scored_images_re_scored_by_a_plain_loop_give_the_same_answer(trained, user_files, tmp_path):
+    """Correctness comes from fresh passes on the untouched model: the adversarial images the run saved, re-scored
+    one by one here, give each image's recorded answer."""
+    model, images, labels = trained
+    record = robustlab.evaluate_model(model, images, labels, dataset="synthetic", attack="apgd_ce",
+                                      output_dir=tmp_path, overrides=[*QUICK, "eval.save_adversarial=true",
+                                                                      "attack.steps=10",
+                                                                      "performance.channels_last=false"])
+    saved = torch.load(tmp_path / "adversarial.pt", weights_only=True)
+    assert set(saved) == {*SUITE, "apgd_ce"}
+    model.eval()
+    for name, found in saved.items():
+        with torch.no_grad():
+            answers = [float(model(image[None]).argmax(1) == labels[index]) for index, image in
+                       zip(found["index"].tolist(), found["images"])]
+        assert answers == decode_per_image(record.per_image[name]), name
+        balls = [tuple(ball) for ball in record.threat_model[name]["balls"]]
+        assert not outside_threat_model(balls, images[found["index"]], found["images"])[0].any()
+
+
+def test_the_worst_case_is_taken_within_its_threat_model(trained, user_files, tmp_path):
+    """An attack at a larger budget than the dataset's balls has its own column and is left out of the worst case;
+    one at a smaller budget is inside it; the report says which."""
+    from robustlab.report import write_report
+
+    model, images, labels = trained
+    record = robustlab.evaluate_model(model, images, labels, dataset="synthetic", attack="apgd_ce",
+                                      output_dir=tmp_path / "run",
+                                      overrides=[*QUICK, "attack.eps=0.3", "attack.steps=10",
+                                                 "+attack@eval.attacks.small_fgsm=fgsm",
+                                                 "eval.attacks.small_fgsm.eps=0.05"])
+    assert record.worst_case["balls"] == [["linf", 0.1], ["l2", 1.5]]
+    assert record.worst_case["left_out"] == ["apgd_ce"] and "small_fgsm" in record.worst_case["attacks"]
+    columns = [decode_per_image(record.per_image[name]) for name in ["clean", *SUITE, "small_fgsm"]]
+    assert decode_per_image(record.per_image["worst_case"]) == [min(values) for values in zip(*columns)]
+    report = write_report(tmp_path, versions="mix")["markdown"].read_text()
+    assert "Left out of the worst case" in report and "apgd_ce" in report.split("Left out of the worst case")[1]
+
+
+def test_a_late_step_that_fails_leaves_its_results_and_a_reason(trained, user_files, tmp_path):
+    """The audit's curves build the attack at other budgets, where this one raises: the evaluation's numbers are
+    written with the audit's error, the call fails, and the same call runs again rather than taking it as done."""
+    from robustlab.evaluation.record import RunRecord
+    from robustlab.runs import LateStepFailed
+
+    model, images, labels = trained
+    arguments = dict(dataset="synthetic", attack="none", output_dir=tmp_path,
+                     overrides=[*configured("FailsAtAnotherBudget"), *QUICK[:-1], "eval.audit.enabled=true"])
+    with pytest.raises(LateStepFailed, match=r"audit failed .*written for eps=0.1 only"):
+        robustlab.evaluate_model(model, images, labels, **arguments)
+    record = RunRecord.read(tmp_path / "metrics.json")
+    assert set(record.errors) == {"audit"} and "written for eps=0.1 only" in record.errors["audit"]
+    assert record.clean_acc > 0 and set(SUITE) <= set(record.robust_acc)
+    with pytest.raises(LateStepFailed):  # not a finished run: evaluated again
+        robustlab.evaluate_model(model, images, labels, **arguments)
