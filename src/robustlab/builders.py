@@ -155,9 +155,9 @@ def configured_budget(node: DictConfig, attack: Attack) -> list[tuple[str, float
                               f"but its config says eps={written.get('eps')!r}, norm={written.get('norm')!r}: the "
                               "evaluation enforces the configured budget, so the attack must declare that one "
                               f"(its `{field}` set from its constructor's argument)")
-    balls = [(str(norm), float(eps)) for norm, eps in _written_balls(written)]
-    extra = [ball for ball in attack.balls() if ball[1] != 0 and ball not in balls and not any(
-        norm == ball[0] and _same_budget(eps, ball[1]) for norm, eps in balls)]
+    balls = _written_balls(written)  # (norm, eps); norm None where the config leaves it to the class
+    extra = [ball for ball in attack.balls() if ball[1] != 0 and not any(
+        norm in (None, ball[0]) and _same_budget(eps, ball[1]) for norm, eps in balls)]
     if extra:
         raise ConfigError(f"{key}: {written.get('_target_')} declares the ball(s) {extra}, which its config does not "
                           f"write (it writes {balls or 'no eps with a norm'}): write the attack's budget in its config "
@@ -165,13 +165,15 @@ def configured_budget(node: DictConfig, attack: Attack) -> list[tuple[str, float
     return attack.balls()
 
 
-def _written_balls(node: Any) -> list[tuple[str, float]]:
-    """Every (norm, eps) that a plain config node writes, at its top or in the nodes it holds."""
+def _written_balls(node: Any) -> list[tuple[str | None, float]]:
+    """Every (norm, eps) that a plain config node writes, at its top or in the nodes it holds (norm None where a
+    node writes an `eps` and leaves the norm to its class's default)."""
     if isinstance(node, list):
         return [ball for item in node for ball in _written_balls(item)]
     if not isinstance(node, dict):
         return []
-    own = [(node["norm"], node["eps"])] if node.get("eps") is not None and isinstance(node.get("norm"), str) else []
+    norm = node.get("norm") if isinstance(node.get("norm"), str) else None
+    own = [(norm, float(node["eps"]))] if isinstance(node.get("eps"), (int, float)) else []
     return own + [ball for value in node.values() for ball in _written_balls(value)]
 
 

@@ -46,27 +46,21 @@ class TorchAttacks(Attack):
         # A null keyword argument is left to the class's default (alpha, derived from a null eps, for CW).
         self.name, self.norm = name, norm
         self.kwargs = {key: value for key, value in (kwargs or {}).items() if value is not None}
-        self.eps = 0.0 if eps is None else float(eps)
+        self.eps = None if eps is None else float(eps)  # type: ignore[assignment]  # None: unbounded
         self.eot_samples = 1
         self.attack_class: Any = attack_class  # a torchattacks class, checked above
         self.takes_eps = "eps" in inspect.signature(attack_class.__init__).parameters
 
-    def does_nothing(self) -> bool:
-        return self.threat is not None and self.eps == 0
-
-    def balls(self) -> list[tuple[str, float]]:
-        return [] if self.threat is None else super().balls()
-
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
-        extra = {"eps": self.eps} if self.takes_eps and self.threat is not None else {}
+        extra = {"eps": self.eps} if self.takes_eps and self.eps is not None else {}
         was_training = model.training
         try:
             x_adv = self.attack_class(model, **extra, **self.kwargs)(x, y).detach()
         finally:
             model.train(was_training)
-        if self.threat is not None:
+        if self.threat is not None and self.eps is not None:
             x_adv = project_image(x, x_adv, self.threat, self.eps)
         return x_adv.clamp(0.0, 1.0)
 
     def __repr__(self) -> str:
-        return f"TorchAttacks({self.name}, eps={self.eps:g}, norm={self.norm}, kwargs={self.kwargs})"
+        return f"TorchAttacks({self.name}, eps={self.eps}, norm={self.norm}, kwargs={self.kwargs})"
