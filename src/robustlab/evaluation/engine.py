@@ -238,9 +238,10 @@ class Evaluation:
         if "parameters" in changed or "buffers" in changed or "mode" in changed or "hooks" in changed \
                 or "gradients" in changed:
             before.restore(predictor)
-        counts = self.share.changed.setdefault(name, {})
-        for what in changed:
-            counts[what] = counts.get(what, 0) + 1
+        if changed:
+            counts = self.share.changed.setdefault(name, {})
+            for what in changed:
+                counts[what] = counts.get(what, 0) + 1
 
     def _within_threat_model(self, name: str, x: torch.Tensor, x_adv: Any) -> torch.Tensor:
         """The attack's images, each one outside its threat model (`attacks.base.outside_threat_model` against the
