@@ -22,21 +22,14 @@ SUITE = ("fgsm", "pgd_linf", "pgd_l2")
 COMMON = ["eval.audit.enabled=false", "eval.image_grid=0", "logger=none"]
 
 
-def trained_model(module) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+def trained_model(module, tests) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     data = FashionMNISTDataModule(root="data", batch_size=128)
     data.prepare_data()
     data.setup("fit")
-    images, labels = data.split("train").tensors
-    model = module.BatchNormNet()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(2):
-        for start in range(0, len(labels), 128):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(images[start:start + 128]), labels[start:start + 128]).backward()
-            optimizer.step()
+    model = tests.trained_briefly(module.BatchNormNet(), *data.split("train").tensors, epochs=2, batch_size=128)
     test_images, test_labels = data.split("test").tensors
-    return model.eval(), test_images[:300], test_labels[:300]
+    return model, test_images[:300], test_labels[:300]
 
 
 def main() -> None:
@@ -48,7 +41,7 @@ def main() -> None:
     sys.path.insert(0, str(directory))
     import faulty
 
-    model, images, labels = trained_model(faulty)
+    model, images, labels = trained_model(faulty, test_integrity)
     honest = robustlab.evaluate_model(model, images, labels, dataset="fashion_mnist", attack="none", overrides=COMMON)
     clean = decode_per_image(honest.per_image["clean"])[:len(labels)]
     fair = f"{100 * sum(clean) / len(clean):.1f}%"

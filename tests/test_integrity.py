@@ -161,16 +161,23 @@ def trained(user_files):
     data = SyntheticDataModule(num_train=2048, num_test=256, noise=0.15, batch_size=64, val_size=128)
     data.prepare_data()
     data.setup("fit")
-    model = faulty.BatchNormNet()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    images, labels = data.split("train").tensors
-    for _ in range(3):
-        for start in range(0, len(labels), 64):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(images[start:start + 64]), labels[start:start + 64]).backward()
-            optimizer.step()
+    model = trained_briefly(faulty.BatchNormNet(), *data.split("train").tensors, epochs=3, batch_size=64)
     test_images, test_labels = data.split("test").tensors
-    return model.eval(), test_images[:64], test_labels[:64]
+    return model, test_images[:64], test_labels[:64]
+
+
+def trained_briefly(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int,
+                    batch_size: int) -> torch.nn.Module:
+    """`model` trained with Adam on cross-entropy, a few epochs in order, then in eval mode (also used by
+    scripts/faulty_attacks.py)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        for start in range(0, len(labels), batch_size):
+            optimizer.zero_grad()
+            batch = slice(start, start + batch_size)
+            torch.nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
+            optimizer.step()
+    return model.eval()
 
 
 def evaluate(trained, user_files, attack: str, tmp_path: Path):
