@@ -234,14 +234,11 @@ class Evaluation:
     def _undo_changes(self, name: str, predictor: nn.Module, before: ModelState, batch: dict[str, bool]) -> None:
         """Name what the attack changed (the copies of the batch it was given, the model's parameters, buffers,
         modes, hooks, gradients) under `threat_model.<name>.changed`, counted in batches, and put the model back."""
-        changed = [what for what, happened in batch.items() if happened] + before.changes(predictor)
-        if "parameters" in changed or "buffers" in changed or "mode" in changed or "hooks" in changed \
-                or "gradients" in changed:
+        in_model = before.changes(predictor)
+        if in_model:
             before.restore(predictor)
-        if changed:
-            counts = self.share.changed.setdefault(name, {})
-            for what in changed:
-                counts[what] = counts.get(what, 0) + 1
+        for what in [what for what, happened in batch.items() if happened] + in_model:
+            self.share.count_change(name, what)
 
     def _within_threat_model(self, name: str, x: torch.Tensor, x_adv: Any) -> torch.Tensor:
         """The attack's images, each one outside its threat model (`attacks.base.outside_threat_model` against the
@@ -252,12 +249,10 @@ class Evaluation:
         share = self.share
         if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
             share.outside[name] = share.outside.get(name, 0) + len(x)
-            counts = share.changed.setdefault(name, {})
-            counts["output"] = counts.get("output", 0) + 1
+            share.count_change(name, "output")
             return x
         if x_adv.dtype != x.dtype or x_adv.device != x.device:
-            counts = share.changed.setdefault(name, {})
-            counts["output"] = counts.get("output", 0) + 1
+            share.count_change(name, "output")
             x_adv = x_adv.detach().to(device=x.device, dtype=x.dtype)
         bad, sizes = outside_threat_model(self.budget(name), x, x_adv)
         finite_images = torch.isfinite(x_adv.flatten(1)).all(dim=1)

@@ -18,8 +18,6 @@ from torch.nn.modules import module as module_globals
 HOOK_TABLES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 GLOBAL_HOOK_TABLES = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
                       "_global_backward_pre_hooks")
-# What `ModelState.changes` names, in the record's words.
-CHANGES = ("parameters", "buffers", "mode", "hooks", "gradients")
 
 
 @dataclass
@@ -45,7 +43,7 @@ class ModelState:
                               for name, value in parameters.items()})
 
     def changes(self, module: nn.Module) -> list[str]:
-        """What differs now from this state (names from `CHANGES`)."""
+        """What differs now from this state, in the record's words: parameters, buffers, mode, hooks, gradients."""
         now = {**dict(module.named_parameters(remove_duplicate=False)),
                **dict(module.named_buffers(remove_duplicate=False))}
         changed_tensors = {name for name, value in self.tensors.items()

@@ -110,6 +110,11 @@ class Share:
                      {name: [part for share in shares for part in share.adversarial.get(name, [])]
                       for name in {name for share in shares for name in share.adversarial}})
 
+    def count_change(self, name: str, what: str) -> None:
+        """One more batch in which attack `name` changed `what` (`integrity.py`; "output": no batch like its input)."""
+        counts = self.changed.setdefault(name, {})
+        counts[what] = counts.get(what, 0) + 1
+
     def adversarial_images(self) -> dict[str, dict[str, torch.Tensor]]:
         """A combined share's saved adversarial images per attack, in test-split order, with their indices."""
         found = {}
