@@ -21,4 +21,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 # The constraints pin torch/torchvision to the builds that install offline here, and the rest to tested versions.
-.venv/bin/python -m pip install -q -c scripts/constraints.txt -e '.[dev]'
+# editable_mode=compat puts src/ on the path, so Hydra's plugin scan finds the SLURM launcher (hydra_plugins/robustlab)
+# as it does in an installed wheel; setuptools' default editable finder hides namespace packages from that scan.
+.venv/bin/python -m pip install -q -c scripts/constraints.txt -e '.[dev]' --config-settings editable_mode=compat

@@ -45,6 +45,8 @@ TRAINING_CODE = ("robustlab.stages", "robustlab.classifier")
 EVALUATION_CODE = ("robustlab.runs",)
 # Where the data comes from, not what it is.
 LOCATION_KEYS = ("root", "system_dir", "download", "resident_on_device")
+# What a dataset's config says about it without changing it (how many images it holds, for a SLURM request).
+DESCRIPTIVE_KEYS = ("images",)
 
 
 def _select(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -57,8 +59,8 @@ def _select(cfg: DictConfig, keys: tuple[str, ...]) -> dict[str, Any]:
         if key in FILE_KEYS:
             value = file_digest(str(value))
         if key == "dataset" and isinstance(value, dict):
-            value = {**value, "datamodule": {k: v for k, v in value.get("datamodule", {}).items()
-                                             if k not in LOCATION_KEYS}}
+            value = {**{k: v for k, v in value.items() if k not in DESCRIPTIVE_KEYS},
+                     "datamodule": {k: v for k, v in value.get("datamodule", {}).items() if k not in LOCATION_KEYS}}
         chosen[key] = value
     return chosen
 
