@@ -34,6 +34,13 @@ ELSEWHERE = {
         "tests/test_certification.py::test_randomized_smoothing_run_is_certified_and_checked",
     "python train.py trainer=gpu": "tests/test_trainers.py::test_gpu_trainer_single_run_in_its_cpu_form",
     "python train.py trainer=ddp": "tests/test_trainers.py::test_ddp_trains_once_and_evaluates_every_image_once",
+    # On a cluster: the slow suite's real one-machine SLURM cluster, in its CPU form
+    "python train.py sweep=matrix hydra/launcher=slurm":
+        "tests/test_slurm.py::test_a_matrix_sweep_runs_through_sbatch_asking_for_what_each_cell_needs",
+    "python train.py -m hydra/launcher=slurm trainer=ddp trainer.devices=4 defense=adv_train":
+        "tests/test_slurm.py::test_ddp_over_two_slurm_tasks_equals_a_single_device",
+    "bash scripts/slurm_local.sh start": "tests/test_slurm.py::cluster",
+    "bash scripts/slurm_local.sh stop": "tests/test_slurm.py::cluster",
     "bash scripts/setup.sh && .venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/lint-imports "
     "&& .venv/bin/python -m pytest":
         "tests/test_readme.py::test_ci_runs_the_readmes_test_command",
@@ -63,8 +70,8 @@ ELSEWHERE = {
 # Commands no test can run here, and why.
 NOT_RUN = {
     "pip install -e '.[scale]'": "installs packages; the dev extra that CI installs includes scale",
-    "python train.py -m hydra/launcher=slurm hydra.launcher.partition=<partition> trainer=gpu defense=none,adv_train":
-        "needs a Slurm cluster (its config is composed below)",
+    "python train.py -m hydra/launcher=slurm hydra.launcher.partition=gpu trainer=gpu defense=none,adv_train":
+        "needs a SLURM cluster with GPUs (its config is composed below; tests/test_slurm.py runs the CPU cluster)",
     "python scripts/bench.py --device cuda --matrix":
         "needs a GPU (tests/test_performance.py runs --device cuda --tiny "
         "where one is present)",
@@ -297,7 +304,8 @@ def test_local_gpus_launcher_command_in_its_cpu_form(outputs):
 
 
 def test_slurm_command_composes(tmp_path):
-    command = [c for c in NOT_RUN if "launcher=slurm" in c][0].replace("<partition>", "debug")
+    command = [c for c in NOT_RUN if "launcher=slurm" in c][0]
     overrides = [argument for argument in arguments(command) if argument != "-m" and "," not in argument]
     cfg = compose_config(overrides, tmp_path)
-    assert "submitit" in cfg.hydra.launcher._target_ and cfg.hydra.launcher.partition == "debug"
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.robustlab.SlurmLauncher"
+    assert cfg.hydra.launcher.partition == "gpu"

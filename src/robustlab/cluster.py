@@ -42,13 +42,12 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from robustlab.errors import ConfigError, RobustlabError
-from robustlab.evaluation.record import FILE_NAME, RunRecord
-from robustlab.fingerprint import run_fingerprint
+from robustlab.errors import ConfigError, RobustlabError, exit_on_user_error
+from robustlab.evaluation.record import FILE_NAME, SLURM_JOB_FILE, RunRecord
+from robustlab.fingerprint import resolve_fingerprint
 
 log = logging.getLogger(__name__)
 
-JOB_FILE = "slurm.json"  # in a cell's directory: the job that runs it
 # squeue's states of a job that has not ended (a requeued job is PENDING again, with the same id).
 LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED"}
@@ -115,24 +114,38 @@ class Partition:
     nodes: int
 
 
+SINFO_FORMAT = "%P|%c|%m|%G|%D"  # partition (default starred), CPUs and MB per node, generic resources, nodes
+
+
 def partitions() -> list[Partition]:
-    """The cluster's partitions as `sinfo` reports them (the largest node of each)."""
+    """The cluster's partitions as `sinfo` reports them."""
     if shutil.which("sinfo") is None:
         raise ConfigError("hydra/launcher=slurm: sinfo is not on PATH; run the sweep from a SLURM cluster's "
                           "login node (or choose another hydra/launcher)")
-    result = subprocess.run(["sinfo", "-h", "-o", "%P|%c|%m|%G|%D"], capture_output=True, text=True)
+    result = subprocess.run(["sinfo", "-h", "-o", SINFO_FORMAT], capture_output=True, text=True)
     if result.returncode != 0:
         raise ConfigError(f"hydra/launcher=slurm: sinfo failed: {result.stderr.strip()}")
+    return parse_sinfo(result.stdout)
+
+
+def parse_sinfo(text: str) -> list[Partition]:
+    """`sinfo -h -o SINFO_FORMAT`'s lines as partitions, each with its largest kind of node (a partition with
+    several kinds has a line per kind)."""
     found: dict[str, Partition] = {}
-    for line in result.stdout.splitlines():
+    for line in text.splitlines():
+        if line.count("|") != 4:
+            continue
         name, cpus, memory, gres, nodes = line.split("|")
-        gpus = sum(int(part.rsplit(":", 1)[-1].split("(")[0]) for part in gres.split(",")
-                   if part.startswith("gpu") and part.rsplit(":", 1)[-1].split("(")[0].isdigit())
-        partition = Partition(name.rstrip("*"), name.endswith("*"), int(cpus.rstrip("+")),
-                              int(memory.rstrip("+")), gpus, int(nodes))
+        gpus = 0
+        for resource in gres.split(","):  # gpu:4, gpu:a100:8(S:0-1), (null)
+            fields = resource.split("(")[0].split(":")
+            if fields[0] == "gpu" and fields[-1].isdigit():
+                gpus += int(fields[-1])
+        partition = Partition(name.rstrip("*"), name.endswith("*"), int(cpus.rstrip("+")), int(memory.rstrip("+")),
+                              gpus, int(nodes))
         previous = found.get(partition.name)
-        if previous is None or (partition.cpus, partition.memory_mb, partition.gpus) > \
-                (previous.cpus, previous.memory_mb, previous.gpus):
+        if previous is None or (partition.gpus, partition.cpus, partition.memory_mb) > \
+                (previous.gpus, previous.cpus, previous.memory_mb):
             found[partition.name] = partition
     return list(found.values())
 
@@ -212,7 +225,7 @@ class Cell:
 
     def submitted_job(self) -> dict | None:
         try:
-            return json.loads((self.directory / JOB_FILE).read_text())
+            return json.loads((self.directory / SLURM_JOB_FILE).read_text())
         except (OSError, ValueError):
             return None
 
@@ -234,6 +247,10 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
 
     # -- in the submitting process --------------------------------------------------------------------------
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        with exit_on_user_error():  # a refused request or failed cells: one message, exit status 2
+            return self._launch(job_overrides, initial_job_idx)
+
+    def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
         given = {key: self.params.get(key) for key in RESOURCE_KEYS}
         cells = [self._cell(list(overrides), initial_job_idx + index, given)
@@ -266,7 +283,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         HydraConfig.instance().set_config(config)  # `${hydra:job.num}`, `${choice:...}` as in the job
         directory = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
         resources, _ = Resources.of(config, given)
-        return Cell(overrides, number, directory, resources, config, run_fingerprint(config))
+        return Cell(overrides, number, directory, resources, config, resolve_fingerprint("run", _root_=config))
 
     def _still_running(self, cells: list[Cell]) -> list[Cell]:
         """The cells whose job (from an earlier submission of this sweep) is still queued or running."""
@@ -304,7 +321,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             for cell, job in zip(group, jobs):
                 cell.job_id, cell.log_file = job.job_id, str(job.paths.stderr)
                 cell.directory.mkdir(parents=True, exist_ok=True)
-                (cell.directory / JOB_FILE).write_text(json.dumps(
+                (cell.directory / SLURM_JOB_FILE).write_text(json.dumps(
                     {"job_id": job.job_id, "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
                      "result": str(job.paths.result_pickle), "submitted": time.time(),
                      "request": asdict(resources)}, indent=2) + "\n")

@@ -23,6 +23,7 @@ CLEAN = "clean"  # the clean pass over the whole test split
 WORST_CASE = "worst_case"  # per image, the minimum correctness over the clean pass and every attack
 WITHOUT_EOT = "/without_eot"  # suffix of a randomized predictor's single-draw pass, reported apart
 FILE_NAME = "metrics.json"
+SLURM_JOB_FILE = "slurm.json"  # in a run directory a SLURM sweep submitted: its job id and log files
 
 
 class NotARecord(RobustlabError):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from robustlab.code_digests import module_digest
 from robustlab.errors import RobustlabError
-from robustlab.evaluation.record import FILE_NAME, NotARecord, RunRecord
+from robustlab.evaluation.record import FILE_NAME, SLURM_JOB_FILE, NotARecord, RunRecord
 
 # What to do with results evaluated by different code: refuse to report them together, report the current
 # ones alone, or mix them knowingly.
@@ -46,14 +46,24 @@ def read_records(directory: str | Path) -> tuple[dict[str, RunRecord], list[str]
             skipped.append(f"{source}: {error}")
     for run_dir in sorted(path for path in directory.rglob("*") if path.is_dir() and "report" not in
                           path.relative_to(directory).parts):
-        is_run = (run_dir / ".hydra").is_dir() or not any(run_dir.iterdir())
+        job = run_dir / SLURM_JOB_FILE
+        is_run = (run_dir / ".hydra").is_dir() or job.is_file() or not any(run_dir.iterdir())
         if is_run and not (run_dir / FILE_NAME).exists():
             skipped.append(f"{run_dir.relative_to(directory)}/: a run directory without metrics.json "
-                           "(the run did not finish)")
+                           f"(the run did not finish{slurm_job(job)})")
     if not records:
         raise NoResults(f"no robustlab results (metrics.json) under {directory}"
                         + "".join(f"\n  skipped {line}" for line in skipped))
     return records, skipped
+
+
+def slurm_job(path: Path) -> str:
+    """'; SLURM job <id>, log <file>' for a run directory a SLURM sweep submitted, else ''."""
+    try:
+        job = json.loads(path.read_text())
+        return f"; SLURM job {job['job_id']}, log {job['stderr']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def version_conflicts(records: dict[str, RunRecord]) -> list[str]:
