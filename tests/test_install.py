@@ -50,8 +50,8 @@ def installed(tmp_path_factory) -> dict:
 
 def test_the_wheel_holds_every_module_config_and_the_starter_project(installed):
     names = set(zipfile.ZipFile(installed["wheel"]).namelist())
-    modules = {f"robustlab/{path.relative_to(ROOT / 'src' / 'robustlab').as_posix()}"
-               for path in (ROOT / "src" / "robustlab").rglob("*.py")}
+    modules = {path.relative_to(ROOT / "src").as_posix() for path in (ROOT / "src").rglob("*.py")}
+    assert "hydra_plugins/robustlab/__init__.py" in modules  # the SLURM launcher, where Hydra looks for launchers
     configs = {f"robustlab/conf/{path.relative_to(ROOT / 'conf').as_posix()}"
                for path in (ROOT / "conf").rglob("*.yaml")}
     starter = {f"robustlab/project_template/{path.relative_to(ROOT / 'examples' / 'own_code').as_posix()}"
@@ -59,6 +59,11 @@ def test_the_wheel_holds_every_module_config_and_the_starter_project(installed):
                if path.is_file() and path.suffix in (".py", ".yaml", ".md") and "outputs" not in path.parts}
     assert modules - names == set() and configs - names == set() and starter - names == set()
     assert any(name.endswith("entry_points.txt") for name in names)
+    # Hydra's plugin scan finds the installed launcher (hydra/launcher=slurm instantiates it by this name).
+    script = ("from hydra.core.plugins import Plugins; from hydra.plugins.launcher import Launcher; "
+              "print(*(f'{c.__module__}.{c.__name__}' for c in Plugins.instance().discover(Launcher)))")
+    found = run([str(installed["bin"] / "python"), "-c", script], cwd=installed["home"]).stdout.split()
+    assert "hydra_plugins.robustlab.SlurmLauncher" in found
 
 
 def test_a_user_starts_trains_evaluates_and_reports_from_their_own_directory(installed):

@@ -182,7 +182,7 @@ def test_a_failed_cell_is_named_with_its_job_and_log_and_the_others_are_reported
     failed = next(directory for directory in found.values() if directory not in finished)
     job = job_of(failed)
     message = result.stderr[result.stderr.index("1 of 2 cells failed"):]
-    line = next(line for line in message.splitlines() if "optimizer.lr=1e9" in line)
+    line = next(line for line in message.splitlines() if "optimizer.lr=1000000000.0" in line)  # as Hydra writes 1e9
     assert f"job {job['job_id']}" in line and job["stderr"] in line and "diverged" in line.lower()
     assert Path(job["stderr"]).is_file()
     report = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "scripts" / "report.py"),

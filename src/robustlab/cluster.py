@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from robustlab.errors import ConfigError, RobustlabError, exit_on_user_error
 from robustlab.evaluation.record import FILE_NAME, SLURM_JOB_FILE, RunRecord
 from robustlab.fingerprint import resolve_fingerprint
+from robustlab.validation import check_complete, check_step_sizes
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def last_line(path: Path) -> str:
     return (told or lines or ["(empty log)"])[-1]
 
 
-@dataclass
+@dataclass(eq=False)  # a cell is itself: compared and hashed by identity
 class Cell:
     """One job of the sweep: its overrides, number, directory and request."""
 
@@ -257,6 +258,9 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
                  for index, overrides in enumerate(job_overrides)]
         available = partitions()
         for cell in cells:
+            check_complete(cell.config)  # what a job would refuse at its start, refused before any is submitted
+            if cell.config.get("dataset") is not None:  # `evaluate ckpt_path=...`: the checkpoint's, in the job
+                check_step_sizes(cell.config)
             check_fits(cell.resources, Resources.of(cell.config, given)[1], self.params.get("partition"), available)
 
         finished = [cell for cell in cells if cell.finished()]
