@@ -233,6 +233,31 @@ def test_noisy_model_is_evaluated_with_eot_and_the_single_draw_number_apart(tmp_
     assert results.robust_acc == metrics["robust_acc"]
 
 
+@pytest.mark.parametrize("setting, compared", [(["pgd_linf", "pgd_l2"], {"pgd_linf", "pgd_l2"}),
+                                               (True, {"fgsm", "pgd_linf", "pgd_l2"}), ([], set()), (False, set())])
+def test_the_single_draw_comparison_runs_for_the_attacks_named_by_compare_without_eot(setting, compared):
+    """eval.compare_without_eot: by default PGD-20 of each norm (conf/eval/quick.yaml), `true` every attack."""
+    from robustlab.evaluation.engine import WITHOUT_EOT, Evaluation
+
+    attacks = {"fgsm": PGD(eps=0.1, steps=1), "pgd_linf": PGD(eps=0.1), "pgd_l2": PGD(eps=1.5, norm="l2"),
+               "pgd_fixed": PGD(eps=0.1, eot_samples=4)}  # its draws are set: never compared
+    evaluation = Evaluation(attacks, compare_without_eot=setting)
+    net = BasicNet(in_channels=1, image_size=28, num_classes=10, mean=[0.5], std=[0.25]).eval()
+    evaluation.plan(NoisyModel(net, sigma=0.5), torch.rand(8, 1, 28, 28))
+    assert {name.removesuffix(WITHOUT_EOT) for name in evaluation.passes if name.endswith(WITHOUT_EOT)} == compared
+    evaluation.plan(net, torch.rand(8, 1, 28, 28))  # deterministic: nothing to compare
+    assert not [name for name in evaluation.passes if name.endswith(WITHOUT_EOT)]
+    default = OmegaConf.load(ROOT / "conf" / "eval" / "quick.yaml").compare_without_eot
+    assert list(default) == ["pgd_linf", "pgd_l2"]
+
+
+def test_compare_without_eot_refuses_a_lone_name_naming_its_key():
+    from robustlab.evaluation.engine import Evaluation
+
+    with pytest.raises(InvalidValue, match=r"eval.compare_without_eot='pgd_linf'.*list of attack names"):
+        Evaluation({"pgd_linf": PGD(eps=0.1)}, compare_without_eot="pgd_linf")
+
+
 def test_deterministic_runs_report_no_eot_numbers(tmp_path):
     robustlab.train.run(compose_config([*TINY, "eval=quick", "eval.n_samples=32"], tmp_path))
     metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -136,7 +136,8 @@ def build_evaluation(cfg: DictConfig) -> Evaluation:
     if not isinstance(save, bool):
         raise InvalidValue("eval.save_adversarial", save, "true or false")
     return Evaluation(attacks, n_eval=evaluation.n_samples, image_grid=evaluation.image_grid,
-                      accuracy_draws=evaluation.accuracy_draws, compare_without_eot=evaluation.compare_without_eot,
+                      accuracy_draws=evaluation.accuracy_draws,
+                      compare_without_eot=to_plain(evaluation.compare_without_eot),
                       class_names=list(class_names) if class_names else None, bpda=evaluation.get("bpda", True),
                       mixture_attacks=mixture_attacks, budgets=budgets, save_adversarial=save,
                       threat_model=[("linf", float(cfg.dataset.eps.linf)), ("l2", float(cfg.dataset.eps.l2))])

@@ -366,21 +366,21 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         """None if the cell finished; else its error's last line."""
         if cell.finished():
             return None
-        job = cell.submitted_job() or {}
-        result = Path(job.get("result", ""))
+        result = Path((cell.submitted_job() or {}).get("result", ""))
         for _ in range(10):  # the result may reach a shared filesystem a moment after the job ends
             if result.is_file():
                 break
             time.sleep(0.5)
-        if result.is_file():
-            from submitit.core.utils import pickle_load
+        if not result.is_file():  # no result: the job died (killed, out of memory) or exited with a message
+            return last_line(Path(cell.log_file))
+        from submitit.core.utils import pickle_load
 
-            outcome, value = pickle_load(result)
-            if outcome == "error":
-                return str(value).strip().splitlines()[-1]
-            if isinstance(value, JobReturn) and value.status == JobStatus.FAILED:
-                return f"{type(value._return_value).__name__}: {value._return_value}"
-        return last_line(Path(cell.log_file))
+        outcome, value = pickle_load(result)
+        if outcome == "error":
+            return str(value).strip().splitlines()[-1]
+        if isinstance(value, JobReturn) and value.status == JobStatus.FAILED:
+            return f"{type(value._return_value).__name__}: {value._return_value}"
+        return None  # the job ran its cell to the end
 
     def _job_return(self, cell: Cell) -> JobReturn:
         job_return = JobReturn(overrides=cell.overrides, cfg=cell.config, hydra_cfg=cell.config.hydra,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -51,9 +51,9 @@ class Evaluation:
     """Pass 0 is clean accuracy on the whole test split; pass k ≥ 1 runs the k-th attack on the first `n_eval`
     test images (all with -1), differentiating preprocessing steps through their stand-ins (BPDA) unless
     `bpda` is false. A randomized predictor's accuracy is averaged over `accuracy_draws` draws
-    (exact for a mixture), and its attacks use EOT unless their config says otherwise; with
-    `compare_without_eot`, every attack that would use EOT runs again with one draw per gradient, reported
-    apart (`robust_acc_without_eot`), never as the robust accuracy.
+    (exact for a mixture), and its attacks use EOT unless their config says otherwise. The attacks named in
+    `compare_without_eot` (True: every attack; False or []: none) that would use EOT run again with one draw
+    per gradient, reported apart (`robust_acc_without_eot`), never as the robust accuracy.
 
     What an attack returns is checked against `budgets` (each attack's configured balls, frozen here; default:
     what the attack declares now), measured from the engine's own copy of the clean images; the attack gets
@@ -63,7 +63,7 @@ class Evaluation:
     """
 
     def __init__(self, attacks: Mapping[str, Attack], n_eval: int = 1000, image_grid: int = 8,
-                 accuracy_draws: int = 10, compare_without_eot: bool = True,
+                 accuracy_draws: int = 10, compare_without_eot: bool | Sequence[str] = True,
                  class_names: list[str] | None = None, bpda: bool = True,
                  mixture_attacks: Mapping[str, Attack] | None = None,
                  budgets: Mapping[str, list[tuple[str, float]]] | None = None,
@@ -79,7 +79,12 @@ class Evaluation:
         self.save_adversarial = save_adversarial
         self.attacks = dict(self.suite)  # what `plan` decides runs: the suite, plus the mixture attacks
         self.n_eval, self.image_grid, self.class_names = n_eval, image_grid, class_names
-        self.accuracy_draws, self.compare_without_eot = accuracy_draws, compare_without_eot
+        self.accuracy_draws = accuracy_draws
+        require(isinstance(compare_without_eot, bool) or (not isinstance(compare_without_eot, str) and all(
+            isinstance(name, str) for name in compare_without_eot)), "eval.compare_without_eot", compare_without_eot,
+            "a list of attack names (e.g. [pgd_linf, pgd_l2]), true for every attack, or false for none")
+        self.compare_without_eot: bool | frozenset[str] = (compare_without_eot if isinstance(compare_without_eot, bool)
+                                                           else frozenset(compare_without_eot))
         require(isinstance(bpda, bool), "eval.bpda", bpda, "true or false")
         self.bpda = bpda  # attacks differentiate preprocessing steps through their stand-ins
         self.randomized = self.exact = False  # exact: a finite mixture, accuracy Σ α_k·acc_k without sampling
@@ -105,10 +110,16 @@ class Evaluation:
         self.votes = voting(predictor) is not None
         self.attacks = {**self.suite, **(self.mixture_attacks if self.exact else {})}
         self.passes = dict(self.attacks)
-        if self.randomized and self.compare_without_eot and not self.exact:
+        if self.randomized and not self.exact:
             for name, attack in self.attacks.items():
-                if attack.eot_samples is None:  # chosen automatically, so EOT on this predictor
+                if attack.eot_samples is None and self.compared_without_eot(name):  # EOT chosen automatically
                     self.passes[name + WITHOUT_EOT] = attack.with_eot_samples(1)
+
+    def compared_without_eot(self, name: str) -> bool:
+        """Whether attack `name` also runs with one draw on a randomized predictor (`compare_without_eot`)."""
+        if isinstance(self.compare_without_eot, bool):
+            return self.compare_without_eot
+        return name in self.compare_without_eot
 
     def budget(self, name: str) -> list[tuple[str, float]]:
         """The balls pass `name`'s images must lie in: its attack's configured budget (a single-draw copy's is

@@ -127,8 +127,10 @@ def without_eot_section(rows: list[Row]) -> str:
     randomized = [row for row in rows if row.robust_acc_without_eot]
     if not randomized:
         return ""
-    attacks = [name for name in attack_columns(rows) if name != WORST_CASE]
+    attacks = [name for name in attack_columns(rows) if any(name in row.robust_acc_without_eot for row in randomized)]
     return ("\n## Randomized predictors attacked WITHOUT EOT (for comparison only; not robust accuracy)\n\n"
+            "The attacks of `eval.compare_without_eot` (by default PGD-20 of each norm, `pgd_linf` and `pgd_l2`; "
+            "`true`: every attack) ran again with one draw per gradient; – : not compared.\n\n"
             + table(["defense", *attacks], [[row.label, *(percent(row.robust_acc_without_eot.get(name))
                                                           for name in attacks)] for row in randomized],
                     "l" + "r" * len(attacks)))
