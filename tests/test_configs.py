@@ -70,7 +70,7 @@ def test_dataset_budgets_match_the_design(tmp_path):
 
 
 @pytest.mark.parametrize("launcher,target", [("local_gpus", "hydra_plugins.hydra_joblib_launcher"),
-                                             ("slurm", "hydra_plugins.hydra_submitit_launcher")])
+                                             ("slurm", "hydra_plugins.robustlab.SlurmLauncher")])
 def test_launcher_configs_compose(launcher, target, tmp_path):
     cfg = compose_config(["dataset=synthetic", f"hydra/launcher={launcher}"], tmp_path)
     assert cfg.hydra.launcher._target_.startswith(target)
