@@ -19,7 +19,8 @@ from robustlab.models import DnCNN, PreActResNet18, SmallCNN, WideResNet
 TINY_WIDTHS = {"wide_resnet": ["model.depth=10", "model.widen_factor=1"], "preact_resnet18": ["model.width=4"]}
 CIFAR_SHAPED = ["dataset=synthetic", "dataset.channels=3", "dataset.image_size=32", "dataset.mean=[0.5,0.5,0.5]",
                 "dataset.std=[0.25,0.25,0.25]"]
-ONE_EPOCH = ["trainer.max_epochs=1", "eval=quick", "eval.n_samples=32", "logger=none", "attack=fgsm"]
+ONE_EPOCH = ["trainer.max_epochs=1", "eval=quick", "eval.n_samples=32", "logger=none", "attack=fgsm",
+             "eval.audit.n_samples=16", "eval.audit.square_queries=50"]  # the audit runs; its size is not tested here
 
 
 @pytest.mark.parametrize("model", sorted(TINY_WIDTHS))
