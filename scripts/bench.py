@@ -173,6 +173,36 @@ def attack_throughput(sizes: Sizes, repeats: int, output_dir: str, device: torch
     return figures
 
 
+# -- 1b. EOT: a randomized predictor's gradient, its draws batched or one pass each ---------------------------
+EOT_DRAWS = 10
+
+
+def eot_gradient(sizes: Sizes, repeats: int, output_dir: str, device: torch.device) -> list[Figure]:
+    """One EOT gradient (10 draws) of noise injection's deployed BasicNet on 64 images: the draws batched (what
+    attacks do where the randomness is per image; on the CPU up to 256 images a pass) against one pass per draw."""
+    from robustlab.attacks import expectation
+    from robustlab.attacks.gradient import loss_and_gradient
+
+    torch.manual_seed(0)
+    cfg = compose_config([*sizes.dataset, "defense=noise_injection"], output_dir)
+    predictor = build_classifier(cfg).to(device).predictor().eval()
+    count = 64  # an attack's chunk at the end of a batch, or a small evaluation batch
+    x = torch.rand(count, cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size, device=device)
+    y = torch.randint(0, cfg.dataset.num_classes, (count,), device=device)
+    figures = []
+    for way, batched in (("batched draws", True), ("one pass per draw", False)):
+        expectation._PER_SAMPLE[predictor] = batched
+
+        def gradient() -> None:
+            with deployed_precision(device):
+                loss_and_gradient(predictor, x, y, EOT_DRAWS)
+
+        seconds = timed(gradient, repeats, device)
+        figures.append(Figure(f"eot/{way}", f"EOT gradient ({EOT_DRAWS} draws), noise injection BasicNet, {count} "
+                              f"images: {way}", "ms", [1000 * s for s in seconds]))
+    return figures
+
+
 # -- 2. adversarial training: whole epochs, and the framework's cost per step ---------------------------
 TRAINING = ["defense=adv_train", "trainer.max_epochs=1", "trainer.limit_val_batches=0"]
 QUIET = ["logger=none", "~callbacks.model_checkpoint", "+trainer.enable_checkpointing=false", "~callbacks.progress_bar",
@@ -380,6 +410,8 @@ def ratios(figures: dict[str, Figure], sizes: Sizes, device: torch.device) -> li
                            ("≥", 1.5) if gpu else ("≥", 1.3) if model == "BasicNet" else None))
         lines.append(Ratio(f"PGD throughput robustlab / ART, {model}", ours / find(f"pgd/{model}/ART"),
                            ("≥", 2.0) if model == "BasicNet" and not gpu else None))
+    lines.append(Ratio(f"EOT gradient ({EOT_DRAWS} draws) batched / one pass per draw",
+                       find("eot/batched draws") / find("eot/one pass per draw"), ("≤", 1.0)))
     lines.append(Ratio("PGD throughput compile=true / compile=false, BasicNet",
                        find("pgd/BasicNet/robustlab compile=true") / find("pgd/BasicNet/robustlab"), None))
     for model in [name for name, _ in model_overrides(sizes) if f"epoch/{name}/robustlab" in figures]:
@@ -468,6 +500,7 @@ def main() -> None:
         sizes = Sizes.tiny() if args.tiny else Sizes.full()
         figures = []
         for measure in (lambda: attack_throughput(sizes, args.repeats, output_dir, device),
+                        lambda: eot_gradient(sizes, args.repeats, output_dir, device),
                         lambda: training_epoch(sizes, args.repeats, output_dir, device),
                         lambda: step_overhead(sizes, args.repeats, output_dir, device),
                         lambda: evaluation_memory(sizes, args.repeats, device),

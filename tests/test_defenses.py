@@ -258,6 +258,66 @@ def test_compare_without_eot_refuses_a_lone_name_naming_its_key():
         Evaluation({"pgd_linf": PGD(eps=0.1)}, compare_without_eot="pgd_linf")
 
 
+def estimates(model, x, y, draws: int, repeats: int, batched: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`repeats` EOT estimates of the per-image loss and of its gradient, batched draws or one pass per draw."""
+    from robustlab.attacks import expectation
+    from robustlab.attacks.gradient import loss_and_gradient
+
+    expectation._PER_SAMPLE[model] = batched  # which way `per_example_loss` takes the draws
+    torch.manual_seed(0)
+    pairs = [loss_and_gradient(model, x, y, draws) for _ in range(repeats)]
+    return torch.stack([loss for loss, _ in pairs]), torch.stack([grad for _, grad in pairs])
+
+
+def test_batched_eot_draws_agree_in_distribution_with_one_pass_per_draw():
+    """One forward pass over the batch repeated `draws` times estimates the same expected loss and gradient as
+    `draws` passes: per image, the two means of 40 estimates differ by less than 4.5 standard errors, and the
+    estimates' spreads match."""
+    from robustlab.attacks.expectation import randomness_per_sample
+
+    torch.manual_seed(1)
+    net = BasicNet(in_channels=1, image_size=28, num_classes=10, mean=[0.5], std=[0.25]).eval()
+    noisy = NoisyModel(net, sigma=0.5)
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    assert randomness_per_sample(noisy, x)
+    (loss_b, grad_b), (loss_l, grad_l) = (estimates(noisy, x, y, 10, 40, batched) for batched in (True, False))
+    # (On the CPU the generator fills the repeated batch with the numbers it gives pass by pass, so the two are
+    # often equal; elsewhere they are different draws from the same distribution, which is what is checked.)
+    error = (loss_b.var(0) / 40 + loss_l.var(0) / 40).sqrt()
+    assert ((loss_b.mean(0) - loss_l.mean(0)).abs() < 4.5 * error).all()
+    assert 0.5 < float(loss_b.var(0).mean() / loss_l.var(0).mean()) < 2.0
+    cosine = F.cosine_similarity(grad_b.mean(0).flatten(1), grad_l.mean(0).flatten(1), dim=1)
+    assert (cosine > 0.9).all(), cosine
+
+
+class NoisePerBatch(torch.nn.Module):
+    """A predictor drawing one noise value for the whole batch: copies of one image are answered alike."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x + 0.3 * torch.randn(())).clamp(0, 1))
+
+
+def test_a_predictor_drawing_once_per_batch_gets_one_pass_per_draw_and_the_probe_draws_nothing():
+    from robustlab.attacks.expectation import per_example_loss, randomness_per_sample
+
+    net = BasicNet(in_channels=1, image_size=28, num_classes=10, mean=[0.5], std=[0.25]).eval()
+    predictor = NoisePerBatch(net)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    assert not randomness_per_sample(predictor, x)
+    assert torch.equal(torch.rand(3), expected)  # the probe left the random stream as it was
+    calls = []
+    predictor.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    per_example_loss(predictor, x, y, draws=5)
+    assert calls == [8] * 5  # independent draws: one pass each
+
+
 def test_deterministic_runs_report_no_eot_numbers(tmp_path):
     robustlab.train.run(compose_config([*TINY, "eval=quick", "eval.n_samples=32"], tmp_path))
     metrics = json.loads((tmp_path / "metrics.json").read_text())

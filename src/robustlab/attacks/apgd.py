@@ -102,8 +102,8 @@ class APGD(Attack):
             predictions.append(logits.detach().argmax(1) == labels)  # every forward pass's answer, for free
             return objective(logits, labels)
 
-        def fooled_by_all_draws() -> torch.Tensor:
-            fooled = ~torch.stack(predictions).any(dim=0)
+        def fooled_by_all_draws() -> torch.Tensor:  # the passes' answers, draw after draw (batched or not)
+            fooled = ~torch.cat(predictions).view(-1, len(y)).any(dim=0)
             predictions.clear()
             return fooled
 

@@ -18,6 +18,7 @@ never over one lucky draw:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -57,16 +58,54 @@ def is_randomized(model: nn.Module, x: torch.Tensor, probes: int = 8) -> bool:
     return not torch.equal(model(probe), model(probe))
 
 
+@torch.no_grad()
+def randomness_per_sample(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the predictor draws its randomness for each image of a batch apart (noise injection, smoothing's
+    noise), so that one pass over the batch repeated k times is k independent draws; a predictor drawing once per
+    batch (the same noise for every image) answers copies of one image alike. Asked once per predictor."""
+    known = _PER_SAMPLE.get(model)
+    if known is None:
+        # The random streams are left as they were: a result never depends on which batch asked first (DDP).
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            copies = model(x[:1].expand(4, *x.shape[1:]).contiguous())
+        known = _PER_SAMPLE[model] = not all(torch.equal(copies[0], copy) for copy in copies[1:])
+    return known
+
+
+_PER_SAMPLE: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+# At most this many images (draws × batch) in one forward pass of an EOT estimate. On the CPU, a pass larger than
+# an attack's cache-sized chunk (256 images) is no faster than its parts (scripts/bench.py, EOT gradient): small
+# batches gain, a whole chunk keeps one pass per draw. Elsewhere the cap only bounds memory.
+EOT_BATCH_IMAGES = {"cpu": 256}
+EOT_BATCH_IMAGES_ELSEWHERE = 4096
+
+
+def draw_groups(draws: int, x: torch.Tensor) -> list[int]:
+    """How many draws each forward pass over the batch `x` takes: as many as fit in the device's cap."""
+    cap = EOT_BATCH_IMAGES.get(x.device.type, EOT_BATCH_IMAGES_ELSEWHERE)
+    per_pass = max(1, cap // max(len(x), 1))
+    return [min(per_pass, draws - start) for start in range(0, draws, per_pass)]
+
+
 def per_example_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int = 1,
                      loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy) -> torch.Tensor:
-    """`loss(logits, y)` per example (cross-entropy by default), in expectation over the predictor's randomness."""
+    """`loss(logits, y)` per example (cross-entropy by default), in expectation over the predictor's randomness.
+
+    Several draws go through the predictor as one batch (the images repeated) where its randomness is per image
+    (`randomness_per_sample`), else one pass per draw; either way `loss` is called once per draw, on that draw's
+    logits, so a loss holding per-image tensors (a target, a direction) sees the shapes it expects."""
     members = weighted_members(model)
     if members is not None:
         return torch.stack([weight * loss(member(x), y) for weight, member in members]).sum(dim=0)
-    total = loss(model(x), y)
-    for _ in range(draws - 1):
-        total = total + loss(model(x), y)
-    return total if draws == 1 else total / draws
+    if draws == 1:
+        return loss(model(x), y)
+    groups = draw_groups(draws, x) if randomness_per_sample(model, x) else [1] * draws
+    return torch.stack([loss(logits, y) for k in groups for logits in model(_repeat(x, k)).split(len(x))]).mean(dim=0)
+
+
+def _repeat(t: torch.Tensor, k: int) -> torch.Tensor:
+    """`t` k times along the batch, draw-major (k = 1: `t` itself)."""
+    return t if k == 1 else t.repeat(k, *([1] * (t.dim() - 1)))
 
 
 @torch.no_grad()
@@ -76,7 +115,10 @@ def expected_logits(model: nn.Module, x: torch.Tensor, draws: int = 1) -> torch.
     members = weighted_members(model)
     if members is not None:
         return sum(weight * member(x) for weight, member in members)
-    return sum(model(x) for _ in range(draws)) / draws
+    if draws == 1:
+        return model(x)
+    groups = draw_groups(draws, x) if randomness_per_sample(model, x) else [1] * draws
+    return torch.cat([model(_repeat(x, k)) for k in groups]).view(draws, len(x), -1).mean(dim=0)
 
 
 @torch.no_grad()
@@ -91,10 +133,11 @@ def expected_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: 
     members = weighted_members(model)
     if members is not None:
         return sum(weight * (member(x).argmax(1) == y).float() for weight, member in members)
-    correct = torch.zeros(len(y), device=y.device)
-    for _ in range(draws):
-        correct += (model(x).argmax(1) == y).float()
-    return correct / draws
+    if draws == 1:
+        return (model(x).argmax(1) == y).float()
+    groups = draw_groups(draws, x) if randomness_per_sample(model, x) else [1] * draws
+    answers = torch.cat([model(_repeat(x, k)).argmax(1) for k in groups]).view(draws, len(x))
+    return (answers == y).float().mean(dim=0)
 
 
 @torch.no_grad()
