@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from robustlab.attacks import PGD
 from robustlab.builders import build_classifier, build_datamodule, build_evaluation, build_runtime, build_trainer
+from robustlab.resolvers import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +90,7 @@ class Figure:
 def compose_config(overrides: list[str], output_dir: str):
     """The config `python train.py <overrides>` runs, with Hydra's own config set as in a run, so that
     `${hydra:...}` interpolations resolve (`trainer=gpu` reads the job number)."""
+    register_resolvers()  # `${choice:...}`, `${fingerprint:...}`, as the robustlab command registers them
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", f"paths.output_dir={output_dir}", *overrides],
