@@ -204,6 +204,7 @@ class Cell:
     number: int
     directory: Path
     resources: Resources
+    sources: dict[str, str]  # where each resource value came from (for messages)
     config: DictConfig
     fingerprint: str  # the run's: a metrics.json with it, and without errors, is this cell finished
     job_id: str | None = None
@@ -261,7 +262,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             check_complete(cell.config)  # what a job would refuse at its start, refused before any is submitted
             if cell.config.get("dataset") is not None:  # `evaluate ckpt_path=...`: the checkpoint's, in the job
                 check_step_sizes(cell.config)
-            check_fits(cell.resources, Resources.of(cell.config, given)[1], self.params.get("partition"), available)
+            check_fits(cell.resources, cell.sources, self.params.get("partition"), available)
 
         finished = [cell for cell in cells if cell.finished()]
         running = self._still_running([cell for cell in cells if cell not in finished])
@@ -286,8 +287,9 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             config.hydra.job.num = number
         HydraConfig.instance().set_config(config)  # `${hydra:job.num}`, `${choice:...}` as in the job
         directory = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
-        resources, _ = Resources.of(config, given)
-        return Cell(overrides, number, directory, resources, config, resolve_fingerprint("run", _root_=config))
+        resources, sources = Resources.of(config, given)
+        return Cell(overrides, number, directory, resources, sources, config,
+                    resolve_fingerprint("run", _root_=config))
 
     def _still_running(self, cells: list[Cell]) -> list[Cell]:
         """The cells whose job (from an earlier submission of this sweep) is still queued or running."""

@@ -97,15 +97,17 @@ def per_example_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: 
     members = weighted_members(model)
     if members is not None:
         return torch.stack([weight * loss(member(x), y) for weight, member in members]).sum(dim=0)
+    return torch.stack([loss(logits, y) for logits in draw_logits(model, x, draws)]).mean(dim=0)
+
+
+def draw_logits(model: nn.Module, x: torch.Tensor, draws: int) -> list[torch.Tensor]:
+    """The logits of each of `draws` forward passes on `x`: one pass over the batch repeated where the randomness is
+    per image (at most `draw_groups` draws a pass), else one pass per draw."""
     if draws == 1:
-        return loss(model(x), y)
+        return [model(x)]
     groups = draw_groups(draws, x) if randomness_per_sample(model, x) else [1] * draws
-    return torch.stack([loss(logits, y) for k in groups for logits in model(_repeat(x, k)).split(len(x))]).mean(dim=0)
-
-
-def _repeat(t: torch.Tensor, k: int) -> torch.Tensor:
-    """`t` k times along the batch, draw-major (k = 1: `t` itself)."""
-    return t if k == 1 else t.repeat(k, *([1] * (t.dim() - 1)))
+    repeated = (x if k == 1 else x.repeat(k, *([1] * (x.dim() - 1))) for k in groups)
+    return [logits for batch in repeated for logits in model(batch).split(len(x))]
 
 
 @torch.no_grad()
@@ -115,10 +117,7 @@ def expected_logits(model: nn.Module, x: torch.Tensor, draws: int = 1) -> torch.
     members = weighted_members(model)
     if members is not None:
         return sum(weight * member(x) for weight, member in members)
-    if draws == 1:
-        return model(x)
-    groups = draw_groups(draws, x) if randomness_per_sample(model, x) else [1] * draws
-    return torch.cat([model(_repeat(x, k)) for k in groups]).view(draws, len(x), -1).mean(dim=0)
+    return torch.stack(draw_logits(model, x, draws)).mean(dim=0)
 
 
 @torch.no_grad()
@@ -133,11 +132,7 @@ def expected_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: 
     members = weighted_members(model)
     if members is not None:
         return sum(weight * (member(x).argmax(1) == y).float() for weight, member in members)
-    if draws == 1:
-        return (model(x).argmax(1) == y).float()
-    groups = draw_groups(draws, x) if randomness_per_sample(model, x) else [1] * draws
-    answers = torch.cat([model(_repeat(x, k)).argmax(1) for k in groups]).view(draws, len(x))
-    return (answers == y).float().mean(dim=0)
+    return torch.stack([(logits.argmax(1) == y).float() for logits in draw_logits(model, x, draws)]).mean(dim=0)
 
 
 @torch.no_grad()
