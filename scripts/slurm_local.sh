@@ -97,7 +97,7 @@ stop() {
         pkill -x "$daemon" 2>/dev/null || true
     done
     for _ in $(seq 40); do
-        pgrep -x 'slurmd|slurmctld|munged' >/dev/null || break
+        pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || pgrep -x munged >/dev/null || break
         sleep 0.25
     done
     pkill -9 -x 'slurmstepd' 2>/dev/null || true
