@@ -1,12 +1,17 @@
 """robustlab's speed and memory, measured side by side with what users would pick instead.
 
-    python scripts/bench.py                          # the full CPU run (about 15 minutes on 2 cores)
+    python scripts/bench.py                          # the full CPU run (about 25 minutes on 2 cores)
     python scripts/bench.py --device cuda --matrix   # the same on a GPU, plus a cold `sweep=matrix trainer=gpu`
     python scripts/bench.py --tiny                   # seconds, tiny sizes: keeps the script from rotting (tests)
 
 In one process, on the same model weights, batch and machine:
   1. PGD-L∞ (10 steps) throughput: robustlab vs torchattacks.PGD vs ART's ProjectedGradientDescentPyTorch,
      for BasicNet and WRN-16-4 on Fashion-MNIST shapes; robustlab with `performance.compile=true` too.
+     An EOT gradient of noise injection's BasicNet, its draws batched vs one pass per draw.
+     AutoAttack's standard cascade on a PGD-trained BasicNet (2 epochs), the first 200 test images: each
+     stage alone, robustlab's vs torchattacks' at the same settings, then the whole cascade, vs torchattacks'
+     at AutoAttack's settings and vs torchattacks' `AutoAttack` as shipped (10 iterations per gradient
+     stage); time per image and robust accuracy, each run once.
   2. One PGD-7 adversarial-training epoch: robustlab (Lightning, the real config path; `trainer=gpu` on a
      GPU) vs a plain fp32 PyTorch loop doing the same work (BasicNet; on a GPU WRN-16-4 too).
   3. Evaluation peak memory for 1,000 and 10,000 test images, each in a fresh process (RSS on the CPU, the
@@ -61,14 +66,18 @@ class Sizes:
     wrn: tuple[int, int]
     train_batches: int | None  # None: a whole epoch
     eval_counts: tuple[int, int]
+    aa_epochs: int  # AutoAttack's stages: the adversarial-training epochs of the model attacked,
+    aa_images: int  # the first test images (those classified right are attacked),
+    aa_budget: tuple[int, int]  # the gradient stages' iterations and Square's queries
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(["dataset=fashion_mnist"], 1000, 10, (16, 4), None, (1000, 10000))
+        return cls(["dataset=fashion_mnist"], 1000, 10, (16, 4), None, (1000, 10000), 2, 200, (100, 5000))
 
     @classmethod
     def tiny(cls) -> Sizes:
-        return cls(["dataset=synthetic", "dataset.datamodule.num_test=400"], 64, 2, (10, 1), 5, (100, 400))
+        return cls(["dataset=synthetic", "dataset.datamodule.num_test=400"], 64, 2, (10, 1), 5, (100, 400), 1, 32,
+                   (5, 50))
 
 
 @dataclass
@@ -202,6 +211,78 @@ def eot_gradient(sizes: Sizes, repeats: int, output_dir: str, device: torch.devi
         seconds = timed(gradient, repeats, device)
         figures.append(Figure(f"eot/{way}", f"EOT gradient ({EOT_DRAWS} draws), noise injection BasicNet, {count} "
                               f"images: {way}", "ms", [1000 * s for s in seconds]))
+    return figures
+
+
+# -- 1c. AutoAttack: each stage of the standard cascade, robustlab's against torchattacks' -------------------
+AA_STAGES = ("apgd_ce", "apgd_t", "fab_t", "square")
+AA_REPEATS = 1  # a full-size stage takes up to minutes: each is run once
+
+
+def adversarially_trained(sizes: Sizes, output_dir: str, device: torch.device):
+    """BasicNet after `sizes.aa_epochs` epochs of PGD-7 adversarial training (`defense=adv_train`, the real
+    config path), its deployed predictor, a reference copy as a user builds it, the first `sizes.aa_images` test
+    images it classifies right, and the config."""
+    limit = [] if sizes.train_batches is None else [f"trainer.limit_train_batches={sizes.train_batches}"]
+    cfg = compose_config([*sizes.dataset, "defense=adv_train", f"trainer.max_epochs={sizes.aa_epochs}",
+                          "trainer.limit_val_batches=0", *QUIET, *limit], output_dir)
+    datamodule = build_datamodule(cfg.dataset)
+    torch.manual_seed(0)
+    classifier = build_classifier(cfg)
+    build_trainer(cfg).fit(classifier, datamodule=datamodule)
+    classifier = classifier.to(device)
+    predictor = classifier.predictor().eval()
+    reference = copy.deepcopy(classifier.model).to(memory_format=torch.contiguous_format).eval()
+    images, labels = (tensor[:sizes.aa_images].to(device) for tensor in datamodule.test_set.tensors)
+    with torch.no_grad():
+        right = predictor(images).argmax(1) == labels
+    return predictor, reference, images[right], labels[right], cfg
+
+
+def autoattack_stages(sizes: Sizes, repeats: int, output_dir: str, device: torch.device) -> list[Figure]:
+    """AutoAttack's standard cascade on an adversarially trained BasicNet: each stage alone (robustlab's, as
+    `attack=autoattack` runs it, against torchattacks' at the same settings: 100 iterations, 9 targets, 5,000
+    Square queries) on the same images, the ones it classifies right; then the whole cascade, robustlab's
+    against torchattacks' `AutoAttack` as shipped (10 iterations per gradient stage) and at AutoAttack's
+    settings. Time per image and robust accuracy (of the images attacked) for each."""
+    import torchattacks
+
+    from robustlab.attacks import AutoAttack
+
+    predictor, reference, x, y, cfg = adversarially_trained(sizes, output_dir, device)
+    eps, classes, steps, queries = float(cfg.dataset.eps.linf), int(cfg.dataset.num_classes), *sizes.aa_budget
+    ours = AutoAttack(eps, "linf", version="standard", steps=steps, square_queries=queries)
+    theirs = {
+        "apgd_ce": torchattacks.APGD(reference, norm="Linf", eps=eps, steps=steps, loss="ce", seed=0),
+        "apgd_t": torchattacks.APGDT(reference, norm="Linf", eps=eps, steps=steps, n_classes=classes, seed=0),
+        "fab_t": torchattacks.FAB(reference, norm="Linf", eps=eps, steps=steps, multi_targeted=True,
+                                  n_classes=classes, seed=0),
+        "square": torchattacks.Square(reference, norm="Linf", eps=eps, n_queries=queries, seed=0)}
+    runs = [(stage, "robustlab", ours.cascades["standard"].attacks[stage]) for stage in AA_STAGES]
+    runs += [(stage, "torchattacks", lambda images, labels, attack=theirs[stage]: attack(images, labels))
+             for stage in AA_STAGES]
+    runs += [("cascade", "robustlab", ours),
+             ("cascade", "torchattacks AutoAttack as shipped",
+              lambda images, labels: torchattacks.AutoAttack(reference, norm="Linf", eps=eps, version="standard",
+                                                             n_classes=classes, seed=0)(images, labels)),
+             ("cascade", "torchattacks at AutoAttack's settings",
+              lambda images, labels: torchattacks.MultiAttack(list(theirs.values()))(images, labels))]
+    figures = []
+    for stage, library, attack in tqdm(runs, desc=f"AutoAttack stages, {len(y)} images", leave=False):
+        adversarial: list[torch.Tensor] = []
+
+        def run(attack=attack, library=library) -> None:
+            torch.manual_seed(0)
+            adversarial.append(attack(predictor, x, y) if library == "robustlab" else attack(x, y))
+
+        seconds = timed(run, repeats, device, warmup=0)
+        with torch.no_grad():
+            robust = [100 * (predictor(images).argmax(1) == y).float().mean().item() for images in adversarial]
+        name = f"AutoAttack {stage}" + ("" if stage == "cascade" else " alone") + f", {library}"
+        figures.append(Figure(f"aa/{stage}/{library}", f"{name}: time", "ms/image",
+                              [1000 * s / len(y) for s in seconds]))
+        figures.append(Figure(f"aa-acc/{stage}/{library}", f"{name}: robust accuracy on the images attacked", "%",
+                              robust))
     return figures
 
 
@@ -414,6 +495,16 @@ def ratios(figures: dict[str, Figure], sizes: Sizes, device: torch.device) -> li
                            ("≥", 2.0) if model == "BasicNet" and not gpu else None))
     lines.append(Ratio(f"EOT gradient ({EOT_DRAWS} draws) batched / one pass per draw",
                        find("eot/batched draws") / find("eot/one pass per draw"), ("≤", 1.0)))
+    for stage, peer in [*((stage, "torchattacks") for stage in AA_STAGES),
+                        ("cascade", "torchattacks at AutoAttack's settings"),
+                        ("cascade", "torchattacks AutoAttack as shipped")]:
+        what = f"AutoAttack {stage}" + ("" if stage == "cascade" else " alone")
+        shipped = peer.endswith("as shipped")  # 10 iterations per gradient stage: not the same attack
+        lines.append(Ratio(f"{what}: time robustlab / {peer}",
+                           find(f"aa/{stage}/robustlab") / find(f"aa/{stage}/{peer}"), None if shipped else ("≤", 1.0)))
+        lines.append(Ratio(f"{what}: robust accuracy robustlab − {peer} (points)",
+                           find(f"aa-acc/{stage}/robustlab") - find(f"aa-acc/{stage}/{peer}"),
+                           None if shipped else ("≤", 0.0)))
     lines.append(Ratio("PGD throughput compile=true / compile=false, BasicNet",
                        find("pgd/BasicNet/robustlab compile=true") / find("pgd/BasicNet/robustlab"), None))
     for model in [name for name, _ in model_overrides(sizes) if f"epoch/{name}/robustlab" in figures]:
@@ -503,6 +594,7 @@ def main() -> None:
         figures = []
         for measure in (lambda: attack_throughput(sizes, args.repeats, output_dir, device),
                         lambda: eot_gradient(sizes, args.repeats, output_dir, device),
+                        lambda: autoattack_stages(sizes, AA_REPEATS, output_dir, device),
                         lambda: training_epoch(sizes, args.repeats, output_dir, device),
                         lambda: step_overhead(sizes, args.repeats, output_dir, device),
                         lambda: evaluation_memory(sizes, args.repeats, device),

@@ -22,7 +22,13 @@ CONF = ROOT / "conf"
 DATA_DIR = ROOT / "data"  # the real datasets' cache, shared with `python train.py`
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# pytest-xdist runs the suite in one worker per core (`-n auto`): each worker, and every command it starts,
+# then computes on one thread, so the workers never ask for more threads than there are cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 register_resolvers()  # as every entry point does before composing a config
 
 # Property-based tests: the same few examples on every run by default (CI never flakes on a new draw);

@@ -17,7 +17,7 @@ import robustlab
 from robustlab.attacks import PGD
 from robustlab.data import FashionMNISTDataModule
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("acceptance")]  # one worker runs the module
 
 
 def train(tmp_path, *overrides: str) -> dict:

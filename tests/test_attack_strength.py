@@ -14,6 +14,8 @@ from robustlab.builders import build_classifier, build_datamodule, build_evaluat
 from robustlab.data import FashionMNISTDataModule
 from robustlab.models import BasicNet
 
+pytestmark = pytest.mark.xdist_group("attack_strength")  # one worker runs the module: its fixtures once
+
 
 @pytest.fixture(scope="module")
 def fashion():

@@ -153,6 +153,50 @@ def assert_lowered(original, escalation):
     assert escalation["robust_acc"]["pgd_linf"] < float(original["pgd_linf"].double().mean())
 
 
+class CountingPGD(PGD):
+    """PGD that counts its calls, per budget."""
+
+    calls: dict[float, int] = {}
+
+    def __call__(self, model, x, y):
+        CountingPGD.calls[self.eps] = CountingPGD.calls.get(self.eps, 0) + 1
+        return super().__call__(model, x, y)
+
+
+def test_a_curve_reads_the_suites_result_at_its_own_eps_and_runs_every_other_budget(standard_net, batch):
+    x, y = batch
+    CountingPGD.calls = {}
+    suite = torch.linspace(0, 1, len(y))  # what the suite measured on these images (any per-image values)
+    factories = {"pgd_linf": (lambda budget: CountingPGD(eps=budget, steps=2), 0.1)}
+    curves = robustness_curves(factories, standard_net, x, y, draws=1, factors=FACTORS,
+                               known={"pgd_linf": (PGD(eps=0.1, steps=2), suite)})
+    assert curves["pgd_linf"]["accuracy"][2] == pytest.approx(float(suite.double().mean()))
+    assert sorted(CountingPGD.calls) == pytest.approx([0.0, 0.05, 0.15, 0.2])  # every budget but ε = 0.1
+
+
+def test_checks_c_and_e_read_the_suites_pgd_and_run_what_the_suite_did_not(standard_net, batch, monkeypatch):
+    """The suite ran FGSM and PGD-20 L∞ on the audit's images: c, d and e run only PGD-40 and Square under L∞,
+    and every attack under L2; a PGD that differs in one setting is run."""
+    from robustlab.evaluation import audit as audit_module
+
+    ran = []
+    original = audit_module.accuracy_under
+    monkeypatch.setattr(audit_module, "accuracy_under",
+                        lambda attack, *args: ran.append(repr(attack)) or original(attack, *args))
+    x, y = batch
+    fgsm, pgd = PGD(eps=0.1, steps=1, step_size=0.1, random_start=False), PGD(eps=0.1, steps=20)
+    known = {"fgsm": (fgsm, torch.ones(len(y))), "pgd_linf": (pgd, torch.zeros(len(y))),
+             "other": (PGD(eps=0.1, steps=20, restarts=2), torch.zeros(len(y)))}
+    torch.manual_seed(0)
+    record = audit(standard_net, x, y, eps_linf=0.1, num_classes=10, curves={}, draws=1, randomized=False,
+                   eot_samples={"pgd_linf": None}, pgd_steps=20, square_queries=20, eps_l2=1.0, known=known)
+    assert repr(fgsm) not in ran and repr(pgd) not in ran
+    assert repr(PGD(eps=0.1, steps=40)) in ran and any(attack.startswith("Square(norm=linf") for attack in ran)
+    assert repr(PGD(norm="l2", eps=1.0, steps=20)) in ran
+    # The read results decide check c: every image stands under the suite's FGSM, none under its PGD.
+    assert record["pgd_weaker_than_fgsm"]["value"] == -1.0 and not record["pgd_weaker_than_fgsm"]["flagged"]
+
+
 def test_escalation_e_more_steps_and_restarts_find_the_narrow_band():
     low, width = 0.06, 0.006
     model = MeanShiftModel(lambda u: torch.where(u < low, 100 * (u - low) - 0.01,

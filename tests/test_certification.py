@@ -185,9 +185,9 @@ def test_bad_certification_settings_are_refused_before_training(tmp_path):
 def test_randomized_smoothing_run_is_certified_and_checked(tmp_path):
     """`python train.py defense=randomized_smoothing`: the vote's accuracies, the certificates, the check, the
     figure, and the report's certified_l2 column."""
-    result = run_script("train.py", "defense=randomized_smoothing", *TINY, "eval.audit.n_samples=32",
-                        "eval.audit.square_queries=50", "eval.certify.n_samples=48", "eval.certify.n=300",
-                        output_root=tmp_path)
+    result = run_script("train.py", "defense=randomized_smoothing", *TINY, "eval.n_samples=32",
+                        "eval.audit.n_samples=16", "eval.audit.square_queries=50", "eval.certify.n_samples=48",
+                        "eval.certify.n=300", output_root=tmp_path)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     metrics = json.loads(next(tmp_path.rglob("metrics.json")).read_text())
     assert metrics["accuracy_draws"] == "vote" and metrics["randomized"]

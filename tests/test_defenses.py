@@ -23,6 +23,8 @@ from robustlab.defenses.mixed_adversarial_training import per_attack_losses
 from robustlab.errors import InvalidValue
 from robustlab.models import BasicNet, NoisyModel
 
+pytestmark = pytest.mark.xdist_group("defenses")  # one worker runs the module: its fixtures once
+
 # The zoo, as sweep=zoo and sweep=matrix run it (written once, in conf/sweep/zoo.yaml).
 DEFENSES = OmegaConf.load(ROOT / "conf" / "sweep" / "zoo.yaml").hydra.sweeper.params.defense.split(",")
 RANDOMIZED = {"noise_injection", "random_mixture", "randomized_smoothing"}

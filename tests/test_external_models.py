@@ -9,6 +9,8 @@ import pytest
 import torch
 from conftest import compose_config, run_script
 
+pytestmark = pytest.mark.xdist_group("external_models")  # one worker runs the module: its fixtures once
+
 EVALUATION = ["dataset=synthetic", "eval=quick", "eval.n_samples=64", "eval.audit.n_samples=32",
               "eval.audit.square_queries=50", "logger=none"]
 

@@ -18,7 +18,7 @@ import torch
 from conftest import ROOT, TINY, run_script, script_command, script_environment
 from test_faults import kill_session
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one worker runs the module
 
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
 SLURM = ["-m", "hydra/launcher=slurm", "hydra.launcher.poll_s=1"]

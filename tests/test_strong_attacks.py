@@ -264,6 +264,33 @@ def test_fab_projection_is_the_closest_point_of_the_hyperplane(norm):
     assert torch.allclose((w * z).flatten(1).sum(1), far, atol=1e-3)
 
 
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_fab_projection_agrees_with_a_bisection_where_the_box_binds(norm):
+    """Random points anywhere in [0, 1] (many coordinates at or near a face), hyperplanes within reach, beyond
+    it, and w with zeros: the exact projection equals a 200-step bisection on the same path, in float64."""
+    from robustlab.attacks.fab import project_onto_hyperplane
+
+    torch.manual_seed(1)
+    p = torch.rand(64, 1, 6, 6, dtype=torch.float64).round(decimals=1)  # a tenth of them on each face
+    w = torch.randn(64, 1, 6, 6, dtype=torch.float64) * (torch.rand(64, 1, 6, 6) > 0.2)
+    reach = w.abs().flatten(1).sum(1)
+    c = (w * p).flatten(1).sum(1) + torch.linspace(-1.5, 1.5, 64, dtype=torch.float64) * reach
+
+    flat_p, flat_w = p.flatten(1), w.flatten(1)
+    side = torch.sign(c - (flat_w * flat_p).sum(1))[:, None]
+    step = flat_w if norm == "l2" else flat_w.sign()
+
+    def along(t):
+        return (flat_p + side * t * step).clamp(0, 1)
+
+    low, high = torch.zeros(64, 1, dtype=torch.float64), torch.full((64, 1), 1e6, dtype=torch.float64)
+    for _ in range(200):
+        middle = (low + high) / 2
+        short = side[:, 0] * ((flat_w * along(middle)).sum(1) - c) < 0
+        low, high = torch.where(short[:, None], middle, low), torch.where(short[:, None], high, middle)
+    assert torch.allclose(project_onto_hyperplane(p, w, c, norm).flatten(1), along(high), atol=1e-9)
+
+
 @pytest.mark.parametrize("norm, margin", [("l2", 0.3), ("linf", 0.3 / 28)])
 def test_fab_finds_the_minimum_norm_on_a_linear_model(norm, margin):
     """A linear model whose boundary is at a known distance: FAB-T succeeds just above it and fails just below."""

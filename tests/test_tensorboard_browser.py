@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from conftest import run_script
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tensorboard_browser")]  # one worker runs the module
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ZOO = (Path(__file__).parents[1] / "conf" / "sweep" / "zoo.yaml").read_text().split("defense: ")[1].split()[0]
 REAL = bool(os.environ.get("ROBUSTLAB_SCREENSHOTS"))

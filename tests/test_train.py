@@ -17,6 +17,8 @@ import robustlab.train
 from robustlab.checkpoints import load_classifier
 from robustlab.evaluation.record import RunRecord
 
+pytestmark = pytest.mark.xdist_group("train")  # one worker runs the module: its fixtures once
+
 # The keys the README promises; metrics.json holds exactly the fields of its schema, RunRecord.
 METRICS_KEYS = {"dataset", "model", "defense", "attack", "eps", "n_eval", "clean_acc", "robust_acc",
                 "train_seconds", "attack_ms_per_image", "checkpoint"}

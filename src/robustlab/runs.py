@@ -118,7 +118,7 @@ def evaluate_and_record(cfg: DictConfig, classifier: RobustClassifier, datamodul
         return None
     run = RunContext(cfg, classifier, datamodule, evaluation, runtime, fingerprint or run_fingerprint(cfg))
     errors: dict[str, str] = {}  # a late step that fails leaves what was measured; the run ends non-zero
-    curves, audit_record = late_step("audit", errors, lambda: audit_run(run, step=last_step), ({}, {}))
+    curves, audit_record = late_step("audit", errors, lambda: audit_run(run, results, step=last_step), ({}, {}))
     certification = late_step("certification", errors, lambda: certify_run(run, step=last_step), {})
     if certification:
         audit_record["certificate_violated"] = certificate_check(certification)
@@ -153,8 +153,11 @@ def late_step(name: str, errors: dict[str, str], step: Callable[[], Any], otherw
         return otherwise
 
 
-def audit_run(run: RunContext, step: int = 0) -> tuple[dict, dict]:
+def audit_run(run: RunContext, results: EvaluationResults, step: int = 0) -> tuple[dict, dict]:
     """Robustness curves and the gradient-masking audit on the first `eval.audit.n_samples` test images.
+
+    An attack of the suite that ran on all of these images is not run again at its own ε: the audit reads its
+    per-image results (`audit.Known`).
 
     Writes robustness_curves.png into the run directory and logs the figure to TensorBoard at `step`.
     `eval.audit.enabled=false` skips it (the report then shows no flags for the cell).
@@ -173,13 +176,16 @@ def audit_run(run: RunContext, step: int = 0) -> tuple[dict, dict]:
                  if node.get("eps") is not None and float(node.eps) > 0  # eps: null is an unbounded attack
                  and (curved is None or name in curved)}
     eot_samples = {name: attack.eot_samples for name, attack in evaluation.attacks.items() if (attack.eps or 0) > 0}
+    known = {name: (attack, results.per_example[name][:len(y)].to(y.device))
+             for name, attack in evaluation.attacks.items()
+             if name in results.per_example and results.n_eval.get(name, 0) >= len(y)}
     with run.autocast():
-        curves = robustness_curves(factories, predictor, x, y, draws, list(settings.curve_factors))
+        curves = robustness_curves(factories, predictor, x, y, draws, list(settings.curve_factors), known)
         audit_record = audit(predictor, x, y, eps_linf=float(cfg.dataset.eps.linf),
                              num_classes=int(cfg.dataset.num_classes), curves=curves, draws=draws,
                              randomized=evaluation.randomized, eot_samples=eot_samples,
                              pgd_steps=settings.pgd_steps, square_queries=settings.square_queries,
-                             eps_l2=float(cfg.dataset.eps.l2))
+                             eps_l2=float(cfg.dataset.eps.l2), known=known)
     figure = curves_figure(curves, title=" / ".join(f"{k}={v}" for k, v in choices().items()
                                                     if k in ("dataset", "model", "defense")))
     run.publish_figure(figure, "robustness_curves", step)

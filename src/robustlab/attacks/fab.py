@@ -19,37 +19,50 @@ from robustlab.attacks.norms import ball
 from robustlab.attacks.targeting import most_likely_wrong_classes
 from robustlab.errors import is_integer, is_number, require
 
-_BISECTIONS = 40
+
+def _smallest_reaching(weights: torch.Tensor, breaks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per row, the smallest r ≥ 0 with h(r) = Σᵢ weightsᵢ·min(r, breaksᵢ) ≥ target (weights, breaks ≥ 0), or
+    the largest break where h never gets there. h is piecewise linear and non-decreasing, its kinks at the
+    breaks: sorted, h at each break is a cumulative sum, and r lies on the first segment that reaches the target
+    (one sort per row, exact)."""
+    breaks, order = breaks.sort(dim=1)
+    weights = weights.gather(1, order)
+    below = (weights * breaks).cumsum(1)  # Σ_{j ≤ k} weights_j·breaks_j
+    slope = weights.sum(1, keepdim=True) - weights.cumsum(1) + weights  # Σ_{j ≥ k} weights_j: h's slope before break k
+    at_breaks = below + breaks * (slope - weights)  # h(breaks_k)
+    segment = (at_breaks < target).sum(1, keepdim=True)  # the first break where h reaches the target
+    zero = torch.zeros_like(target)
+    start = torch.cat([zero, below], 1).gather(1, segment)  # h's value from the breaks passed, Σ_{j < k}
+    rate = torch.cat([slope, zero], 1).gather(1, segment)
+    last = breaks[:, -1:]
+    return torch.where(rate > 0, ((target - start) / rate.clamp_min(1e-300)).clamp(min=0), last).minimum(last)
 
 
 def project_onto_hyperplane(point: torch.Tensor, w: torch.Tensor, c: torch.Tensor, norm: str) -> torch.Tensor:
     """Per example, the point z of [0, 1]^d with w·z = c closest to `point` in `norm` (the closest point of the
-    box to the hyperplane where they do not meet). Found by bisection on a scalar: the multiplier λ of
-    z = clip(p − λw) under L2, the radius r of z = clip(p + r·sign(w)·s) under L∞."""
+    box to the hyperplane where they do not meet). z moves along one path as a scalar grows: z = clip(p + t·s·w)
+    under L2 (t the multiplier), z = clip(p + r·s·sign(w)) under L∞ (r the radius), s the side w·z must move to.
+    Each coordinate moves until it meets its face of the box, so w·z − w·p = s·Σᵢ aᵢ·min(t, bᵢ) with aᵢ = wᵢ²,
+    bᵢ = (room to the face)/|wᵢ| under L2 and aᵢ = |wᵢ|, bᵢ = room under L∞: the scalar that reaches c is found
+    exactly (`_smallest_reaching`)."""
     shape = point.shape
     p, w = point.flatten(1).double(), w.flatten(1).double()
     c = c.double()
     side = torch.sign(c - (w * p).sum(1))[:, None]  # which way w·z must move
+    direction = side * torch.sign(w)  # each coordinate's way: up (+1), down (−1) or not at all (0)
+    room = torch.where(direction > 0, 1 - p, p).clamp(min=0)  # how far it can go before its face
+    target = (side * (c[:, None] - (w * p).sum(1, keepdim=True))).clamp(min=0)
     if norm == "l2":
-        def reach(t):  # t ≥ 0: how far along −side·w the point moves
-            return (p + side * t * w).clamp(0, 1)
-        high = torch.ones(len(p), 1, dtype=p.dtype, device=p.device)
-        for _ in range(60):  # grow the bracket until the hyperplane is reached (or the box is exhausted)
-            short = side[:, 0] * ((w * reach(high)).sum(1) - c) < 0
-            if not short.any():
-                break
-            high = torch.where(short[:, None], 2 * high, high)
+        magnitude = w.abs()
+        weights = w * w
+        breaks = torch.where(magnitude > 0, room / magnitude.clamp_min(1e-300), torch.zeros_like(room))
+        t = _smallest_reaching(weights, breaks, target)
+        z = (p + side * t * w).clamp(0, 1)
     else:
-        def reach(t):
-            return (p + side * t * torch.sign(w)).clamp(0, 1)
-        high = torch.ones(len(p), 1, dtype=p.dtype, device=p.device)  # a radius of 1 reaches every corner
-    low = torch.zeros_like(high)
-    for _ in range(_BISECTIONS):
-        middle = (low + high) / 2
-        short = side[:, 0] * ((w * reach(middle)).sum(1) - c) < 0
-        low = torch.where(short[:, None], middle, low)
-        high = torch.where(short[:, None], high, middle)
-    return reach(high).view(shape).to(point.dtype)
+        weights = w.abs()
+        r = _smallest_reaching(weights, torch.where(weights > 0, room, torch.zeros_like(room)), target)
+        z = (p + side * r * torch.sign(w)).clamp(0, 1)
+    return z.view(shape).to(point.dtype)
 
 
 class FAB(Attack):

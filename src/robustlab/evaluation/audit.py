@@ -20,7 +20,8 @@ works. The checks run on the first `n` test images, on the deployed predictor:
 
 The robustness curves (check a, and the report's curves) are drawn for `eval.audit.curve_attacks`: every attack
 of the evaluation when null. eval=matrix draws FGSM, the PGDs and A3, not APGD-CE (A3 is the stronger gradient
-attack) nor Square (check d's attack): each curve runs its attack again at every ε of the grid.
+attack) nor Square (check d's attack): each curve runs its attack again at every ε of the grid but its own, where
+the suite's per-image results are read (`Known`).
 
 Checks c, d and e compare two attacks on the same images, so they are decided per image: the images the
 first attack leaves standing and the second breaks against the reverse, by a one-sided exact McNemar test
@@ -97,13 +98,28 @@ def accuracy_under(attack: Callable, predictor: nn.Module, x: torch.Tensor, y: t
     return expected_correct(predictor, x_adv, y, draws)
 
 
+# What the evaluation's suite measured on the audit's images, by attack name: the attack, and each image's
+# (expected) correctness under it. The audit reads these instead of running the same attack again: a curve at
+# its attack's own ε, and checks c–e's FGSM and PGD where the suite ran that very PGD (`same_pgd`).
+Known = Mapping[str, tuple[Any, torch.Tensor]]
+
+
+def same_pgd(attack: Any, other: Any) -> bool:
+    """Whether two attacks are the same PGD: robustlab's PGD, every setting equal (its repr names them all)."""
+    return type(attack) is PGD and type(other) is PGD and repr(attack) == repr(other)
+
+
 def robustness_curves(attacks: Mapping[str, tuple[Callable[[float], Callable], float]], predictor: nn.Module,
-                      x: torch.Tensor, y: torch.Tensor, draws: int, factors: list[float]) -> dict[str, dict]:
-    """For each attack (a factory of ε and its default ε): accuracy at ε = factor × default."""
+                      x: torch.Tensor, y: torch.Tensor, draws: int, factors: list[float],
+                      known: Known | None = None) -> dict[str, dict]:
+    """For each attack (a factory of ε and its default ε): accuracy at ε = factor × default. At the default ε,
+    an attack the suite ran on these images (`known`) is read, not run again."""
+    known = known or {}
     curves = {}
     for name, (factory, eps) in attacks.items():
         budgets = [factor * eps for factor in factors]
-        accuracy = [float(accuracy_under(factory(budget), predictor, x, y, draws).double().mean())
+        accuracy = [float((known[name][1] if name in known and budget == eps else
+                           accuracy_under(factory(budget), predictor, x, y, draws)).double().mean())
                     for budget in budgets]
         curves[name] = with_intervals({"default_eps": eps, "eps": budgets, "accuracy": accuracy}, len(y))
     return curves
@@ -111,9 +127,11 @@ def robustness_curves(attacks: Mapping[str, tuple[Callable[[float], Callable], f
 
 def audit(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_linf: float, num_classes: int,
           curves: dict[str, dict], draws: int, randomized: bool, eot_samples: Mapping[str, int | None],
-          pgd_steps: int = 20, square_queries: int = 1000, eps_l2: float | None = None) -> dict[str, dict]:
+          pgd_steps: int = 20, square_queries: int = 1000, eps_l2: float | None = None,
+          known: Known | None = None) -> dict[str, dict]:
     """Run checks (b)–(g) on (x, y) and (a) on the given curves; every check's number, limit and flag. c, d
-    and e run under L∞ at `eps_linf`, and under L2 at `eps_l2` unless it is None or 0."""
+    and e run under L∞ at `eps_linf`, and under L2 at `eps_l2` unless it is None or 0; their FGSM and PGD are
+    read from `known` where the suite ran the same PGD on these images."""
     n = len(y)
     one_image = 1.0 / n
     checks: dict[str, Check] = {}
@@ -132,7 +150,7 @@ def audit(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_linf: f
 
     for norm, eps in (("linf", eps_linf), ("l2", eps_l2)):
         if eps:
-            checks.update(paired_checks(predictor, x, y, norm, eps, draws, pgd_steps, square_queries))
+            checks.update(paired_checks(predictor, x, y, norm, eps, draws, pgd_steps, square_queries, known or {}))
 
     gradient = input_gradient(predictor, x, y, draws)
     zero = float((gradient.flatten(1).abs().amax(dim=1) == 0).double().mean())
@@ -150,12 +168,17 @@ def audit(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_linf: f
 
 
 def paired_checks(predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float, draws: int,
-                  pgd_steps: int, square_queries: int) -> dict[str, Check]:
+                  pgd_steps: int, square_queries: int, known: Known) -> dict[str, Check]:
     """Checks c, d and e under one norm: PGD against FGSM, Square and PGD with twice the steps, per image."""
     suffix, label = NORM_SUFFIXES[norm], NORM_NAMES[norm]
     pgd_name = f"PGD-{pgd_steps} {label}"
-    fgsm = accuracy_under(PGD(norm=norm, eps=eps, steps=1, step_size=eps, random_start=False), predictor, x, y, draws)
-    pgd = accuracy_under(PGD(norm=norm, eps=eps, steps=pgd_steps), predictor, x, y, draws)
+
+    def correctness(attack: PGD) -> torch.Tensor:
+        read = [correct for suite_attack, correct in known.values() if same_pgd(attack, suite_attack)]
+        return read[0] if read else accuracy_under(attack, predictor, x, y, draws)
+
+    fgsm = correctness(PGD(norm=norm, eps=eps, steps=1, step_size=eps, random_start=False))
+    pgd = correctness(PGD(norm=norm, eps=eps, steps=pgd_steps))
     square = accuracy_under(Square(norm=norm, eps=eps, queries=square_queries), predictor, x, y, draws)
     doubled = accuracy_under(PGD(norm=norm, eps=eps, steps=2 * pgd_steps), predictor, x, y, draws)
     return {
