@@ -7,7 +7,8 @@
 In one process, on the same model weights, batch and machine:
   1. PGD-L∞ (10 steps) throughput: robustlab vs torchattacks.PGD vs ART's ProjectedGradientDescentPyTorch,
      for BasicNet and WRN-16-4 on Fashion-MNIST shapes; robustlab with `performance.compile=true` too.
-     An EOT gradient of noise injection's BasicNet, its draws batched vs one pass per draw.
+     An EOT gradient of noise injection's BasicNet, its draws batched vs one pass per draw. An input gradient
+     through the denoiser defense's DnCNN → BasicNet, robustlab's vs the same network in plain PyTorch.
      AutoAttack's standard cascade on a PGD-trained BasicNet (2 epochs), the first 200 test images: each
      stage alone, robustlab's vs torchattacks' at the same settings, then the whole cascade, vs torchattacks'
      at AutoAttack's settings and vs torchattacks' `AutoAttack` as shipped (10 iterations per gradient
@@ -212,6 +213,37 @@ def eot_gradient(sizes: Sizes, repeats: int, output_dir: str, device: torch.devi
         figures.append(Figure(f"eot/{way}", f"EOT gradient ({EOT_DRAWS} draws), noise injection BasicNet, {count} "
                               f"images: {way}", "ms", [1000 * s for s in seconds]))
     return figures
+
+
+# -- 1b'. The denoiser's passes: an input gradient through DnCNN → BasicNet -----------------------------------
+def denoiser_gradient(sizes: Sizes, repeats: int, output_dir: str, device: torch.device) -> list[Figure]:
+    """One input gradient of the cross-entropy through `defense=denoiser`'s deployed predictor (DnCNN 7 × 32 →
+    BasicNet) on 128 images, what every attack step on that cell costs: robustlab's (as deployed: channels-last,
+    each eval-mode BatchNorm folded into its convolution) against the same network and weights in plain PyTorch
+    (NCHW, layer by layer), alternated."""
+    from robustlab.attacks.gradient import input_gradient
+
+    torch.manual_seed(0)
+    cfg = compose_config([*sizes.dataset, "defense=denoiser"], output_dir)
+    classifier = build_classifier(cfg).to(device)
+    predictor = classifier.predictor().eval()
+    denoiser, model = (copy.deepcopy(module).to(memory_format=torch.contiguous_format).eval()
+                       for module in (classifier.defense.denoiser, classifier.model))
+
+    def plain(images: torch.Tensor) -> torch.Tensor:
+        return model(images - denoiser.residual(images))
+
+    count = 128
+    x = torch.rand(count, cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size, device=device)
+    y = torch.randint(0, cfg.dataset.num_classes, (count,), device=device)
+    ours, theirs = [], []
+    for _ in range(repeats):
+        with deployed_precision(device):
+            ours += timed(lambda: input_gradient(predictor, x, y), 1, device)
+        theirs += timed(lambda: input_gradient(plain, x, y), 1, device)
+    name = f"input gradient through the denoiser's predictor (DnCNN → BasicNet), {count} images"
+    return [Figure("denoiser/robustlab", f"{name}: robustlab", "ms", [1000 * s for s in ours]),
+            Figure("denoiser/plain PyTorch", f"{name}: plain PyTorch", "ms", [1000 * s for s in theirs])]
 
 
 # -- 1c. AutoAttack: each stage of the standard cascade, robustlab's against torchattacks' -------------------
@@ -495,6 +527,8 @@ def ratios(figures: dict[str, Figure], sizes: Sizes, device: torch.device) -> li
                            ("≥", 2.0) if model == "BasicNet" and not gpu else None))
     lines.append(Ratio(f"EOT gradient ({EOT_DRAWS} draws) batched / one pass per draw",
                        find("eot/batched draws") / find("eot/one pass per draw"), ("≤", 1.0)))
+    lines.append(Ratio("input gradient through the denoiser's predictor robustlab / plain PyTorch",
+                       find("denoiser/robustlab") / find("denoiser/plain PyTorch"), ("≤", 1.0)))
     for stage, peer in [*((stage, "torchattacks") for stage in AA_STAGES),
                         ("cascade", "torchattacks at AutoAttack's settings"),
                         ("cascade", "torchattacks AutoAttack as shipped")]:
@@ -594,6 +628,7 @@ def main() -> None:
         figures = []
         for measure in (lambda: attack_throughput(sizes, args.repeats, output_dir, device),
                         lambda: eot_gradient(sizes, args.repeats, output_dir, device),
+                        lambda: denoiser_gradient(sizes, max(args.repeats, 5), output_dir, device),
                         lambda: autoattack_stages(sizes, AA_REPEATS, output_dir, device),
                         lambda: training_epoch(sizes, args.repeats, output_dir, device),
                         lambda: step_overhead(sizes, args.repeats, output_dir, device),

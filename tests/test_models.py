@@ -70,6 +70,41 @@ def test_dncnn_predicts_the_perturbation_and_subtracts_it():
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in denoiser.modules()) == 3
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_dncnn_in_eval_mode_folds_its_batchnorms_without_changing_the_function_or_its_gradients(layout):
+    """After training steps (running statistics and affine parameters far from their initial values), eval mode's
+    folded convolutions give the layers' output, input gradient and every parameter's gradient."""
+    torch.manual_seed(0)
+    denoiser = DnCNN(channels=1, depth=5, features=8).to(memory_format=layout)
+    optimizer = torch.optim.Adam(denoiser.parameters(), lr=0.05)
+    for _ in range(10):
+        clean = torch.rand(16, 1, 12, 12)
+        optimizer.zero_grad()
+        ((denoiser(clean + 0.3 * torch.randn_like(clean)) - clean) ** 2).mean().backward()
+        optimizer.step()
+    denoiser.eval()
+    x = torch.rand(4, 1, 12, 12).contiguous(memory_format=layout)
+    gradients = []
+    for forward in (denoiser, lambda images: images - denoiser.residual(images)):  # folded, then layer by layer
+        images = x.clone().requires_grad_(True)
+        denoiser.zero_grad()
+        out = forward(images)
+        (out ** 2).sum().backward()
+        gradients.append((out.detach(), images.grad, [p.grad.clone() for p in denoiser.parameters()]))
+    (out_folded, input_folded, params_folded), (out_plain, input_plain, params_plain) = gradients
+    assert torch.allclose(out_folded, out_plain, atol=1e-5) and torch.allclose(input_folded, input_plain, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(params_folded, params_plain))
+    assert not torch.allclose(denoiser.residual[3].running_mean, torch.zeros(8))  # the statistics are not trivial
+    ran = []
+    for layer in denoiser.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.register_forward_hook(lambda *_: ran.append(1))
+    denoiser(x)
+    assert ran == []  # folded: no BatchNorm pass in eval mode
+    denoiser.train()(x)
+    assert len(ran) == 3  # training normalises by the batch's statistics, layer by layer
+
+
 def test_bad_model_sizes_are_refused_with_their_names():
     common = dict(in_channels=1, num_classes=10, mean=[0.5], std=[0.25])
     with pytest.raises(InvalidValue, match="width"):
