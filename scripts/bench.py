@@ -3,6 +3,7 @@
     python scripts/bench.py                          # the full CPU run (about 25 minutes on 2 cores)
     python scripts/bench.py --device cuda --matrix   # the same on a GPU, plus a cold `sweep=matrix trainer=gpu`
     python scripts/bench.py --tiny                   # seconds, tiny sizes: keeps the script from rotting (tests)
+    python scripts/bench.py --only autoattack        # some sections (repeatable): figures printed, nothing written
 
 In one process, on the same model weights, batch and machine:
   1. PGD-L∞ (10 steps) throughput: robustlab vs torchattacks.PGD vs ART's ProjectedGradientDescentPyTorch,
@@ -247,6 +248,7 @@ def denoiser_gradient(sizes: Sizes, repeats: int, output_dir: str, device: torch
 
 
 # -- 1c. AutoAttack: each stage of the standard cascade, robustlab's against torchattacks' -------------------
+SECTIONS = {"pgd", "eot", "denoiser", "autoattack", "epoch", "step", "memory"}  # --only's choices
 AA_STAGES = ("apgd_ce", "apgd_t", "fab_t", "square")
 AA_REPEATS = 1  # a full-size stage takes up to minutes: each is run once
 
@@ -303,10 +305,13 @@ def autoattack_stages(sizes: Sizes, repeats: int, output_dir: str, device: torch
     for stage, library, attack in tqdm(runs, desc=f"AutoAttack stages, {len(y)} images", leave=False):
         adversarial: list[torch.Tensor] = []
 
-        def run(attack=attack, library=library) -> None:
+        def run(attack=attack, library=library, count=len(y)) -> None:
             torch.manual_seed(0)
-            adversarial.append(attack(predictor, x, y) if library == "robustlab" else attack(x, y))
+            images, labels = x[:count], y[:count]
+            adversarial.append(attack(predictor, images, labels) if library == "robustlab" else attack(images, labels))
 
+        run(count=min(8, len(y)))  # warm-up on a few images: the first call of a shape pays for its kernels' setup
+        adversarial.clear()
         seconds = timed(run, repeats, device, warmup=0)
         with torch.no_grad():
             robust = [100 * (predictor(images).argmax(1) == y).float().mean().item() for images in adversarial]
@@ -614,6 +619,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks.json")
+    parser.add_argument("--only", choices=sorted(SECTIONS), action="append",
+                        help="measure only these sections (repeatable): their figures are printed, nothing is written")
     parser.add_argument("--evaluation-memory", type=int, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -626,18 +633,25 @@ def main() -> None:
             return
         sizes = Sizes.tiny() if args.tiny else Sizes.full()
         figures = []
-        for measure in (lambda: attack_throughput(sizes, args.repeats, output_dir, device),
-                        lambda: eot_gradient(sizes, args.repeats, output_dir, device),
-                        lambda: denoiser_gradient(sizes, max(args.repeats, 5), output_dir, device),
-                        lambda: autoattack_stages(sizes, AA_REPEATS, output_dir, device),
-                        lambda: training_epoch(sizes, args.repeats, output_dir, device),
-                        lambda: step_overhead(sizes, args.repeats, output_dir, device),
-                        lambda: evaluation_memory(sizes, args.repeats, device),
-                        *([lambda: cold_matrix(sizes, device)] if args.matrix else [])):
+        sections = {
+            "pgd": lambda: attack_throughput(sizes, args.repeats, output_dir, device),
+            "eot": lambda: eot_gradient(sizes, args.repeats, output_dir, device),
+            "denoiser": lambda: denoiser_gradient(sizes, max(args.repeats, 5), output_dir, device),
+            "autoattack": lambda: autoattack_stages(sizes, AA_REPEATS, output_dir, device),
+            "epoch": lambda: training_epoch(sizes, args.repeats, output_dir, device),
+            "step": lambda: step_overhead(sizes, args.repeats, output_dir, device),
+            "memory": lambda: evaluation_memory(sizes, args.repeats, device),
+            **({"matrix": lambda: cold_matrix(sizes, device)} if args.matrix else {})}
+        assert set(sections) <= SECTIONS | {"matrix"}
+        for name, measure in sections.items():
+            if args.only and name not in args.only:
+                continue
             measured = measure()
             for figure in measured:  # as soon as measured: a run stopped part way still says what it found
                 print(f"measured {figure.name}: {figure.median:,.1f} {figure.unit}", flush=True)
             figures += measured
+    if args.only:  # a part of the run: no ratios (they need every figure), BENCHMARKS.md left as it is
+        return
     ratio_lines = ratios({figure.key: figure for figure in figures}, sizes, device)
     command = "python scripts/bench.py" + (" --tiny" if args.tiny else "") + \
               (f" --device {args.device}" if args.device != "cpu" else "") + (" --matrix" if args.matrix else "") + \

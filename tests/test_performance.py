@@ -107,6 +107,22 @@ def test_benchmark_script_runs_in_tiny_mode(tmp_path):
     assert result.stdout.strip().splitlines()[-1].startswith("wrote ")
 
 
+@pytest.mark.slow  # about 40 s: AutoAttack's stages and the denoiser's gradient, tiny
+def test_benchmark_measures_only_the_sections_asked_for_and_writes_nothing(tmp_path):
+    markdown, output = tmp_path / "BENCHMARKS.md", tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--repeats", "1",
+                             "--only", "denoiser", "--only", "autoattack", "--markdown", str(markdown),
+                             "--json", str(output)], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = [line for line in result.stdout.splitlines() if line.startswith("measured ")]
+    assert any("denoiser's predictor" in line and "plain PyTorch" in line for line in measured)
+    assert {stage for stage in ("apgd_ce", "apgd_t", "fab_t", "square", "cascade")
+            if any(f"AutoAttack {stage}" in line and "torchattacks" in line for line in measured)} == {
+        "apgd_ce", "apgd_t", "fab_t", "square", "cascade"}
+    assert not any("throughput" in line or "epoch" in line for line in measured)
+    assert not markdown.exists() and not output.exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_benchmark_refuses_a_gpu_it_cannot_see(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--device", "cuda",
