@@ -113,7 +113,7 @@ class APGD(Attack):
         found = fooled_by_all_draws()
         adversarial = x_k.clone()  # a misclassified point, where one was found
         step = torch.full((len(x),), 2.0 * self.eps, device=x.device)
-        best_x, best_loss = x_k.clone(), loss.clone()
+        best_x, best_loss, best_grad = x_k.clone(), loss.clone(), grad.clone()
         x_prev = x_k
         increases = torch.zeros(len(x), device=x.device)
         best_loss_at_checkpoint, step_reduced = best_loss.clone(), torch.ones(len(x), dtype=torch.bool, device=x.device)
@@ -130,6 +130,7 @@ class APGD(Attack):
             improved = new_loss > best_loss
             best_x = torch.where(per_example(improved, x), x_next, best_x)
             best_loss = torch.where(improved, new_loss, best_loss)
+            best_grad = torch.where(per_example(improved, x), new_grad, best_grad)
             x_prev, x_k, loss, grad = x_k, x_next, new_loss, new_grad
             self.advance((run[0] + (k + 1) / self.steps) / run[1])
             if k + 1 in marks:
@@ -137,13 +138,12 @@ class APGD(Attack):
                 stalled = ~step_reduced & (best_loss <= best_loss_at_checkpoint)
                 reduce = too_few | stalled
                 step = torch.where(reduce, step / 2, step)
-                x_k = torch.where(per_example(reduce, x), best_x, x_k)  # restart from the best point
-                if reduce.any():
-                    loss_at_best, grad_at_best = loss_and_gradient(model, x_k, y, draws, loss_fn)
-                    predictions.clear()
-                    loss = torch.where(reduce, loss_at_best, loss)
-                    grad = torch.where(per_example(reduce, x), grad_at_best, grad)
-                    x_prev = torch.where(per_example(reduce, x), x_k, x_prev)
+                # Restart from the best point, with the loss and gradient kept from when it was found (as the
+                # reference does): no pass to recompute them.
+                x_k = torch.where(per_example(reduce, x), best_x, x_k)
+                loss = torch.where(reduce, best_loss, loss)
+                grad = torch.where(per_example(reduce, x), best_grad, grad)
+                x_prev = torch.where(per_example(reduce, x), x_k, x_prev)
                 step_reduced, best_loss_at_checkpoint = reduce, best_loss.clone()
                 increases.zero_()
                 last_mark = k + 1
