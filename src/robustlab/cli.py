@@ -6,7 +6,8 @@
     robustlab new DIR                               a project to start from: a model, a defense, an attack
 
 A user's project is a directory: Python files and a `conf/` whose groups (model/, defense/, attack/, dataset/,
-eval/, experiment/, sweep/, ...) hold the user's options beside robustlab's own. Run from that directory (or
+eval/, experiment/, sweep/, ...) hold the user's options beside robustlab's own, and optionally a `schemas.py`
+whose dataclasses, stored in Hydra's ConfigStore, type those options (robustlab/schema.py). Run from that directory (or
 with `--config-dir DIR/conf`), `robustlab train` finds those options and imports the modules beside them. An
 option named like one of robustlab's is refused before anything runs: never a silent mix of the two.
 
@@ -17,6 +18,7 @@ answer at once. The tasks themselves are in `tasks.py`.
 from __future__ import annotations
 
 import argparse
+import importlib
 import shutil
 import sys
 from collections.abc import Sequence
@@ -31,6 +33,8 @@ from robustlab.errors import ConfigError, exit_on_user_error
 TASKS = ("train", "evaluate")
 CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
 # Files of the starter project that are a run's outputs, not the project.
+# A project's own schemas (dataclasses stored in Hydra's ConfigStore), imported before a config is composed.
+SCHEMAS = "schemas.py"
 NOT_COPIED = ("__pycache__", "*.pyc", "outputs", "multirun", "data", "lightning_logs")
 
 
@@ -102,10 +106,12 @@ def run_task(task: str, arguments: list[str]) -> None:
     if project.conf is not None and not project.given:
         arguments = [CONFIG_DIR_FLAGS[0], str(project.conf), *arguments]
     sys.path.insert(0, str(project.directory))  # `_target_: mynet.TinyCNN` imports the project's mynet.py
+    if (project.directory / SCHEMAS).is_file():  # the project's schemas, stored in Hydra's ConfigStore
+        importlib.import_module(SCHEMAS.removesuffix(".py"))
     sys.argv = [sys.argv[0], *arguments]  # what Hydra's app parses
     from robustlab import tasks
 
-    tasks.hydra_app(task)()
+    tasks.run_app(task)
 
 
 def report(arguments: list[str]) -> int:

@@ -14,7 +14,8 @@ graph (a `from robustlab.attacks import PGD` counts as `attacks/pgd.py`, not the
 - the standard library and built-in modules: not keyed (the Python version is in every record's provenance).
 
 Modules that only present results (figures, TensorBoard, image grids, progress bars, the report) are outside
-the key (`PRESENTATION`): changing a figure's title keeps every result.
+the key (`PRESENTATION`): changing a figure's title keeps every result. So is the config's schema
+(`robustlab.schema`): it says which values a config may hold, not what a run computes with them.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ PRESENTATION = frozenset({"robustlab.evaluation.plots", "robustlab.evaluation.te
                           "robustlab.evaluation.images", "robustlab.evaluation.progress",
                           "robustlab.evaluation.summary", "robustlab.report", "robustlab.report.answer",
                           "robustlab.report.callback", "robustlab.report.reading", "robustlab.report.rows",
-                          "robustlab.report.tables", "robustlab.report.writing"})
+                          "robustlab.report.tables", "robustlab.report.writing", "robustlab.schema"})
 
 
 # -- which file a module is, and what kind ------------------------------------------------------------------

@@ -21,9 +21,8 @@ from robustlab.errors import ConfigError
 from robustlab.evaluation.record import RunRecord
 from robustlab.runs import evaluate_and_record, run_directory
 from robustlab.validation import (
-    check_accelerator,
     check_checkpoint_matches,
-    check_complete,
+    check_config,
     check_model_fits_dataset,
     check_step_sizes,
 )
@@ -33,8 +32,7 @@ SOURCES = ("ckpt_path", "weights", "torchscript")
 
 def run(cfg: DictConfig) -> RunRecord | None:
     """The run's record (None in a DDP process other than 0)."""
-    check_complete(cfg)
-    check_accelerator(cfg)
+    check_config(cfg)
     source = chosen_source(cfg)
     if source == "ckpt_path":
         checkpoint = read_checkpoint(cfg.ckpt_path)
