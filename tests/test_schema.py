@@ -24,6 +24,7 @@ import typing
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import CONF, ROOT, compose_config, run_script
 from hydra import compose, initialize_config_dir
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
@@ -39,8 +40,12 @@ from robustlab.validation import check_config, composition_error
 # Values of the wrong type for a field, as typed on the command line.
 WRONG_TYPE = {"int": ["abc", "1.5"], "float": ["abc", "[1]"], "bool": ["maybe", "[1]"], "str": ["[1]"],
               "list": ["abc"], "dict": ["abc"]}
-# The leaves fuzzed: every key of these composed configs but Hydra's own (`hydra.*`, typed by Hydra itself).
-CONFIGS = {"train": [], "evaluate": []}
+# The leaves fuzzed: every key of these composed configs but Hydra's own (`hydra.*`, typed by Hydra itself): the
+# default train and evaluate configs, and train with each other option of the groups a user chooses among.
+GROUPS = ("dataset", "model", "defense", "attack", "eval", "optimizer", "scheduler", "trainer", "callbacks",
+          "logger")
+CONFIGS = {"train": (), "evaluate": (), **{f"train {group}={path.stem}": (f"{group}={path.stem}",) for group in GROUPS
+                                           for path in sorted((CONF / group).glob("*.yaml"))}}
 
 
 def leaves(node: DictConfig, prefix: str = ""):
@@ -59,7 +64,7 @@ def leaves(node: DictConfig, prefix: str = ""):
 
 def refused_values(owner: type | None, key: str) -> list[str]:
     if owner is None or not dataclasses.is_dataclass(owner):
-        return []
+        return ["abc"]  # a third-party callable's keyword argument (torchattacks' kwargs): typed by its defaults
     if key == "_target_":
         return ["no_such_module.Thing", "''"]
     written = type_name(owner, key).removesuffix(" | None")
@@ -68,35 +73,25 @@ def refused_values(owner: type | None, key: str) -> list[str]:
     return WRONG_TYPE.get(base, []) + list(rule.refused if rule else [])
 
 
-def table() -> list[tuple[str, str, str]]:
-    """(config, key, bad value) for every leaf of the train and evaluate configs, each leaf under one config."""
-    rows, seen = [], set()
-    for config, overrides in CONFIGS.items():
-        cfg = compose_config(overrides, Path("/nonexistent"), config_name=config)
-        for key, owner in leaves(cfg):
-            if key in seen:
-                continue
-            seen.add(key)
-            rows += [(config, key, value) for value in refused_values(owner, key.rpartition(".")[2])]
-            if not refused_values(owner, key.rpartition(".")[2]):
-                rows.append((config, key, "<no schema>"))
-    return rows
-
-
-TABLE = table()
+def table(config: str) -> list[tuple[str, str]]:
+    """(key, bad value) for every leaf of `config`; a variant leaves to the default train config the leaves (key and
+    schema) it shares with it."""
+    known = set() if config in ("train", "evaluate") else set(leaves(composed("train")))
+    return [(key, value) for key, owner in leaves(composed(config)) if (key, owner) not in known
+            for value in refused_values(owner, key.rpartition(".")[2]) or ["<no schema>"]]
 
 
 @functools.cache
 def composed(config: str) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=config, overrides=CONFIGS[config])
+        return compose(config_name=config.split()[0], overrides=list(CONFIGS[config]))
 
 
 def with_override(config: str, override: str, tmp_path: Path) -> DictConfig:
     """The config composed with `override`: a group's option by composing again, a value by Hydra's override step."""
     if "." not in override.split("=")[0] and OmegaConf.select(composed(config), override.split("=")[0]) is None:
-        return compose_config([override], tmp_path, config_name=config)  # a group left unchosen (evaluate's dataset)
+        return compose_config([*CONFIGS[config], override], tmp_path, config_name=config.split()[0])  # a group
     cfg = copy.deepcopy(composed(config))
     ConfigLoaderImpl._apply_overrides_to_config(OverridesParser.create().parse_overrides([override]), cfg)
     return cfg
@@ -116,11 +111,11 @@ def refusal(config: str, key: str, value: str, tmp_path: Path) -> ConfigError | 
     return None
 
 
-@pytest.mark.parametrize("config,key", sorted({(config, key) for config, key, _ in TABLE}))
-def test_every_leaf_refuses_its_bad_values_naming_it(config, key, tmp_path):
-    values = [value for row_config, row_key, value in TABLE if (row_config, row_key) == (config, key)]
-    assert "<no schema>" not in values, f"{key} has no schema field: every key robustlab ships needs one"
-    for value in values:
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_leaf_refuses_its_bad_values_naming_it(config, tmp_path):
+    rows = table(config)
+    assert not [key for key, value in rows if value == "<no schema>"], "keys without a schema field"
+    for key, value in rows:
         error = refusal(config, key, value, tmp_path)
         assert error is not None, f"{config}: {key}={value} was accepted"
         message = str(error)
@@ -131,15 +126,17 @@ def test_every_leaf_refuses_its_bad_values_naming_it(config, key, tmp_path):
 
 
 def test_the_table_covers_every_leaf_with_values():
-    keys = {key for _, key, _ in TABLE}
-    assert len(keys) > 150 and len(TABLE) > 3 * len(keys) // 2, (len(keys), len(TABLE))
+    rows = [(config, key, value) for config in CONFIGS for key, value in table(config)]
+    leaves_tried = {(config, key) for config, key, _ in rows}
+    print(f"fuzz table: {len({key for _, key, _ in rows})} distinct keys, {len(leaves_tried)} leaves in "
+          f"{len(CONFIGS)} configs, {len(rows)} values")
+    assert len(leaves_tried) > 300 and len(rows) > 3 * len(leaves_tried) // 2, (len(leaves_tried), len(rows))
 
 
 # -- the command itself ----------------------------------------------------------------------------------------
 ISSUE_ROWS = ["seed=hello", "optimizer.lr=-0.1", "optimizer.lr=nan", "trainer.max_epochs=abc", "trainer.max_epochs=-1",
               "eval.accuracy_draws=0"]
-SAMPLE = [f"{key}={value}" for config, key, value in random.Random(48).sample(
-    [row for row in TABLE if row[0] == "train"], 3)]
+SAMPLE = [f"{key}={value}" for key, value in random.Random(48).sample(table("train"), 2)]
 
 
 @pytest.mark.parametrize("override", ISSUE_ROWS + SAMPLE)
@@ -171,22 +168,42 @@ def test_a_multirun_is_refused_before_its_first_job(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("override,expected", [
+    ("+optimizer.betaz=[0.9,0.99]", "optimizer.betaz: torch.optim.Adam takes no argument 'betaz'"),
+    ("+optimizer.betas=abc", "optimizer.betas='abc' is not allowed: expected a list (torch.optim.Adam's signature)"),
+    ("+trainer.max_stepz=10", "trainer.max_stepz: pytorch_lightning.Trainer takes no argument 'max_stepz'"),
+    ("+trainer.max_steps=abc", "trainer.max_steps='abc' is not allowed: expected an integer (pytorch_lightning"),
+    ("+trainer.precision=17", "trainer.precision=17 is not allowed: expected one of 64, 32, 16"),
+    ("attack=torchattacks +attack.kwargs.stepz=3", "attack.kwargs.stepz: torchattacks.PGD takes no argument"),
+    ("attack=torchattacks attack.name=NoSuch", "attack.name='NoSuch' is not allowed: expected the name of a class"),
+])
+def test_a_third_party_targets_other_keys_are_checked_against_its_signature(override, expected, tmp_path):
+    with pytest.raises(ConfigError) as error:
+        check_config(compose_config(["dataset=synthetic", *override.split()], tmp_path))
+    assert str(error.value).startswith(expected), str(error.value)
+
+
+def test_a_bounded_run_may_leave_max_epochs_unset(tmp_path):
+    check_config(compose_config(["dataset=synthetic", "trainer.max_epochs=-1", "+trainer.max_steps=20"], tmp_path))
+    with pytest.raises(ConfigError, match=r"^trainer\.max_epochs=None is not allowed"):
+        check_config(compose_config(["dataset=synthetic", "trainer.max_epochs=null"], tmp_path))
+
+
 # -- the schema itself -----------------------------------------------------------------------------------------
 def test_every_option_robustlab_ships_names_its_schema():
-    unschemed = []
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        options = {}
-        for path in sorted(CONF.rglob("*.yaml")):
-            group = path.parent.relative_to(CONF).as_posix()
-            if group in (".", "experiment", "sweep") or group.startswith("hydra") or path.stem == "none" and \
-                    group == "logger":
-                continue
-            options[f"{group}={path.stem}"] = compose(config_name="train", overrides=[f"{group}={path.stem}"])[group]
-    for option, node in options.items():
-        if not dataclasses.is_dataclass(OmegaConf.get_type(node)):
-            unschemed.append(option)
+    """Each option's defaults list names a schema, or the option it extends (in its group) does."""
+    def names_schema(path: Path) -> bool:
+        defaults = yaml.safe_load(path.read_text()).get("defaults", [])
+        return any(isinstance(entry, str) and (entry.startswith("/schema/") or
+                                               (path.parent / f"{entry}.yaml").is_file() and
+                                               names_schema(path.parent / f"{entry}.yaml")) for entry in defaults)
+
+    unschemed = [path.relative_to(CONF).as_posix() for path in sorted(CONF.rglob("*.yaml"))
+                 if path.parent.name not in ("experiment", "sweep", "hydra", "launcher") and
+                 path.relative_to(CONF).as_posix() != "logger/none.yaml" and not names_schema(path)]
     assert not unschemed
+    # and the schema is what composing gives each option of the default config
+    assert all(dataclasses.is_dataclass(OmegaConf.get_type(composed("train")[group])) for group in GROUPS)
 
 
 def test_the_schemas_choices_are_the_codes():
@@ -248,7 +265,6 @@ def robustlab_in(directory: Path, *arguments: str) -> subprocess.CompletedProces
 @pytest.mark.parametrize("override,expected", [
     ("attack.steps=abc", "attack.steps='abc' is not allowed: expected an integer ≥ 1"),   # their schema, composing
     ("model.width=abc", "model.width='abc' is not allowed: expected an integer (mynet.TinyCNN's signature)"),
-    ("+model.depth=3", "model.depth: mynet.TinyCNN takes no argument 'depth'"),        # no schema: the signature
 ])
 def test_a_projects_options_are_checked_by_its_schema_or_its_signature(override, expected, tmp_path):
     result = robustlab_in(project(tmp_path), "model=tiny_cnn", "defense=blur", "attack=margin_pgd",

@@ -413,6 +413,12 @@ class TorchAttacksConfig:
     norm: str = setting(choice(*NORMS))
     kwargs: dict[str, Any] | None = MISSING
 
+    @staticmethod
+    def arguments_of(node: Any) -> Iterator[tuple[str, str, str]]:
+        """(key, callable, the key naming it): `kwargs` are keyword arguments of the torchattacks class `name`."""
+        if isinstance(node.get("name"), str):
+            yield "kwargs", f"torchattacks.{node.name}", "name"
+
 
 @dataclass
 class WorstCaseConfig:

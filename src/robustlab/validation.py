@@ -141,6 +141,18 @@ def _problems(node: DictConfig, prefix: str) -> Iterator[ConfigError]:
     if relations is not None:
         for key, value, allowed in relations(node):
             yield InvalidValue(key, value, allowed, prefix)
+    arguments_of = getattr(schema, "arguments_of", None)  # a mapping of keyword arguments for another callable
+    if arguments_of is not None:
+        for key, callee, naming in arguments_of(node):
+            arguments = node.get(key)
+            if _target_problem(callee, prefix) is not None:
+                module = callee.rpartition(".")[0]
+                yield InvalidValue(naming, node.get(naming), f"the name of a class in {module} ({callee} is not one)",
+                                   prefix)
+            elif isinstance(arguments, DictConfig):
+                plain_arguments = {str(name): value for name, value in arguments.items_ex(resolve=False)
+                                   if not OmegaConf.is_interpolation(arguments, str(name))}
+                yield from _signature_problems(callee, plain_arguments, f"{prefix}.{key}" if prefix else key)
     if target is not None and extra:
         yield from _signature_problems(target, extra, prefix)
 
@@ -181,9 +193,21 @@ def _signature_problems(target: str, values: dict[str, Any], prefix: str) -> Ite
                 yield ConfigError(f"{prefix}.{key}: {target} takes no argument {key!r} (its arguments: "
                                   f"{', '.join(named)})")
             continue
-        hint = hints.get(key, Any)
+        hint = hints.get(key, _default_type(parameters[key]))
         if not isinstance(value, DictConfig) and _matches(value, hint) is False:
             yield InvalidValue(key, value, f"{_words(hint)} ({target}'s signature)", prefix)
+
+
+def _default_type(parameter: inspect.Parameter) -> Any:
+    """An unannotated parameter's type, read from its default (`steps=10`: an int; `alpha=2/255`: a number)."""
+    default = parameter.default
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return float
+    return Any
 
 
 def _matches(value: Any, hint: Any) -> bool | None:
