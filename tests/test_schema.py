@@ -189,6 +189,17 @@ def test_a_bounded_run_may_leave_max_epochs_unset(tmp_path):
         check_config(compose_config(["dataset=synthetic", "trainer.max_epochs=null"], tmp_path))
 
 
+def test_cfg_job_shows_each_keys_type_and_allowed_values(capsys):
+    from robustlab.tasks import show_job_config
+
+    assert show_job_config("train", ["--cfg", "job", "defense=trades", "attack.steps=7"])
+    printed = capsys.readouterr().out
+    assert "  beta: 6.0  # a number ≥ 0\n" in printed and "  steps: 7  # an integer ≥ 1\n" in printed
+    assert "reuse: same_code  # one of 'same_code', 'any_version'" in printed
+    assert yaml.safe_load(printed)["defense"]["_target_"] == "robustlab.defenses.TRADES"  # still YAML
+    assert not show_job_config("train", ["--cfg", "job", "--resolve"])  # Hydra's own printer for its other options
+
+
 # -- the schema itself -----------------------------------------------------------------------------------------
 def test_every_option_robustlab_ships_names_its_schema():
     """Each option's defaults list names a schema, or the option it extends (in its group) does."""

@@ -168,6 +168,10 @@ def usage() -> str:
              "", __doc__.split("\n\n")[1], "",
              "Hydra's options work after train and evaluate: -m (a multirun), --cfg job (print the config), --info, "
              "--config-dir DIR, --help (that task's groups and config).", "",
+             "Every key's type and allowed values, beside its value: robustlab train --cfg job [group=option ...] "
+             "(e.g. robustlab train --cfg job defense=trades). A value outside them, or of another type, is refused "
+             "before anything runs, naming the key (exit status 2). The schemas are robustlab/schema.py; a project's "
+             "own are in its schemas.py.", "",
              "Config groups (group=option; * marks the default of `robustlab train`):"]
     defaults = _train_defaults()
     for group in sorted(set(builtin) | set(own)):

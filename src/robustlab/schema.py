@@ -104,8 +104,8 @@ def text(note: str = "") -> Rule:
 
 def numbers(item: Rule, *, at_least: int = 1) -> Rule:
     """A list of at least `at_least` values, each allowed by `item`."""
-    return Rule(f"a list of {'at least ' + str(at_least) + ' ' if at_least > 1 else ''}"
-                f"{'value' if at_least == 1 else 'values'}, each {item.allowed}",
+    return Rule(f"a list of {'at least ' + str(at_least) if at_least > 1 else 'one or more'} values, each "
+                f"{item.allowed}",
                 lambda value: isinstance(value, list | tuple) and len(value) >= at_least and all(
                     item.accepts(each) for each in value),
                 ("[]", *(f"[{bad}]" for bad in item.refused[:2])))
@@ -747,6 +747,57 @@ SCHEMAS: dict[str, type] = {
     "logger/tensorboard": LoggersConfig, "logger/none": NoLoggerConfig,
     "callbacks/train": CallbacksConfig, "callbacks/evaluate": EvaluateCallbacksConfig,
 }
+
+
+def annotated(node: Any, indent: int = 0) -> str:
+    """A composed config as YAML, each key its schema covers followed by what it allows (`--cfg job`)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    found = OmegaConf.get_type(node)
+    owner: type = found if isinstance(found, type) and dataclasses.is_dataclass(found) else object
+    fields = {each.name for each in dataclasses.fields(owner)} if owner is not object else set()
+    lines = []
+    for key in map(str, node.keys()):
+        if indent == 0 and key == "hydra":
+            continue
+        value = node._get_node(key)
+        described = key in fields and not key.startswith("_") and (
+            rule_of(owner, key) is not None or not isinstance(value, DictConfig))
+        comment = f"  # {describe(owner, key)}" if described else ""
+        literal = not OmegaConf.is_interpolation(node, key) and not value._is_none()
+        if isinstance(value, DictConfig) and literal and len(value):
+            lines.append(f"{' ' * indent}{key}:{comment}")
+            lines.append(annotated(value, indent + 2))
+            continue
+        if isinstance(value, ListConfig) and literal:
+            written = _scalar(OmegaConf.to_container(value))
+        elif isinstance(value, DictConfig) and literal:
+            written = "{}"
+        else:
+            written = _scalar(value._value())
+        lines.append(f"{' ' * indent}{key}: {written}{comment}")
+    return "\n".join(line for line in lines if line)
+
+
+def _scalar(value: Any) -> str:
+    import yaml
+
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(_scalar, value)) + "]"
+    text = str(value)
+    if text.startswith("${"):
+        return text
+    try:
+        same = yaml.safe_load(text) == text
+    except yaml.YAMLError:
+        same = False
+    return text if same and text.strip() == text and "#" not in text else "'" + text.replace("'", "''") + "'"
 
 
 def register_schemas() -> None:
