@@ -54,6 +54,25 @@ def compose_config(overrides: list[str], output_dir: Path, config_name: str = "t
     return cfg
 
 
+def refusal(overrides: list[str], output_dir: Path, config_name: str = "train", compose=None):
+    """What the command says of `overrides` before anything runs, in process: the ConfigError of Hydra's
+    composition against the schemas (worded by `composition_error`) or of `check_config` after it; None if both
+    accept them. `compose(overrides)` replaces `compose_config` where a test composes faster."""
+    from robustlab.errors import ConfigError
+    from robustlab.validation import check_config, composition_error
+
+    try:
+        check_config(compose(overrides) if compose else compose_config(overrides, output_dir, config_name))
+    except ConfigError as error:
+        return error
+    except Exception as error:
+        refused = composition_error(error, overrides)
+        if refused is None:
+            raise
+        return refused
+    return None
+
+
 @pytest.fixture
 def compose_train(tmp_path):
     def _compose(*overrides: str):

@@ -288,7 +288,7 @@ def test_a_flag_without_remedy_stays_flagged():
 
 @pytest.mark.parametrize("override, key", [
     ("eval.audit.escalation.steps_factor=0", "eval.audit.escalation.steps_factor"),
-    ("eval.audit.escalation.eot_samples=1.5", "eval.audit.escalation.eot_samples"),
+    ("eval.audit.escalation.restarts=0", "eval.audit.escalation.restarts"),
                                            ("eval.audit.escalation.surrogate=/no/such.ckpt",
                                             "eval.audit.escalation.surrogate")])
 def test_bad_escalation_settings_name_their_key(override, key, tmp_path):
@@ -306,7 +306,7 @@ def test_bad_escalation_settings_name_their_key(override, key, tmp_path):
     ("eval.audit.curve_attacks=[pgd_linf,apgd]", "eval.audit.curve_attacks", "fgsm, pgd_linf, pgd_l2"),
     ("eval.audit.curve_factors=[0,-1]", "eval.audit.curve_factors", "numbers ≥ 0"),
     ("eval.audit.n_samples=0", "eval.audit.n_samples", "an integer ≥ 1"),
-    ("eval.audit.enabled=yes", "eval.audit.enabled", "true or false")])
+    ("eval.audit.pgd_steps=0", "eval.audit.pgd_steps", "an integer ≥ 1")])
 def test_bad_audit_settings_name_their_key_and_what_is_allowed(override, key, allowed, tmp_path):
     from conftest import compose_config
 

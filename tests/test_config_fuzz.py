@@ -13,14 +13,13 @@ import math
 import re
 
 import pytest
-from conftest import CONF, compose_config
+from conftest import CONF, compose_config, refusal
 from hypothesis import given
 from hypothesis import strategies as st
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from robustlab.builders import build_classifier
 from robustlab.errors import ConfigError
-from robustlab.validation import check_config, composition_error
 
 GROUPS = {group: sorted(path.stem for path in (CONF / group).glob("*.yaml")) for group in ("attack", "defense")}
 SKIPPED = {"_target_", "_partial_"}
@@ -84,15 +83,15 @@ def test_every_fuzzed_value_builds_or_is_refused_naming_its_key(group, option, d
         return  # attack=none has nothing to set
     key = data.draw(st.sampled_from(keys), label="key")
     value = data.draw(values, label="value")
-    try:
-        cfg = compose_config(["dataset=synthetic", f"{group}={option}", f"{key}={hydra_literal(value)}"],
-                             tmp_path_factory.mktemp("fuzz"))
-        check_config(cfg)
-        build_classifier(cfg)
-    except Exception as raised:
-        error = raised if isinstance(raised, ConfigError) else composition_error(raised)  # as `robustlab` reports it
-        if error is None:
-            raise
+    overrides = ["dataset=synthetic", f"{group}={option}", f"{key}={hydra_literal(value)}"]
+    directory = tmp_path_factory.mktemp("fuzz")
+    error = refusal(overrides, directory)  # as `robustlab` reports it: composing, then the checks
+    if error is None:
+        try:
+            build_classifier(compose_config(overrides, directory))
+        except ConfigError as raised:
+            error = raised
+    if error is not None:
         named = re.match(r"^([\w.\[\]/]+)[=:]", str(error))
         assert named, f"{key}={hydra_literal(value)} was refused without naming a key: {error}"
         named = named.group(1)

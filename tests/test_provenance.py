@@ -111,7 +111,7 @@ def test_a_changed_attack_re_evaluates_and_a_changed_model_retrains(tmp_path):
 def test_reuse_takes_only_its_two_values(tmp_path):
     result = run_with_package(ROOT / "src", tmp_path, "reuse=always")
     assert result.returncode == 2
-    assert "reuse='always' is not allowed: expected same_code or any_version" in result.stderr
+    assert "reuse='always' is not allowed: expected one of 'same_code', 'any_version'" in result.stderr
 
 
 def test_documentation_and_comments_do_not_change_a_module_hash():

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONF, ROOT, compose_config, run_script
+from conftest import CONF, ROOT, compose_config, refusal, run_script
 from hydra import compose, initialize_config_dir
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.global_hydra import GlobalHydra
@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from robustlab import schema
 from robustlab.errors import ConfigError
 from robustlab.schema import describe, integer, number, rule_of, type_name
-from robustlab.validation import check_config, composition_error
+from robustlab.validation import check_config
 
 # Values of the wrong type for a field, as typed on the command line.
 WRONG_TYPE = {"int": ["abc", "1.5"], "float": ["abc", "[1]"], "bool": ["maybe", "[1]"], "str": ["[1]"],
@@ -97,18 +97,10 @@ def with_override(config: str, override: str, tmp_path: Path) -> DictConfig:
     return cfg
 
 
-def refusal(config: str, key: str, value: str, tmp_path: Path) -> ConfigError | None:
+def refused(config: str, key: str, value: str, tmp_path: Path) -> ConfigError | None:
     """What the command does with `key=value`, in process: Hydra composes, then the checks run."""
-    try:
-        check_config(with_override(config, f"{key}={value}", tmp_path))
-    except ConfigError as error:
-        return error
-    except Exception as error:
-        refused = composition_error(error, [f"{key}={value}"])
-        if refused is None:
-            raise
-        return refused
-    return None
+    override = f"{key}={value}"
+    return refusal([override], tmp_path, compose=lambda _: with_override(config, override, tmp_path))
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -116,7 +108,7 @@ def test_every_leaf_refuses_its_bad_values_naming_it(config, tmp_path):
     rows = table(config)
     assert not [key for key, value in rows if value == "<no schema>"], "keys without a schema field"
     for key, value in rows:
-        error = refusal(config, key, value, tmp_path)
+        error = refused(config, key, value, tmp_path)
         assert error is not None, f"{config}: {key}={value} was accepted"
         message = str(error)
         assert "\n" not in message, message

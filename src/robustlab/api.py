@@ -34,7 +34,7 @@ from robustlab.errors import ConfigError
 from robustlab.evaluation.record import RunRecord
 from robustlab.resolvers import register_resolvers
 from robustlab.runs import evaluate_and_record
-from robustlab.validation import check_accelerator, check_model_fits_dataset, check_step_sizes
+from robustlab.validation import check_config, check_model_fits_dataset, composition_error
 
 
 def evaluate_model(model: nn.Module, images: torch.Tensor | None = None, labels: torch.Tensor | None = None, *,
@@ -49,9 +49,14 @@ def evaluate_model(model: nn.Module, images: torch.Tensor | None = None, labels:
     """
     output_dir = Path(tempfile.mkdtemp(prefix="robustlab-") if output_dir is None else output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    cfg = compose_evaluation([f"dataset={dataset}", f"attack={attack}", *overrides], output_dir)
-    check_accelerator(cfg)
-    check_step_sizes(cfg)
+    try:
+        cfg = compose_evaluation([f"dataset={dataset}", f"attack={attack}", *overrides], output_dir)
+    except Exception as error:  # a value of the wrong type for its schema, an unknown key or option
+        refused = composition_error(error, list(overrides))
+        if refused is None:
+            raise
+        raise refused from None
+    check_config(cfg)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     model = copy.deepcopy(model).eval()

@@ -801,8 +801,17 @@ def _scalar(value: Any) -> str:
 
 
 def register_schemas() -> None:
-    """Store every schema in Hydra's ConfigStore as `schema/<kind>/<name>` (again: the same entries)."""
+    """Store every schema in Hydra's ConfigStore as `schema/<kind>/<name>` (again: the same entries).
+
+    The schema of a node built from its `_target_` is stored open (not struct): `model._target_=mynet.Net
+    ~model.image_size` swaps the class and drops a key it does not take, and a key the class does not take is
+    refused by the check of its signature (`validation.check_values`) instead of by Hydra. Its fields keep their
+    types. Any other schema is closed: Hydra refuses a key it does not name."""
+    from omegaconf import OmegaConf
+
     store = ConfigStore.instance()
     for name, schema in SCHEMAS.items():
         group, _, option = name.rpartition("/")
-        store.store(group=f"schema/{group}" if group else "schema", name=option, node=schema)
+        built = "_target_" in {each.name for each in dataclasses.fields(schema)}
+        node = OmegaConf.structured(schema, flags={"struct": False}) if built else schema
+        store.store(group=f"schema/{group}" if group else "schema", name=option, node=node)

@@ -303,13 +303,20 @@ def _check_budgets(node: DictConfig | ListConfig, prefix: str) -> None:
             budgets = list(value.values()) if isinstance(value, DictConfig) else [value]  # a dataset's: per norm
             if not all(budget is None or (is_number(budget) and budget >= 0) for budget in budgets):
                 raise InvalidValue("eps", value, "a number ≥ 0, or null for an unbounded attack", prefix)
-        # ε = 0 means no attack, where any step is exact.
-        zero_budget = node.get("eps") == 0
         if key == "step_size" and isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 \
-                and not (value == 0 and zero_budget):
+                and not (value == 0 and _zero_budget(node)):
             raise InvalidValue("step_size", value, "a number > 0, or null for 2.5·eps/steps", prefix)
         if isinstance(value, (DictConfig, ListConfig)):
             _check_budgets(value, f"{prefix}.{key}" if prefix else key)
+
+
+def _zero_budget(node: DictConfig) -> bool:
+    """ε = 0 means no attack, where any step is exact. A budget that interpolates from a dataset not chosen yet
+    (`python evaluate.py ckpt_path=...`: the checkpoint's) is not known to be 0."""
+    try:
+        return node.get("eps") == 0
+    except OmegaConfBaseException:
+        return False
 
 
 def check_model_fits_dataset(model: nn.Module, cfg: DictConfig, key: str = "model") -> None:
