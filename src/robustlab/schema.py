@@ -119,7 +119,7 @@ def strings(options: tuple[str, ...] | None = None) -> Rule:
         ("[no_such_name]",) if options else ("[[1]]",))
 
 
-def node(what: str, *, optional: bool = False) -> Rule:
+def subconfig(what: str, *, optional: bool = False) -> Rule:
     """A config node (a mapping, built by its `_target_`); with `optional`, null too. A plain value is refused."""
     return Rule(what + (", or null" if optional else ""), lambda value: optional and value is None, ("abc", "1"))
 
@@ -190,8 +190,8 @@ class TrainConfig:
 class EvaluateConfig:
     """`python evaluate.py`: exactly one of a checkpoint, a state_dict or a TorchScript file."""
 
-    dataset: Any = setting(node("a dataset option (dataset=NAME)", optional=True), None)
-    model: Any = setting(node("a model option (model=NAME)", optional=True), None)
+    dataset: Any = setting(subconfig("a dataset option (dataset=NAME)", optional=True), None)
+    model: Any = setting(subconfig("a model option (model=NAME)", optional=True), None)
     attack: Any = MISSING
     eval: Any = MISSING
     performance: Any = MISSING
@@ -260,7 +260,7 @@ class DatasetConfig:
     mean: list[float] = setting(numbers(number()))
     std: list[float] = setting(numbers(number(above=0)))
     eps: BudgetsConfig = nested(BudgetsConfig)
-    datamodule: Any = setting(node("a datamodule config (_target_: ...)"))
+    datamodule: Any = setting(subconfig("a datamodule config (_target_: ...)"))
 
     @staticmethod
     def relations(node: Any) -> Relations:
@@ -431,7 +431,7 @@ class WorstCaseConfig:
             yield "attacks", {}, "at least one attack config (e.g. +attack@attack.attacks.pgd=pgd_linf)"
 
 
-TRAINING_ATTACK = node("an attack option (attack@defense.attack=NAME)", optional=True)
+TRAINING_ATTACK = subconfig("an attack option (attack@defense.attack=NAME)", optional=True)
 
 
 # -- defense ---------------------------------------------------------------------------------------------------
@@ -444,7 +444,7 @@ class DefenseConfig:
 @dataclass
 class AdversarialTrainingConfig(DefenseConfig):
     attack: Any = setting(TRAINING_ATTACK)
-    wrapper: Any = setting(node("a wrapper config (_target_: ..., _partial_: true)", optional=True))
+    wrapper: Any = setting(subconfig("a wrapper config (_target_: ..., _partial_: true)", optional=True))
 
 
 @dataclass
@@ -465,8 +465,8 @@ class MixedAdversarialTrainingConfig(DefenseConfig):
 
 @dataclass
 class DenoiserDefenseConfig(DefenseConfig):
-    attack: Any = setting(node("an attack option (attack@defense.attack=NAME)"))
-    denoiser: Any = setting(node("a denoiser model config (e.g. robustlab.models.DnCNN)"))
+    attack: Any = setting(subconfig("an attack option (attack@defense.attack=NAME)"))
+    denoiser: Any = setting(subconfig("a denoiser model config (e.g. robustlab.models.DnCNN)"))
     classifier_epochs: int | None = setting(integer(1))
     denoiser_epochs: int | None = setting(integer(1))
     classifier_checkpoint: str | None = setting(text("a checkpoint's path"))
@@ -474,8 +474,8 @@ class DenoiserDefenseConfig(DefenseConfig):
 
 @dataclass
 class RandomMixtureConfig(DefenseConfig):
-    attack: Any = setting(node("an attack option (attack@defense.attack=NAME)"))
-    member: Any = setting(node("a model config (the default: ${model})"))
+    attack: Any = setting(subconfig("an attack option (attack@defense.attack=NAME)"))
+    member: Any = setting(subconfig("a model config (the default: ${model})"))
     weights: list[float] = setting(numbers(number(above=0)))
     epochs_per_member: int | None = setting(integer(1))
 
@@ -508,7 +508,7 @@ class BitDepthReductionConfig:
 class PreprocessedConfig:
     _target_: str = MISSING
     _partial_: bool = MISSING
-    preprocess: Any = setting(node("a preprocessing config (_target_: ...)"))
+    preprocess: Any = setting(subconfig("a preprocessing config (_target_: ...)"))
 
 
 @dataclass
@@ -550,7 +550,7 @@ class CertifyConfig:
     alpha: float = setting(number(above=0, below=1))
     radius_factors: list[float] = setting(numbers(number(at_least=0)))
     batch_size: int = setting(integer(1))
-    attack: Any = setting(node("an attack option (attack@eval.certify.attack=NAME)"))
+    attack: Any = setting(subconfig("an attack option (attack@eval.certify.attack=NAME)"))
 
 
 @dataclass
@@ -565,7 +565,7 @@ class EvalConfig:
             isinstance(each, str) for each in value), ("abc", "[[1]]")))
     save_adversarial: bool = MISSING
     bpda: bool = MISSING
-    val_attack: Any = setting(node("an attack option (attack@eval.val_attack=NAME)"))
+    val_attack: Any = setting(subconfig("an attack option (attack@eval.val_attack=NAME)"))
     audit: AuditConfig = nested(AuditConfig)
     certify: CertifyConfig = nested(CertifyConfig)
     mixture_attacks: dict[str, Any] = field(default_factory=dict)
