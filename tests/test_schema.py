@@ -181,15 +181,24 @@ def test_a_bounded_run_may_leave_max_epochs_unset(tmp_path):
         check_config(compose_config(["dataset=synthetic", "trainer.max_epochs=null"], tmp_path))
 
 
-def test_cfg_job_shows_each_keys_type_and_allowed_values(capsys):
-    from robustlab.tasks import show_job_config
+def test_cfg_job_shows_each_keys_type_and_allowed_values(tmp_path):
+    result = run_script("train.py", "--cfg", "job", "defense=trades", "attack.steps=7", output_root=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "  beta: 6.0  # a number ≥ 0\n" in result.stdout and "  steps: 7  # an integer ≥ 1\n" in result.stdout
+    assert "reuse: same_code  # one of 'same_code', 'any_version'" in result.stdout
+    assert yaml.safe_load(result.stdout)["defense"]["_target_"] == "robustlab.defenses.TRADES"  # still YAML
+    assert not (tmp_path / "runs").exists()
+    refused = run_script("train.py", "--cfg", "job", "attack.steps=abc", output_root=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
+        "robustlab: invalid configuration: attack.steps='abc' is not allowed"), refused.stderr[-2000:]
 
-    assert show_job_config("train", ["--cfg", "job", "defense=trades", "attack.steps=7"])
-    printed = capsys.readouterr().out
-    assert "  beta: 6.0  # a number ≥ 0\n" in printed and "  steps: 7  # an integer ≥ 1\n" in printed
-    assert "reuse: same_code  # one of 'same_code', 'any_version'" in printed
-    assert yaml.safe_load(printed)["defense"]["_target_"] == "robustlab.defenses.TRADES"  # still YAML
-    assert not show_job_config("train", ["--cfg", "job", "--resolve"])  # Hydra's own printer for its other options
+
+def test_cfg_job_with_hydras_other_options_is_hydras():
+    from robustlab.cli import job_config_overrides
+
+    assert job_config_overrides(["--cfg", "job", "defense=trades"]) == ["defense=trades"]
+    assert job_config_overrides(["--cfg", "job", "--resolve"]) is None
+    assert job_config_overrides(["--cfg", "hydra"]) is None and job_config_overrides(["defense=trades"]) is None
 
 
 # -- the schema itself -----------------------------------------------------------------------------------------

@@ -73,6 +73,13 @@ class Project:
             return cls(directory, None, False)
         return cls(directory, conf, False)
 
+    def load_schemas(self) -> None:
+        """Put the project's directory first on Python's path (`_target_: mynet.TinyCNN` imports its mynet.py) and
+        import its schemas.py, if it has one: its dataclasses go into Hydra's ConfigStore for its options."""
+        sys.path.insert(0, str(self.directory))
+        if (self.directory / SCHEMAS).is_file():
+            importlib.import_module(SCHEMAS.removesuffix(".py"))
+
     def check(self) -> None:
         """Refuse, before anything runs, a YAML that does not parse (its file and line) and an option named like
         one of robustlab's (both files)."""
@@ -99,19 +106,61 @@ class Project:
 
 def run_task(task: str, arguments: list[str]) -> None:
     """`robustlab train|evaluate ...`: Hydra's app over robustlab's configs plus the project's, with the project's
-    directory first on Python's path."""
+    directory first on Python's path (`--cfg job`: the config with each key's allowed values, printed here)."""
     project = Project.of(arguments)
     with exit_on_user_error():
         project.check()
     if project.conf is not None and not project.given:
         arguments = [CONFIG_DIR_FLAGS[0], str(project.conf), *arguments]
-    sys.path.insert(0, str(project.directory))  # `_target_: mynet.TinyCNN` imports the project's mynet.py
-    if (project.directory / SCHEMAS).is_file():  # the project's schemas, stored in Hydra's ConfigStore
-        importlib.import_module(SCHEMAS.removesuffix(".py"))
+    project.load_schemas()
+    overrides = job_config_overrides(arguments)
+    if overrides is not None:
+        with exit_on_user_error():
+            print(annotated_config(task, overrides, project))
+        return
     sys.argv = [sys.argv[0], *arguments]  # what Hydra's app parses
     from robustlab import tasks
 
     tasks.run_app(task)
+
+
+def job_config_overrides(arguments: Sequence[str]) -> list[str] | None:
+    """The overrides of `--cfg job [overrides]`; None for any other command line, and for --cfg with options that
+    only Hydra's own printer has (--package, --resolve, a multirun): Hydra answers those."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--cfg", "-c")
+    parser.add_argument(*CONFIG_DIR_FLAGS)
+    parser.add_argument("--package", "-p")
+    for flags in (("--resolve",), ("--multirun", "-m"), ("--help", "-h"), ("--info", "-i")):
+        parser.add_argument(*flags, action="store_true")
+    known, rest = parser.parse_known_args(arguments)
+    if known.cfg != "job" or known.package or known.resolve or known.multirun or known.help or known.info or \
+            any(argument.startswith("-") for argument in rest):
+        return None
+    return rest
+
+
+def annotated_config(task: str, overrides: list[str], project: Project) -> str:
+    """The config `robustlab <task> <overrides>` runs, as YAML, each key beside its type and allowed values (its
+    schema's), composed as Hydra composes it; what Hydra cannot compose is refused as the task refuses it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from robustlab.schema import annotated, register_schemas
+
+    register_schemas()
+    searchpath = [f"hydra.searchpath=[file://{project.conf}]"] if project.conf else []
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=task):
+            return annotated(compose(config_name=task, overrides=[*overrides, *searchpath]))
+    except Exception as error:
+        from robustlab.validation import composition_error  # loads torch: only for a refused value
+
+        refused = composition_error(error, overrides)
+        if refused is None:
+            raise
+        raise refused from None
 
 
 def report(arguments: list[str]) -> int:
@@ -168,10 +217,10 @@ def usage() -> str:
              "", __doc__.split("\n\n")[1], "",
              "Hydra's options work after train and evaluate: -m (a multirun), --cfg job (print the config), --info, "
              "--config-dir DIR, --help (that task's groups and config).", "",
-             "Every key's type and allowed values, beside its value: robustlab train --cfg job [group=option ...] "
-             "(e.g. robustlab train --cfg job defense=trades). A value outside them, or of another type, is refused "
-             "before anything runs, naming the key (exit status 2). The schemas are robustlab/schema.py; a project's "
-             "own are in its schemas.py.", "",
+             "A value outside what a key allows, or of another type, is refused before anything runs, naming the key "
+             "(exit status 2). robustlab train --cfg job [group=option ...] prints the config of those choices with "
+             "each key's type and allowed values beside its value (robustlab train --cfg job: the defaults'). The "
+             "schemas are robustlab/schema.py; a project's own are in its schemas.py.", "",
              "Config groups (group=option; * marks the default of `robustlab train`):"]
     defaults = _train_defaults()
     for group in sorted(set(builtin) | set(own)):

@@ -6,23 +6,18 @@ Importing this module registers the config's resolvers: a multirun launcher that
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from robustlab.configuration import config_dir
 from robustlab.errors import exit_on_user_error
 from robustlab.resolvers import register_resolvers
-from robustlab.schema import annotated
 from robustlab.validation import check_config, composition_error
 
 register_resolvers()
@@ -43,8 +38,7 @@ def evaluate(cfg: DictConfig) -> None:
 
 
 def run_app(task: str) -> None:
-    """`task`'s Hydra app on sys.argv (`--cfg job`: the config with each key's type and allowed values). A config
-    Hydra cannot compose (a value of the wrong type for its schema, an
+    """`task`'s Hydra app on sys.argv. A config Hydra cannot compose (a value of the wrong type for its schema, an
     unknown key or option, an override it cannot parse) is one line naming the key, exit status 2, like every
     other refused value; HYDRA_FULL_ERROR=1 (set by the user) keeps Hydra's own report, as Hydra documents."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -53,34 +47,12 @@ def run_app(task: str) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it cannot compose, instead of printing it and exiting 1
     with exit_on_user_error():
         try:
-            shown = show_job_config(task, sys.argv[1:])
-            if not shown:
-                hydra_app(task)()
+            hydra_app(task)()
         except Exception as error:
             refused = composition_error(error, [argument for argument in sys.argv[1:] if not argument.startswith("-")])
             if refused is None:
                 raise
             raise refused from None
-
-
-def show_job_config(task: str, arguments: list[str]) -> bool:
-    """`--cfg job`: print the composed config as Hydra would, each key beside its type and allowed values (False:
-    not asked for, or asked with options only Hydra's printer has: --package, --resolve, a multirun)."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--cfg", "-c")
-    parser.add_argument("--config-dir", "-cd")
-    for flag in (("--package", "-p"), ("--resolve",), ("--multirun", "-m"), ("--help", "-h"), ("--info", "-i")):
-        parser.add_argument(*flag, action="store_true" if flag[0] != "--package" else "store")
-    known, rest = parser.parse_known_args(arguments)
-    if known.cfg != "job" or known.package or known.resolve or known.multirun or known.help or known.info or \
-            any(argument.startswith("-") for argument in rest):
-        return False
-    searchpath = [f"hydra.searchpath=[file://{Path(known.config_dir).resolve()}]"] if known.config_dir else []
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=task):
-        cfg = compose(config_name=task, overrides=[*rest, *searchpath])
-    print(annotated(cfg))
-    return True
 
 
 class CheckBeforeRun(Callback):
