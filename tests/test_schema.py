@@ -182,13 +182,19 @@ def test_a_bounded_run_may_leave_max_epochs_unset(tmp_path):
 
 
 def test_cfg_job_shows_each_keys_type_and_allowed_values(tmp_path):
-    result = run_script("train.py", "--cfg", "job", "defense=trades", "attack.steps=7", output_root=tmp_path)
+    from conftest import script_environment
+
+    def cfg_job(*overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "train.py"), "--cfg", "job", f"paths.output_root={tmp_path}",
+                               *overrides], env=script_environment(), capture_output=True, text=True, timeout=120)
+
+    result = cfg_job("defense=trades", "attack.steps=7")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "  beta: 6.0  # a number ≥ 0\n" in result.stdout and "  steps: 7  # an integer ≥ 1\n" in result.stdout
     assert "reuse: same_code  # one of 'same_code', 'any_version'" in result.stdout
     assert yaml.safe_load(result.stdout)["defense"]["_target_"] == "robustlab.defenses.TRADES"  # still YAML
     assert not (tmp_path / "runs").exists()
-    refused = run_script("train.py", "--cfg", "job", "attack.steps=abc", output_root=tmp_path)
+    refused = cfg_job("attack.steps=abc")
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
         "robustlab: invalid configuration: attack.steps='abc' is not allowed"), refused.stderr[-2000:]
 
