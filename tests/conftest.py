@@ -59,17 +59,14 @@ def refusal(overrides: list[str], output_dir: Path, config_name: str = "train", 
     composition against the schemas (worded by `composition_error`) or of `check_config` after it; None if both
     accept them. `compose(overrides)` replaces `compose_config` where a test composes faster."""
     from robustlab.errors import ConfigError
-    from robustlab.validation import check_config, composition_error
+    from robustlab.validation import check_config, composition_refused
 
     try:
-        check_config(compose(overrides) if compose else compose_config(overrides, output_dir, config_name))
+        with composition_refused(overrides):
+            cfg = compose(overrides) if compose else compose_config(overrides, output_dir, config_name)
+        check_config(cfg)
     except ConfigError as error:
         return error
-    except Exception as error:
-        refused = composition_error(error, overrides)
-        if refused is None:
-            raise
-        return refused
     return None
 
 

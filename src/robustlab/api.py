@@ -34,7 +34,7 @@ from robustlab.errors import ConfigError
 from robustlab.evaluation.record import RunRecord
 from robustlab.resolvers import register_resolvers
 from robustlab.runs import evaluate_and_record
-from robustlab.validation import check_config, check_model_fits_dataset, composition_error
+from robustlab.validation import check_config, check_model_fits_dataset, composition_refused
 
 
 def evaluate_model(model: nn.Module, images: torch.Tensor | None = None, labels: torch.Tensor | None = None, *,
@@ -49,13 +49,8 @@ def evaluate_model(model: nn.Module, images: torch.Tensor | None = None, labels:
     """
     output_dir = Path(tempfile.mkdtemp(prefix="robustlab-") if output_dir is None else output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    try:
+    with composition_refused(overrides):  # a value of the wrong type for its schema, an unknown key or option
         cfg = compose_evaluation([f"dataset={dataset}", f"attack={attack}", *overrides], output_dir)
-    except Exception as error:  # a value of the wrong type for its schema, an unknown key or option
-        refused = composition_error(error, list(overrides))
-        if refused is None:
-            raise
-        raise refused from None
     check_config(cfg)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model: expected a torch.nn.Module, got {type(model).__name__}")

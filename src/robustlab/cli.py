@@ -147,20 +147,14 @@ def annotated_config(task: str, overrides: list[str], project: Project) -> str:
     from hydra.core.global_hydra import GlobalHydra
 
     from robustlab.schema import annotated, register_schemas
+    from robustlab.validation import composition_refused
 
     register_schemas()
     searchpath = [f"hydra.searchpath=[file://{project.conf}]"] if project.conf else []
     GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=task):
-            return annotated(compose(config_name=task, overrides=[*overrides, *searchpath]))
-    except Exception as error:
-        from robustlab.validation import composition_error  # loads torch: only for a refused value
-
-        refused = composition_error(error, overrides)
-        if refused is None:
-            raise
-        raise refused from None
+    with composition_refused(overrides), initialize_config_dir(config_dir=str(config_dir()), version_base="1.3",
+                                                                job_name=task):
+        return annotated(compose(config_name=task, overrides=[*overrides, *searchpath]))
 
 
 def report(arguments: list[str]) -> int:

@@ -45,18 +45,21 @@ def instantiate(node: DictConfig, **kwargs: Any) -> Any:
         located = _TARGET.search(str(error))
         if located:  # Hydra could not import the `_target_`
             missing = _in_chain(error, ImportError)
-            key = f"{prefix}._target_" if prefix else "_target_"
-            reason = ' '.join(str(missing).split()) if missing else 'not found'
-            module = located.group(1).rpartition(".")[0] or located.group(1)
-            searched = [entry or os.getcwd() for entry in sys.path if not entry or Path(entry).is_dir()]
-            raise ConfigError(f"{key}={located.group(1)!r} cannot be imported ({reason}): a `_target_` is "
-                              f"`module.Class`, and module {module!r} was looked for in {', '.join(searched)} "
-                              "(for your own files: run `robustlab` from your project's directory, where they are, "
-                              "or install them)") from None
+            raise unimportable(prefix, located.group(1), str(missing) if missing else "not found") from None
         cause = _in_chain(error, InvalidValue)
         if not isinstance(cause, InvalidValue):
             raise
         raise cause.under(prefix) from None
+
+
+def unimportable(prefix: str, target: str, reason: str) -> ConfigError:
+    """`<prefix>._target_` names something that cannot be imported: why, and where its module was looked for."""
+    key = f"{prefix}._target_" if prefix else "_target_"
+    module = target.rpartition(".")[0] or target
+    searched = [entry or os.getcwd() for entry in sys.path if not entry or Path(entry).is_dir()]
+    return ConfigError(f"{key}={target!r} cannot be imported ({' '.join(reason.split())}): a `_target_` is "
+                       f"`module.Class`, and module {module!r} was looked for in {', '.join(searched)} (for your "
+                       "own files: run `robustlab` from your project's directory, where they are, or install them)")
 
 
 def _in_chain(error: BaseException | None, kind: type[Exception]) -> Exception | None:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from robustlab.configuration import config_dir
 from robustlab.errors import exit_on_user_error
 from robustlab.resolvers import register_resolvers
-from robustlab.validation import check_config, composition_error
+from robustlab.validation import check_config, composition_refused
 
 register_resolvers()
 
@@ -45,14 +45,9 @@ def run_app(task: str) -> None:
         hydra_app(task)()
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it cannot compose, instead of printing it and exiting 1
-    with exit_on_user_error():
-        try:
-            hydra_app(task)()
-        except Exception as error:
-            refused = composition_error(error, [argument for argument in sys.argv[1:] if not argument.startswith("-")])
-            if refused is None:
-                raise
-            raise refused from None
+    with exit_on_user_error(), composition_refused([argument for argument in sys.argv[1:]
+                                                    if not argument.startswith("-")]):
+        hydra_app(task)()
 
 
 class CheckBeforeRun(Callback):

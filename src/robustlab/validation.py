@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
-import sys
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from contextlib import contextmanager
 from typing import Any
 
 import hydra.utils
@@ -28,9 +26,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 from torch import nn
 
-from robustlab.configuration import config_dir, to_plain
+from robustlab.configuration import config_dir, to_plain, unimportable
 from robustlab.errors import CheckpointError, ConfigError, InvalidValue, is_number
-from robustlab.schema import describe, rule_of
+from robustlab.schema import BUDGET, STEP, describe, rule_of
 
 
 def check_config(cfg: DictConfig, *, here: bool = True) -> None:
@@ -41,6 +39,18 @@ def check_config(cfg: DictConfig, *, here: bool = True) -> None:
     check_step_sizes(cfg)
     if here:
         check_accelerator(cfg)
+
+
+@contextmanager
+def composition_refused(overrides: Sequence[str] = ()) -> Iterator[None]:
+    """Around a composition of the config: what Hydra cannot compose is raised as `composition_error` words it."""
+    try:
+        yield
+    except Exception as error:
+        refused = composition_error(error, overrides)
+        if refused is None:
+            raise
+        raise refused from None
 
 
 # -- what Hydra could not compose ------------------------------------------------------------------------------
@@ -158,18 +168,12 @@ def _problems(node: DictConfig, prefix: str) -> Iterator[ConfigError]:
 
 
 def _target_problem(target: Any, prefix: str) -> ConfigError | None:
-    key = f"{prefix}._target_" if prefix else "_target_"
     if not isinstance(target, str) or not target.strip():
         return InvalidValue("_target_", target, "a class or function to build, as module.Name", prefix)
     try:
         hydra.utils.get_object(target)
     except Exception as error:  # noqa: BLE001 - whatever importing the user's module raised, said in one line
-        reason = " ".join(str(error.__cause__ or error).split())
-        module = target.rpartition(".")[0] or target
-        searched = [entry or os.getcwd() for entry in sys.path if not entry or Path(entry).is_dir()]
-        return ConfigError(f"{key}={target!r} cannot be imported ({reason}): a `_target_` is `module.Class`, and "
-                           f"module {module!r} was looked for in {', '.join(searched[:6])} (for your own files: run "
-                           "`robustlab` from your project's directory, where they are, or install them)")
+        return unimportable(prefix, target, str(error.__cause__ or error))
     return None
 
 
@@ -302,10 +306,10 @@ def _check_budgets(node: DictConfig | ListConfig, prefix: str) -> None:
         if key == "eps":
             budgets = list(value.values()) if isinstance(value, DictConfig) else [value]  # a dataset's: per norm
             if not all(budget is None or (is_number(budget) and budget >= 0) for budget in budgets):
-                raise InvalidValue("eps", value, "a number ≥ 0, or null for an unbounded attack", prefix)
+                raise InvalidValue("eps", value, BUDGET, prefix)
         if key == "step_size" and isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 \
                 and not (value == 0 and _zero_budget(node)):
-            raise InvalidValue("step_size", value, "a number > 0, or null for 2.5·eps/steps", prefix)
+            raise InvalidValue("step_size", value, STEP, prefix)
         if isinstance(value, (DictConfig, ListConfig)):
             _check_budgets(value, f"{prefix}.{key}" if prefix else key)
 
