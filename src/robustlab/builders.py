@@ -175,6 +175,8 @@ def _written_balls(node: Any) -> list[tuple[str | None, float]]:
         return []
     norm = node.get("norm") if isinstance(node.get("norm"), str) else None
     own = [(norm, float(node["eps"]))] if isinstance(node.get("eps"), (int, float)) else []
+    if isinstance(node.get("budgets"), dict):  # an attack over a union of balls (MSD): norm → ε
+        own += [(str(key), float(value)) for key, value in node["budgets"].items() if isinstance(value, (int, float))]
     return own + [ball for value in node.values() for ball in _written_balls(value)]
 
 

@@ -27,11 +27,13 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-NORMS = ("linf", "l2")
+NORMS = ("linf", "l2", "l1", "l0")
+DENSE_NORMS = ("linf", "l2")  # the norms of the attacks built for dense balls (Square, A3, ARC, torchattacks)
+NORMS_TO_L1 = ("linf", "l2", "l1")  # APGD, FAB, AutoAttack
 LOSSES = ("ce", "dlr")
 RANKINGS = ("logits", "boundary")
 AUTOATTACK_VERSIONS = ("auto", "standard", "rand")
-STRATEGIES = ("max", "avg", "random")
+STRATEGIES = ("max", "avg", "random", "alternate")
 SELECTION_METRICS = ("val/acc", "val/robust_acc")
 REUSE = ("same_code", "any_version")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
@@ -210,6 +212,8 @@ class EvaluateConfig:
 class BudgetsConfig:
     linf: float = setting(number(at_least=0, at_most=1, note="pixel units"))
     l2: float = setting(number(at_least=0, note="pixel units"))
+    l1: float = setting(number(at_least=0, note="pixel units"))
+    l0: int = setting(integer(0, note="pixels changed"))
 
 
 @dataclass
@@ -333,6 +337,12 @@ class AttackConfig:
     eps: float | None = setting(_budget())
     eot_samples: int | None = setting(EOT)
 
+    @staticmethod
+    def relations(node: Any) -> Relations:
+        eps = node.get("eps")
+        if node.get("norm") == "l0" and _is_number(eps) and float(eps) != int(eps):
+            yield "eps", eps, "a whole number of pixels ≥ 0 under norm l0"
+
 
 @dataclass
 class NoAttackConfig:
@@ -346,13 +356,22 @@ class PGDConfig(AttackConfig):
                                            ("0", "-0.01", "nan")))
     random_start: bool = MISSING
     restarts: int = setting(integer(1))
+    l1_share: float = setting(number(above=0, at_most=1, note="the share of features an L1 step moves"),
+                              default=0.01)
 
 
 @dataclass
 class APGDConfig(AttackConfig):
+    norm: str = setting(choice(*NORMS_TO_L1))
     loss: str = setting(choice(*LOSSES))
     steps: int = setting(integer(1))
     restarts: int = setting(integer(1))
+    large_reps: bool = False
+
+    @staticmethod
+    def relations(node: Any) -> Relations:
+        if node.get("large_reps") is True and node.get("norm") != "l1":
+            yield "large_reps", True, "false unless norm is l1 (the budgets 3ε, 2ε, ε are AutoAttack-L1's)"
 
 
 @dataclass
@@ -363,12 +382,39 @@ class APGDTConfig(APGDConfig):
 
 @dataclass
 class SquareConfig(AttackConfig):
+    norm: str = setting(choice(*DENSE_NORMS))
     queries: int = setting(integer(1))
     p_init: float = setting(number(above=0, at_most=1))
 
 
 @dataclass
+class SparseRSConfig(AttackConfig):
+    norm: str = setting(choice("l0"))
+    queries: int = setting(integer(1))
+    alpha_init: float = setting(number(above=0, at_most=1))
+
+
+@dataclass
+class MSDConfig:
+    _target_: str = MISSING
+    budgets: dict[str, float] = field(default_factory=dict)
+    steps: int = setting(integer(1))
+    l1_share: float = setting(number(above=0, at_most=1, note="the share of features an L1 step moves"))
+    eot_samples: int | None = setting(EOT)
+
+    @staticmethod
+    def relations(node: Any) -> Relations:
+        budgets = node.get("budgets") or {}
+        for norm in budgets:
+            if norm not in NORMS_TO_L1:
+                yield f"budgets.{norm}", budgets[norm], f"budgets keyed by {', '.join(NORMS_TO_L1)}"
+        if not budgets:
+            yield "budgets", {}, "at least one ball, e.g. {linf: ${dataset.eps.linf}}"
+
+
+@dataclass
 class FABConfig(AttackConfig):
+    norm: str = setting(choice(*NORMS_TO_L1))
     steps: int = setting(integer(1))
     targets: int = setting(integer(1))
     restarts: int = setting(integer(1))
@@ -376,6 +422,7 @@ class FABConfig(AttackConfig):
 
 @dataclass
 class A3Config(AttackConfig):
+    norm: str = setting(choice(*DENSE_NORMS))
     rounds: int = setting(integer(0))
     steps: int = setting(integer(1))
     init_steps: int = setting(integer(0))
@@ -392,6 +439,7 @@ class A3Config(AttackConfig):
 
 @dataclass
 class ARCConfig(AttackConfig):
+    norm: str = setting(choice(*DENSE_NORMS))
     steps: int = setting(integer(1))
     step_size: float | None = setting(Rule("a number > 0, or null for ε/4", lambda value: value is None or _is_number(
         value) and value > 0, ("0", "-0.01", "nan")))
@@ -400,6 +448,7 @@ class ARCConfig(AttackConfig):
 
 @dataclass
 class AutoAttackConfig(AttackConfig):
+    norm: str = setting(choice(*NORMS_TO_L1))
     version: str = setting(choice(*AUTOATTACK_VERSIONS))
     steps: int = setting(integer(1))
     square_queries: int = setting(integer(1))
@@ -410,7 +459,7 @@ class TorchAttacksConfig:
     _target_: str = MISSING
     name: str = setting(text("a torchattacks class, e.g. PGD, CW"))
     eps: float | None = setting(_budget())
-    norm: str = setting(choice(*NORMS))
+    norm: str = setting(choice(*DENSE_NORMS))
     kwargs: dict[str, Any] | None = MISSING
 
     @staticmethod
@@ -450,7 +499,7 @@ class AdversarialTrainingConfig(DefenseConfig):
 @dataclass
 class TRADESConfig(DefenseConfig):
     eps: float = setting(_budget())
-    norm: str = setting(choice(*NORMS))
+    norm: str = setting(choice(*DENSE_NORMS))
     beta: float = setting(number(at_least=0))
     steps: int = setting(integer(1))
     step_size: float | None = setting(Rule(STEP, lambda value: value is None or _is_number(value) and value > 0,
@@ -732,7 +781,8 @@ SCHEMAS: dict[str, type] = {
     "model/classifier": ModelConfig, "model/preact_resnet": PreActResNetConfig, "model/small_cnn": SmallCNNConfig,
     "model/wide_resnet": WideResNetConfig, "model/dncnn": DnCNNConfig,
     "attack/none": NoAttackConfig, "attack/pgd": PGDConfig, "attack/apgd": APGDConfig, "attack/apgd_t": APGDTConfig,
-    "attack/square": SquareConfig, "attack/fab": FABConfig, "attack/a3": A3Config, "attack/arc": ARCConfig,
+    "attack/square": SquareConfig, "attack/sparse_rs": SparseRSConfig, "attack/msd": MSDConfig,
+    "attack/fab": FABConfig, "attack/a3": A3Config, "attack/arc": ARCConfig,
     "attack/autoattack": AutoAttackConfig, "attack/torchattacks": TorchAttacksConfig,
     "attack/worst_case": WorstCaseConfig,
     "defense/adversarial_training": AdversarialTrainingConfig, "defense/trades": TRADESConfig,

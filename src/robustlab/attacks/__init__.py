@@ -9,7 +9,10 @@ from robustlab.attacks.base import Attack
 from robustlab.attacks.cascade import WorstCase
 from robustlab.attacks.fab import FAB
 from robustlab.attacks.identity import NoAttack
+from robustlab.attacks.msd import MSD
 from robustlab.attacks.pgd import PGD
+from robustlab.attacks.sparse_rs import SparseRS
 from robustlab.attacks.square import Square
 
-__all__ = ["A3", "APGD", "ARC", "AutoAttack", "Attack", "FAB", "NoAttack", "PGD", "Square", "TorchAttacks", "WorstCase"]
+__all__ = ["A3", "APGD", "ARC", "AutoAttack", "Attack", "FAB", "MSD", "NoAttack", "PGD", "SparseRS", "Square", "TorchAttacks",
+           "WorstCase"]

@@ -35,7 +35,7 @@ from robustlab.attacks.base import Attack, WorstSoFar
 from robustlab.attacks.expectation import check_eot_samples, expected_correct, expected_logits
 from robustlab.attacks.gradient import loss_and_gradient
 from robustlab.attacks.losses import margin
-from robustlab.attacks.norms import ball, project_image
+from robustlab.attacks.norms import DENSE, ball, project_image
 from robustlab.attacks.targeting import wrong_classes_by_logit
 from robustlab.errors import is_integer, is_number, require
 
@@ -55,7 +55,7 @@ class A3(Attack):
     def __init__(self, eps: float, norm: str = "linf", rounds: int = 12, steps: int = 50, init_steps: int = 5,
                  keep: float = 0.2, targets: int = 3, target_steps: int = 100, chunk_size: int | None = 256,
                  eot_samples: int | None = None) -> None:
-        self.threat = ball(norm, eps)
+        self.threat = ball(norm, eps, DENSE)
         for name, value in (("rounds", rounds), ("init_steps", init_steps), ("targets", targets)):
             require(is_integer(value) and value >= 0, name, value, "an integer ≥ 0")
         require(is_integer(steps) and steps >= 1, "steps", steps, "an integer ≥ 1 (margin-loss steps per round)")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks.base import Attack
-from robustlab.attacks.norms import ball, project_image
+from robustlab.attacks.norms import DENSE, ball, project_image
 from robustlab.errors import ConfigError, InvalidValue, require
 
 
@@ -42,7 +42,7 @@ class TorchAttacks(Attack):
             known = sorted(n for n, c in vars(library).items() if inspect.isclass(c) and n[:1].isupper()
                            and n not in ("Attack", "MultiAttack"))
             raise InvalidValue("name", name, f"a torchattacks attack class, e.g. {', '.join(known[:12])}, ...")
-        self.threat = None if eps is None else ball(norm, eps)
+        self.threat = None if eps is None else ball(norm, eps, DENSE)
         # A null keyword argument is left to the class's default (alpha, derived from a null eps, for CW).
         self.name, self.norm = name, norm
         self.kwargs = {key: value for key, value in (kwargs or {}).items() if value is not None}

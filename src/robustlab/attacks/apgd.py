@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from robustlab.attacks.apgd_l1 import l1_schedule
 from robustlab.attacks.base import Attack, WorstSoFar, per_example
 from robustlab.attacks.expectation import check_eot_samples, expected_correct
 from robustlab.attacks.gradient import loss_and_gradient
@@ -46,12 +47,16 @@ class APGD(Attack):
     with the targeted form of `loss` (`losses.TARGETED_LOSSES`); `restarts` runs per target. Every run after the
     first attacks only the points still classified right. `ranking` orders the targets (`targeting`): "logits",
     the most likely first (AutoAttack's APGD-T), or "boundary", the nearest linearized boundary first (MALT).
+
+    Under L1, the reference's L1 schedule ("Mind the box", `apgd_l1.py`); `large_reps`: its budgets 3ε, 2ε, ε
+    over 30%, 30% and 40% of the steps (AutoAttack-L1's `use_largereps`).
     """
 
     def __init__(self, eps: float, norm: str = "linf", loss: str | Callable = "ce", steps: int = 100,
                  restarts: int = 1, rho: float = 0.75, momentum: float = 0.75, chunk_size: int | None = 256,
-                 eot_samples: int | None = None, targets: int | None = None, ranking: str = "logits") -> None:
-        self.threat = ball(norm, eps)
+                 eot_samples: int | None = None, targets: int | None = None, ranking: str = "logits",
+                 large_reps: bool = False) -> None:
+        self.threat = ball(norm, eps, ("linf", "l2", "l1"))
         require(ranking in RANKINGS, "ranking", ranking, f"one of {', '.join(RANKINGS)}")
         self.loss_fn = loss_function(loss)
         require(targets is None or (is_integer(targets) and targets >= 1), "targets", targets,
@@ -67,6 +72,9 @@ class APGD(Attack):
         require(is_number(rho) and 0 < rho <= 1, "rho", rho, "a number in (0, 1]")
         require(is_number(momentum) and 0 <= momentum <= 1, "momentum", momentum, "a number in [0, 1]")
         check_eot_samples(eot_samples)
+        require(isinstance(large_reps, bool) and (not large_reps or norm == "l1"), "large_reps", large_reps,
+                "true or false (true only under norm l1)")
+        self.large_reps = large_reps
         self.eps, self.norm, self.loss, self.steps, self.restarts = float(eps), norm, loss, steps, restarts
         self.rho, self.momentum, self.chunk_size, self.eot_samples = rho, momentum, chunk_size, eot_samples
 
@@ -91,15 +99,17 @@ class APGD(Attack):
             return nearest_boundaries(model, x, y, draws, self.targets, self.norm)
         return most_likely_wrong_classes(model, x, y, draws, self.targets)
 
-    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int, run: tuple[int, int],
-             target: torch.Tensor | None = None) -> torch.Tensor:
+    def objective(self, y: torch.Tensor, target: torch.Tensor | None) -> tuple[Callable, Callable]:
+        """The run's loss (towards `target` with the targeted loss, if given), which records every forward
+        pass's answer for free, and a function saying per image whether the passes since its last call were all
+        fooled."""
         predictions: list[torch.Tensor] = []
         targeted = self.targeted_loss
         objective = self.loss_fn if target is None or targeted is None else \
             (lambda logits, labels: targeted(logits, labels, target))
 
         def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            predictions.append(logits.detach().argmax(1) == labels)  # every forward pass's answer, for free
+            predictions.append(logits.detach().argmax(1) == labels)
             return objective(logits, labels)
 
         def fooled_by_all_draws() -> torch.Tensor:  # the passes' answers, draw after draw (batched or not)
@@ -107,6 +117,13 @@ class APGD(Attack):
             predictions.clear()
             return fooled
 
+        return loss_fn, fooled_by_all_draws
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int, run: tuple[int, int],
+             target: torch.Tensor | None = None) -> torch.Tensor:
+        if self.norm == "l1":
+            return l1_schedule(self, model, x, y, draws, run, target)
+        loss_fn, fooled_by_all_draws = self.objective(y, target)
         project = image_projector(x, self.threat, self.eps)
         x_k = project(x + self.threat.random(x, self.eps))
         loss, grad = loss_and_gradient(model, x_k, y, draws, loss_fn)
@@ -153,4 +170,5 @@ class APGD(Attack):
     def __repr__(self) -> str:
         return (f"APGD(loss={self.loss}, norm={self.norm}, eps={self.eps:g}, steps={self.steps}, "
                 f"restarts={self.restarts}, eot_samples={self.eot_samples}"
-                + ("" if self.targets is None else f", targets={self.targets}, ranking={self.ranking}") + ")")
+                + ("" if self.targets is None else f", targets={self.targets}, ranking={self.ranking}")
+                + (", large_reps=True" if self.large_reps else "") + ")")

@@ -16,7 +16,7 @@ from torch import nn
 from robustlab.attacks.base import Attack, WorstSoFar, lexicographically_lower, per_example
 from robustlab.attacks.expectation import check_eot_samples, weighted_members
 from robustlab.attacks.losses import margin
-from robustlab.attacks.norms import ball, project_image
+from robustlab.attacks.norms import DENSE, ball, project_image
 from robustlab.errors import is_integer, is_number, require
 
 _TINY = 1e-10
@@ -35,7 +35,7 @@ class ARC(Attack):
 
     def __init__(self, eps: float, norm: str = "linf", steps: int = 20, step_size: float | None = None,
                  random_start: bool = True, chunk_size: int | None = 256, eot_samples: int | None = None) -> None:
-        self.threat = ball(norm, eps)
+        self.threat = ball(norm, eps, DENSE)
         require(is_integer(steps) and steps >= 1, "steps", steps, "an integer ≥ 1")
         if step_size is None:
             step_size = eps / 4

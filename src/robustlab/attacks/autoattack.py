@@ -6,6 +6,10 @@
   finite mixture's expectation is exact instead.
 
 `version: auto` picks `rand` when the predictor is randomized (`expectation.is_randomized`), else `standard`.
+
+Under L1 ("Mind the box", Croce & Hein 2021), `standard` is composed as the reference's `set_version` does: APGD-CE
+with 5 restarts and APGD-T with 5 targets, both with `large_reps` (budgets 3ε, 2ε, ε), then FAB-T (9 targets).
+The reference's fourth stage, Square under L1, is not implemented here: the cascade stops after FAB-T.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ class AutoAttack(Attack):
 
     def __init__(self, eps: float, norm: str = "linf", version: str = "auto", steps: int = 100,
                  square_queries: int = 5000, eot_samples: int | None = None) -> None:
-        ball(norm, eps)
+        ball(norm, eps, ("linf", "l2", "l1"))
         require(version in VERSIONS, "version", version, f"one of {', '.join(VERSIONS)}")
         require(is_integer(steps) and steps >= 1, "steps", steps, "an integer ≥ 1")
         require(is_integer(square_queries) and square_queries >= 1, "square_queries", square_queries, "an integer ≥ 1")
@@ -46,6 +50,13 @@ class AutoAttack(Attack):
 
     def _standard(self) -> WorstCase:
         draws = self.eot_samples
+        if self.norm == "l1":
+            return WorstCase({
+                "apgd_ce": APGD(self.eps, self.norm, loss="ce", steps=self.steps, restarts=5, large_reps=True,
+                                eot_samples=draws),
+                "apgd_t": APGD(self.eps, self.norm, loss="dlr", steps=self.steps, targets=5, large_reps=True,
+                               eot_samples=draws),
+                "fab_t": FAB(self.eps, self.norm, steps=self.steps, targets=9, eot_samples=draws)})
         return WorstCase({
             "apgd_ce": APGD(self.eps, self.norm, loss="ce", steps=self.steps, eot_samples=draws),
             "apgd_t": APGD(self.eps, self.norm, loss="dlr", steps=self.steps, targets=9, eot_samples=draws),

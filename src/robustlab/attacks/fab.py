@@ -1,4 +1,4 @@
-"""FAB-T (Croce & Hein 2020): the targeted fast adaptive boundary attack, a minimum-norm attack under L∞ or L2.
+"""FAB-T (Croce & Hein 2020): the targeted fast adaptive boundary attack, a minimum-norm attack under L∞, L2 or L1.
 
 Each iteration linearises the logit difference between the label and the target class and projects both the
 current point and the original image onto that hyperplane (inside [0, 1]); the next point is a convex
@@ -38,13 +38,25 @@ def _smallest_reaching(weights: torch.Tensor, breaks: torch.Tensor, target: torc
     return torch.where(rate > 0, ((target - start) / rate.clamp_min(1e-300)).clamp(min=0), last).minimum(last)
 
 
+def _l1_amounts(magnitude: torch.Tensor, room: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per row, how far each coordinate moves under L1: the steepest first (largest |wᵢ|, the most gain per unit of
+    L1), each to its face of the box, until the gain Σ |wᵢ|·moveᵢ reaches `target` (the last one partly)."""
+    magnitude, order = magnitude.sort(dim=1, descending=True)
+    room = room.gather(1, order)
+    reached = (magnitude * room).cumsum(1)
+    before = reached - magnitude * room
+    partial = ((target - before) / magnitude.clamp_min(1e-300)).clamp(min=0)
+    moved = torch.where(reached <= target, room, torch.where(before < target, partial.minimum(room), 0.0))
+    return torch.zeros_like(moved).scatter(1, order, moved)
+
+
 def project_onto_hyperplane(point: torch.Tensor, w: torch.Tensor, c: torch.Tensor, norm: str) -> torch.Tensor:
     """Per example, the point z of [0, 1]^d with w·z = c closest to `point` in `norm` (the closest point of the
     box to the hyperplane where they do not meet). z moves along one path as a scalar grows: z = clip(p + t·s·w)
     under L2 (t the multiplier), z = clip(p + r·s·sign(w)) under L∞ (r the radius), s the side w·z must move to.
     Each coordinate moves until it meets its face of the box, so w·z − w·p = s·Σᵢ aᵢ·min(t, bᵢ) with aᵢ = wᵢ²,
     bᵢ = (room to the face)/|wᵢ| under L2 and aᵢ = |wᵢ|, bᵢ = room under L∞: the scalar that reaches c is found
-    exactly (`_smallest_reaching`)."""
+    exactly (`_smallest_reaching`). Under L1 the coordinates move one after another instead (`_l1_amounts`)."""
     shape = point.shape
     p, w = point.flatten(1).double(), w.flatten(1).double()
     c = c.double()
@@ -58,6 +70,8 @@ def project_onto_hyperplane(point: torch.Tensor, w: torch.Tensor, c: torch.Tenso
         breaks = torch.where(magnitude > 0, room / magnitude.clamp_min(1e-300), torch.zeros_like(room))
         t = _smallest_reaching(weights, breaks, target)
         z = (p + side * t * w).clamp(0, 1)
+    elif norm == "l1":
+        z = p + side * torch.sign(w) * _l1_amounts(w.abs(), room, target)
     else:
         weights = w.abs()
         r = _smallest_reaching(weights, torch.where(weights > 0, room, torch.zeros_like(room)), target)
@@ -74,7 +88,7 @@ class FAB(Attack):
     def __init__(self, eps: float, norm: str = "linf", steps: int = 100, targets: int = 9, restarts: int = 1,
                  alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, chunk_size: int | None = 256,
                  eot_samples: int | None = None) -> None:
-        self.threat = ball(norm, eps)
+        self.threat = ball(norm, eps, ("linf", "l2", "l1"))
         require(is_integer(steps) and steps >= 1, "steps", steps, "an integer ≥ 1")
         require(is_integer(targets) and targets >= 1, "targets", targets, "an integer ≥ 1")
         require(is_integer(restarts) and restarts >= 1, "restarts", restarts, "an integer ≥ 1")

@@ -14,7 +14,7 @@ from torch import nn
 from robustlab.attacks.base import Attack, WorstSoFar
 from robustlab.attacks.expectation import check_eot_samples, per_example_loss
 from robustlab.attacks.losses import margin
-from robustlab.attacks.norms import L2Ball, LinfBall, ball, project_image
+from robustlab.attacks.norms import DENSE, L2Ball, LinfBall, ball, project_image
 from robustlab.errors import is_integer, is_number, require
 
 # Fraction of the image a square covers, halved at these shares of a 10,000-query budget (the paper's schedule).
@@ -72,7 +72,7 @@ class Square(Attack):
 
     def __init__(self, eps: float, norm: str = "linf", queries: int = 1000, p_init: float = 0.8,
                  chunk_size: int | None = 256, eot_samples: int | None = None) -> None:
-        self.threat = ball(norm, eps)
+        self.threat = ball(norm, eps, DENSE)
         require(is_integer(queries) and queries >= 1, "queries", queries, "an integer ≥ 1")
         require(is_number(p_init) and 0 < p_init <= 1, "p_init", p_init, "a number in (0, 1]")
         check_eot_samples(eot_samples)

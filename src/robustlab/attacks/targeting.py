@@ -18,7 +18,7 @@ from torch import nn
 from robustlab.attacks.expectation import expected_logits
 from robustlab.attacks.gradient import loss_and_gradient
 
-DUAL_NORMS = {"linf": 1.0, "l2": 2.0}
+DUAL_NORMS = {"linf": 1.0, "l2": 2.0, "l1": float("inf")}
 # The classes whose boundaries `nearest_boundaries` measures, by logit: one gradient each. MALT's default for
 # 10 classes is all 9; on 100 or 1000 classes the distant ones are never the nearest in practice.
 CANDIDATES = 9

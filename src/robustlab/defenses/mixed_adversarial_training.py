@@ -1,4 +1,5 @@
-"""Adversarial training against several threat models at once (Tramèr & Boneh 2019), e.g. L∞ and L2."""
+"""Adversarial training against several threat models at once (Tramèr & Boneh 2019), e.g. L∞ and L2; with the
+`alternate` strategy over L1 and L∞, E-AT (Croce & Hein 2022)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def per_attack_losses(attacks: Attacks, predictor: nn.Module, x: torch.Tensor, y
     return losses, logits
 
 
-def worst_of_attacks(attacks: Attacks, predictor: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TrainingLoss:
+def worst_of_attacks(attacks: Attacks, predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int
+                     ) -> TrainingLoss:
     """`max`: each example's highest loss over the attacks' examples."""
     losses, logits = per_attack_losses(attacks, predictor, x, y)
     worst = losses.argmax(dim=0)
@@ -30,20 +32,32 @@ def worst_of_attacks(attacks: Attacks, predictor: nn.Module, x: torch.Tensor, y:
     return TrainingLoss(losses.max(dim=0).values.mean(), chosen)
 
 
-def mean_of_attacks(attacks: Attacks, predictor: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TrainingLoss:
+def mean_of_attacks(attacks: Attacks, predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int
+                    ) -> TrainingLoss:
     """`avg`: the mean of the attacks' losses."""
     losses, logits = per_attack_losses(attacks, predictor, x, y)
     return TrainingLoss(losses.mean(), logits[0])
 
 
-def one_random_attack(attacks: Attacks, predictor: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TrainingLoss:
+def one_random_attack(attacks: Attacks, predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int
+                      ) -> TrainingLoss:
     """`random`: one attack, drawn uniformly, per batch."""
-    attack = list(attacks.values())[int(torch.randint(len(attacks), ()))]
+    return one_attack(list(attacks.values())[int(torch.randint(len(attacks), ()))], predictor, x, y)
+
+
+def attacks_in_turn(attacks: Attacks, predictor: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int
+                    ) -> TrainingLoss:
+    """`alternate`: the attacks in turn, one per batch (E-AT's alternation of L1 and L∞ batches)."""
+    return one_attack(list(attacks.values())[batch % len(attacks)], predictor, x, y)
+
+
+def one_attack(attack: Callable, predictor: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TrainingLoss:
     logits = predictor(attack(predictor, x, y))
     return TrainingLoss(F.cross_entropy(logits, y), logits)
 
 
-STRATEGIES = {"max": worst_of_attacks, "avg": mean_of_attacks, "random": one_random_attack}
+STRATEGIES = {"max": worst_of_attacks, "avg": mean_of_attacks, "random": one_random_attack,
+              "alternate": attacks_in_turn}
 
 
 class MixedAdversarialTraining(Defense):
@@ -58,9 +72,11 @@ class MixedAdversarialTraining(Defense):
                 "attacks", attacks, "at least one training attack config")
         self.attacks = dict(attacks)
         self.strategy = strategy
+        self.batches = 0  # training batches seen by this process (`alternate` turns on it)
 
     def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> TrainingLoss:
-        return STRATEGIES[self.strategy](self.attacks, self.wrap(model), x, y)
+        batch, self.batches = self.batches, self.batches + 1
+        return STRATEGIES[self.strategy](self.attacks, self.wrap(model), x, y, batch)
 
     def extra_repr(self) -> str:
         return f"strategy={self.strategy}, attacks={self.attacks!r}"
