@@ -23,4 +23,7 @@ fi
 # The constraints pin torch/torchvision to the builds that install offline here, and the rest to tested versions.
 # editable_mode=compat puts src/ on the path, so Hydra's plugin scan finds the SLURM launcher (hydra_plugins/robustlab)
 # as it does in an installed wheel; setuptools' default editable finder hides namespace packages from that scan.
-.venv/bin/python -m pip install -q -c scripts/constraints.txt -e '.[dev]' --config-settings editable_mode=compat
+# The build constraints: visdom (adv-lib's dependency; adv-lib is the test suite's L1/L0 peer) ships only as a source
+# package whose build imports pkg_resources, which setuptools 81 removed.
+.venv/bin/python -m pip install -q -c scripts/constraints.txt --build-constraint scripts/build-constraints.txt \
+  -e '.[dev]' --config-settings editable_mode=compat

@@ -47,7 +47,23 @@ SMALLER = {"arc": ["attack.steps=3"], "arc_l2": ["attack.steps=3"],
            "fab_t": ["attack.steps=10", "attack.targets=3"], "fab_t_l2": ["attack.steps=10", "attack.targets=3"],
            "autoattack": ["attack.steps=10", "attack.square_queries=200"],
            "autoattack_l2": ["attack.steps=10", "attack.square_queries=200"],
-           "a3": ["attack.steps=10", "attack.target_steps=10"], "a3_l2": ["attack.steps=10", "attack.target_steps=10"]}
+           "a3": ["attack.steps=10", "attack.target_steps=10"], "a3_l2": ["attack.steps=10", "attack.target_steps=10"],
+           "apgd_l1": ["attack.steps=20"], "apgd_t_l1": ["attack.steps=10", "attack.targets=3"],
+           "fab_t_l1": ["attack.steps=10", "attack.targets=3"],
+           "autoattack_l1": ["attack.steps=10"], "sparse_rs": ["attack.queries=200"]}
+
+
+def independent_size(norm: str, delta: torch.Tensor) -> torch.Tensor:
+    """The perturbation's size in `norm`, written here from the definitions (L0: pixels with any channel changed)."""
+    flat = delta.flatten(1)
+    if norm == "linf":
+        return flat.abs().max(dim=1).values
+    if norm == "l2":
+        return (flat ** 2).sum(dim=1).sqrt()
+    if norm == "l1":
+        return flat.abs().sum(dim=1)
+    assert norm == "l0"
+    return (delta != 0).any(dim=1).flatten(1).sum(dim=1).float()
 
 
 def attack_from_config(option: str, tmp_path, *overrides: str):
@@ -75,12 +91,10 @@ def test_attack_contract(option, mode, trained_model, batch, tmp_path):
     assert not x_adv.requires_grad
     assert torch.isfinite(x_adv).all()
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
-    delta = x_adv - x
-    assert attack.norm in ("linf", "l2")
-    if attack.norm == "linf":
-        assert delta.abs().max().item() <= attack.eps + 1e-6
-    else:
-        assert delta.flatten(1).norm(dim=1).max().item() <= attack.eps + 1e-5
+    assert attack.balls(), "a bounded attack declares its balls"
+    sizes = {norm: independent_size(norm, x_adv - x) for norm, _ in attack.balls()}
+    inside = torch.stack([sizes[norm] <= eps * (1 + 1e-5) + 1e-5 for norm, eps in attack.balls()]).any(dim=0)
+    assert inside.all(), f"images outside every ball of {attack.balls()}"
     assert model.training == (mode == "train"), "the attack changed the model's mode"
     assert all(p.grad is None for p in model.parameters()), "the attack left parameter gradients"
     assert all(torch.equal(a, b) for a, b in zip(params_before, model.parameters()))
@@ -88,23 +102,36 @@ def test_attack_contract(option, mode, trained_model, batch, tmp_path):
 
 @pytest.mark.parametrize("option", [o for o in ATTACK_OPTIONS if o not in ("none", "worst_case")])
 def test_zero_budget_returns_input(option, trained_model, batch, tmp_path):
-    attack = attack_from_config(option, tmp_path, "attack.eps=0.0")
+    zero = ["attack.budgets.linf=0", "attack.budgets.l2=0", "attack.budgets.l1=0"] if option == "msd" \
+        else ["attack.eps=0.0"]
+    attack = attack_from_config(option, tmp_path, *zero)
     x, y = batch
     assert torch.equal(attack(trained_model, x, y), x)
 
 
+def random_noise(norm: str, eps: float, x: torch.Tensor) -> torch.Tensor:
+    """x moved by random noise using the whole budget (a corner of the L∞ ball, the L2 or L1 sphere, ε random
+    pixels set to random values)."""
+    if norm == "linf":
+        return (x + eps * torch.randint(0, 2, x.shape).float().mul(2).sub(1)).clamp(0, 1)
+    if norm in ("l2", "mixed"):  # a cascade over both dense norms: noise on its largest (L2) sphere
+        return (x + L2Ball.project(torch.randn_like(x) * 10, eps)).clamp(0, 1)
+    if norm == "l1":
+        noise = torch.randn_like(x)
+        return (x + noise * eps / noise.flatten(1).abs().sum(1).view(-1, 1, 1, 1)).clamp(0, 1)
+    pixels = torch.rand(len(x), x[0, 0].numel()).argsort(dim=1)[:, :int(eps)]
+    noisy = x.clone().flatten(2)
+    noisy.scatter_(2, pixels[:, None].expand(-1, x.shape[1], -1), torch.rand(len(x), x.shape[1], int(eps)))
+    return noisy.view_as(x)
+
+
 @pytest.mark.parametrize("option", ["fgsm", "pgd_linf", "pgd_l2", "apgd_ce", "apgd_dlr", "square", "square_l2",
-                                    "worst_case", "a3", "a3_l2"])
+                                    "worst_case", "a3", "a3_l2", "pgd_l1", "apgd_l1", "pgd_l0", "sparse_rs"])
 def test_attack_beats_random_noise_of_same_budget(option, trained_model, batch, tmp_path):
-    attack = attack_from_config(option, tmp_path)
+    attack = attack_from_config(option, tmp_path, *SMALLER.get(option, []))
     x, y = batch
     torch.manual_seed(0)
-    threat = LinfBall if attack.norm == "linf" else L2Ball
-    if attack.norm == "linf":
-        noise = attack.eps * torch.randint(0, 2, x.shape).float().mul(2).sub(1)  # a corner of the ball
-    else:
-        noise = threat.project(torch.randn_like(x) * 10, attack.eps)  # on the sphere
-    noisy = (x + noise).clamp(0, 1)
+    noisy = random_noise(attack.norm, attack.eps, x)
     attacked = attack(trained_model, x, y)
     assert accuracy(trained_model, attacked, y) < accuracy(trained_model, noisy, y) - 0.2
 
@@ -145,7 +172,8 @@ def test_identity_attack_returns_a_copy(trained_model, batch):
     ({"eps": -0.1}, "eps"),
     ({"eps": 1.5, "norm": "linf"}, "eps"),
     ({"eps": 0.1, "steps": 0}, "steps"),
-    ({"eps": 0.1, "norm": "l1"}, "norm"),
+    ({"eps": 0.1, "norm": "l3"}, "norm"),
+    ({"eps": 2.5, "norm": "l0"}, "eps"),
     ({"eps": 0.1, "restarts": 0}, "restarts"),
     ({"eps": 0.1, "step_size": -0.01}, "step_size"),
 ])

@@ -180,15 +180,18 @@ def trained_briefly(model: torch.nn.Module, images: torch.Tensor, labels: torch.
     return model.eval()
 
 
-def evaluate(trained, user_files, attack: str, tmp_path: Path):
+NORMS = ["linf", "l1", "l0"]  # every fault under a dense, the sparse and the pixel-count threat model
+
+
+def evaluate(trained, user_files, attack: str, tmp_path: Path, norm: str = "linf"):
     model, images, labels = trained
     return robustlab.evaluate_model(model, images, labels, dataset="synthetic", output_dir=tmp_path / attack,
-                                    attack="none", overrides=[*configured(attack), *QUICK])
+                                    attack="none", overrides=[*configured(attack, norm), *QUICK])
 
 
-def configured(attack: str) -> list[str]:
-    """The user's attack as a config: its class, and the dataset's L∞ budget."""
-    return [f"attack._target_=faulty.{attack}", "+attack.eps=${dataset.eps.linf}", "+attack.norm=linf"]
+def configured(attack: str, norm: str = "linf") -> list[str]:
+    """The user's attack as a config: its class, and the dataset's budget under `norm`."""
+    return [f"attack._target_=faulty.{attack}", f"+attack.eps=${{dataset.eps.{norm}}}", f"+attack.norm={norm}"]
 
 
 @pytest.fixture(scope="module")
@@ -198,14 +201,16 @@ def honest(trained, user_files, tmp_path_factory):
                                     output_dir=tmp_path_factory.mktemp("honest"), overrides=QUICK)
 
 
+@pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("attack", sorted(FAULTS))
-def test_a_faulty_attack_fools_nothing(attack, trained, user_files, honest, tmp_path):
+def test_a_faulty_attack_fools_nothing(attack, norm, trained, user_files, honest, tmp_path):
     if FAULTS[attack] is None:
-        with pytest.raises(ConfigError, match=r"attack: faulty.DeclaresABiggerBudget declares eps=0.4.* its config "
-                                              r"says eps=0.1"):
-            evaluate(trained, user_files, attack, tmp_path)
+        declared, configured_eps = {"linf": ("0.4", "0.1"), "l1": ("30.0", "7.5"), "l0": ("72", "18")}[norm]
+        with pytest.raises(ConfigError, match=rf"attack: faulty.DeclaresABiggerBudget declares eps={declared}.* its "
+                                              rf"config says eps={configured_eps}"):
+            evaluate(trained, user_files, attack, tmp_path, norm)
         return
-    record = evaluate(trained, user_files, attack, tmp_path)
+    record = evaluate(trained, user_files, attack, tmp_path, norm)
     check = record.threat_model[attack]
     assert set(check.get("changed", {})) == FAULTS[attack]
     clean_of_those = decode_per_image(honest.per_image["clean"])[:record.n_eval]
@@ -225,7 +230,7 @@ def test_nan_images_are_written_as_counts_not_crashes(trained, user_files, tmp_p
 
 
 @given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=2 * 16, max_size=2 * 16),
-       st.sampled_from([("linf", 0.1), ("l2", 0.5)]))
+       st.sampled_from([("linf", 0.1), ("l2", 0.5), ("l1", 1.0), ("l0", 3.0)]))
 def test_every_scored_image_is_its_clean_image_or_inside_the_configured_ball(values, ball):
     """For any tensor an attack returns, each image that is scored is the clean one, or lies in the configured
     ball (and [0, 1]) around the untouched clean image, within the stated tolerance."""
@@ -309,7 +314,7 @@ def test_the_worst_case_is_taken_within_its_threat_model(trained, user_files, tm
                                       overrides=[*QUICK, "attack.eps=0.3", "attack.steps=10",
                                                  "+attack@eval.attacks.small_fgsm=fgsm",
                                                  "eval.attacks.small_fgsm.eps=0.05"])
-    assert record.worst_case["balls"] == [["linf", 0.1], ["l2", 1.5]]
+    assert record.worst_case["balls"] == [["linf", 0.1], ["l2", 1.5], ["l1", 7.5], ["l0", 18.0]]
     assert record.worst_case["left_out"] == ["apgd_ce"] and "small_fgsm" in record.worst_case["attacks"]
     columns = [decode_per_image(record.per_image[name]) for name in ["clean", *SUITE, "small_fgsm"]]
     assert decode_per_image(record.per_image["worst_case"]) == [min(values) for values in zip(*columns)]

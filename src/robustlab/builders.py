@@ -140,7 +140,13 @@ def build_evaluation(cfg: DictConfig) -> Evaluation:
                       compare_without_eot=to_plain(evaluation.compare_without_eot),
                       class_names=list(class_names) if class_names else None, bpda=evaluation.get("bpda", True),
                       mixture_attacks=mixture_attacks, budgets=budgets, save_adversarial=save,
-                      threat_model=[("linf", float(cfg.dataset.eps.linf)), ("l2", float(cfg.dataset.eps.l2))])
+                      threat_model=dataset_threat_model(cfg))
+
+
+def dataset_threat_model(cfg: DictConfig) -> list[tuple[str, float]]:
+    """The dataset's balls (`dataset.eps`: L∞ and L2, and L1 and L0 where the dataset sets them)."""
+    budgets = cfg.dataset.eps
+    return [(norm, float(budgets[norm])) for norm in ("linf", "l2", "l1", "l0") if budgets.get(norm) is not None]
 
 
 def configured_budget(node: DictConfig, attack: Attack) -> list[tuple[str, float]]:

@@ -25,6 +25,7 @@ from robustlab.builders import (
     attack_descriptions,
     build_runtime,
     choices,
+    dataset_threat_model,
     evaluation_attack_configs,
     find_surrogate,
     rebuild_attack,
@@ -334,7 +335,6 @@ def record_run(run: RunContext, results: EvaluationResults, curves: dict, audit_
     holds the run's fingerprint: its presence marks the run as finished.
     """
     cfg, runtime = run.cfg, run.runtime
-    dataset = cfg.dataset
     modules = evaluation_modules(cfg)
     record = RunRecord(
         dataset=chosen.get("dataset", ""),
@@ -342,7 +342,7 @@ def record_run(run: RunContext, results: EvaluationResults, curves: dict, audit_
         defense=chosen.get("defense", ""),
         attack=chosen.get("attack"),
         seed=cfg.get("seed"),
-        eps={"linf": float(dataset.eps.linf), "l2": float(dataset.eps.l2)},
+        eps=dict(dataset_threat_model(cfg)),
         **results.record_fields(),
         audit=audit_record,
         curves={**curves, **certification_curves(certification or {})},

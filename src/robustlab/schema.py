@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 NORMS = ("linf", "l2", "l1", "l0")
 DENSE_NORMS = ("linf", "l2")  # the norms of the attacks built for dense balls (Square, A3, ARC, torchattacks)
@@ -212,8 +212,12 @@ class EvaluateConfig:
 class BudgetsConfig:
     linf: float = setting(number(at_least=0, at_most=1, note="pixel units"))
     l2: float = setting(number(at_least=0, note="pixel units"))
-    l1: float = setting(number(at_least=0, note="pixel units"))
-    l0: int = setting(integer(0, note="pixels changed"))
+    l1: float | None = setting(Rule("a number ≥ 0 (pixel units), or null: no L1 threat model for this dataset",
+                                    lambda value: value is None or _is_number(value) and value >= 0,
+                                    ("-0.5", "nan", "inf")), default=None)
+    l0: int | None = setting(Rule("an integer ≥ 0 (pixels changed), or null: no L0 threat model for this dataset",
+                                  lambda value: value is None or _is_integer(value) and value >= 0, ("-1", "0.5")),
+                             default=None)
 
 
 @dataclass
@@ -339,6 +343,8 @@ class AttackConfig:
 
     @staticmethod
     def relations(node: Any) -> Relations:
+        if "eps" not in node or OmegaConf.is_interpolation(node, "eps"):  # `${dataset.eps.l0}`: typed at its source
+            return
         eps = node.get("eps")
         if node.get("norm") == "l0" and _is_number(eps) and float(eps) != int(eps):
             yield "eps", eps, "a whole number of pixels ≥ 0 under norm l0"
@@ -405,9 +411,9 @@ class MSDConfig:
     @staticmethod
     def relations(node: Any) -> Relations:
         budgets = node.get("budgets") or {}
-        for norm in budgets:
+        for norm in map(str, budgets.keys()):  # the keys only: a budget is an interpolation resolved later
             if norm not in NORMS_TO_L1:
-                yield f"budgets.{norm}", budgets[norm], f"budgets keyed by {', '.join(NORMS_TO_L1)}"
+                yield "budgets", norm, f"budgets keyed by {', '.join(NORMS_TO_L1)}"
         if not budgets:
             yield "budgets", {}, "at least one ball, e.g. {linf: ${dataset.eps.linf}}"
 

@@ -14,5 +14,5 @@ from robustlab.attacks.pgd import PGD
 from robustlab.attacks.sparse_rs import SparseRS
 from robustlab.attacks.square import Square
 
-__all__ = ["A3", "APGD", "ARC", "AutoAttack", "Attack", "FAB", "MSD", "NoAttack", "PGD", "SparseRS", "Square", "TorchAttacks",
-           "WorstCase"]
+__all__ = ["A3", "APGD", "ARC", "AutoAttack", "Attack", "FAB", "MSD", "NoAttack", "PGD", "SparseRS", "Square",
+           "TorchAttacks", "WorstCase"]

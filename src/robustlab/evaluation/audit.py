@@ -46,13 +46,13 @@ from robustlab.attacks.square import Square
 from robustlab.errors import is_integer, is_number, require
 from robustlab.evaluation.record import STILL_FLAGGED, TRUSTED
 from robustlab.evaluation.statistics import LEVEL, paired_test, with_intervals
+from robustlab.evaluation.threats import NORM_NAMES
 
 LETTERS = {"non_monotone_curve": "a", "large_eps_not_broken": "b", "pgd_weaker_than_fgsm": "c",
            "pgd_weaker_than_fgsm_l2": "c", "black_box_beats_white_box": "d", "black_box_beats_white_box_l2": "d",
            "more_steps_help": "e", "more_steps_help_l2": "e", "zero_gradients": "f",
            "randomized_without_eot": "g", "certificate_violated": "h"}
 NORM_SUFFIXES = {"linf": "", "l2": "_l2"}  # the paired checks' names under each norm
-NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 
 
 @dataclass

@@ -41,10 +41,10 @@ from robustlab.evaluation.runtime import Runtime
 from robustlab.evaluation.sharded import ShardedEvaluation
 from robustlab.evaluation.statistics import wilson_interval
 from robustlab.evaluation.tensorboard import VISUAL
+from robustlab.evaluation.threats import NORM_NAMES, per_threat_model
 from robustlab.models.preprocessing import backward_through_stand_ins
 
 log = logging.getLogger(__name__)
-NORM_NAMES = {"linf": "L∞", "l2": "L2"}
 
 
 class Evaluation:
@@ -313,6 +313,8 @@ class Evaluation:
             worst = torch.stack([per_example[CLEAN][:n], *(column[:n] for column in columns)]).min(dim=0).values
             per_example[WORST_CASE] = worst
             accuracy[WORST_CASE], counts[WORST_CASE] = float(worst.double().mean()) if n else 0.0, n
+        columns, threats = per_threat_model(per_example, {name: self.budget(name) for name in covered},
+                                            self.threat_model or [], counts.get(WORST_CASE, 0))
         reported = [CLEAN, *self.attacks, *([WORST_CASE] if self.attacks else [])]
         self.results = EvaluationResults(
             clean_acc=accuracy[CLEAN],
@@ -327,7 +329,8 @@ class Evaluation:
             accuracy_draws="exact" if self.exact else "vote" if self.votes else self.draws(),
             defense_metrics={name: {key: sum(values) / len(values) for key, values in metrics.items()}
                              for name, metrics in share.defense_metrics.items()},
-            per_example=per_example,
+            per_example={**per_example, **columns},
+            threats=threats,
             intervals={name: list(wilson_interval(accuracy[name], counts[name])) for name in reported},
             threat_model={name: {"violations": share.outside.get(name, 0),
                                  "non_finite": share.non_finite.get(name, 0),

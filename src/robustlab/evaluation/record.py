@@ -63,6 +63,9 @@ class RunRecord:
     threat_model: dict[str, dict] = field(default_factory=dict)
     # The worst case's threat model: its balls (null: every attack), the attacks it combines, those left out.
     worst_case: dict = field(default_factory=dict)
+    # Per norm of the dataset's threat model (L∞, L2, L1, L0: accuracy, interval, attacks, the strongest), the
+    # union over them (the worst case) and their average (evaluation/threats.py).
+    threats: dict = field(default_factory=dict)
     # A late step that failed (audit, certification, escalation, TensorBoard, ...): its error. A record with
     # errors holds what was measured, and is not a finished run: the same command runs it again.
     errors: dict[str, str] = field(default_factory=dict)

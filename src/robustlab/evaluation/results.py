@@ -33,6 +33,8 @@ class EvaluationResults:
     threat_model: dict[str, dict] = field(default_factory=dict)
     # The worst case's threat model (its balls; None: every attack), the attacks it combines, those left out.
     worst_case: dict = field(default_factory=dict)
+    # Per norm of the dataset's threat model, the union and the average (`threats.per_threat_model`).
+    threats: dict = field(default_factory=dict)
     # With `eval.save_adversarial`: per attack, the scored images and their test-split indices.
     adversarial: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
@@ -45,7 +47,7 @@ class EvaluationResults:
                 "robust_acc_without_eot": self.robust_acc_without_eot, "defense_metrics": self.defense_metrics,
                 "attack_ms_per_image": self.attack_ms_per_image,
                 "attack_passes_per_image": self.attack_passes_per_image, "threat_model": self.threat_model,
-                "worst_case": self.worst_case, "intervals": self.intervals,
+                "worst_case": self.worst_case, "threats": self.threats, "intervals": self.intervals,
                 "per_image": {name: encode_per_image(values[:n_eval]) for name, values in self.per_example.items()
                               if self.n_eval and not name.endswith(WITHOUT_EOT)}}
 

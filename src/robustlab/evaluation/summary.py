@@ -1,10 +1,12 @@
 """The table a run ends with, on the console and in its log: clean accuracy and every attack's with their 95%
-intervals, the worst case, the audit's flags and the trust mark. The record holds the same numbers."""
+intervals, the worst case, per threat model (with the union and the average), the audit's flags and the trust
+mark. The record holds the same numbers."""
 
 from __future__ import annotations
 
 from robustlab.evaluation.audit import flags, trust
 from robustlab.evaluation.record import CLEAN, WORST_CASE, RunRecord
+from robustlab.evaluation.threats import AVERAGE, NORM_NAMES, UNION
 
 
 def results_table(record: RunRecord) -> str:
@@ -20,6 +22,7 @@ def results_table(record: RunRecord) -> str:
     for name, accuracy, count in rows:
         low, high = record.intervals.get(keys.get(name, name), (float("nan"), float("nan")))
         lines.append(f"  {name:<{width}}  {100 * accuracy:7.1f}%  [{100 * low:5.1f}, {100 * high:5.1f}]  {count:>6}")
+    lines += threat_lines(record.threats or {})
     for name, accuracy in record.robust_acc_without_eot.items():
         lines.append(f"  {name} with one draw per gradient (not the robust accuracy): {100 * accuracy:.1f}%")
     escalated = (record.escalation or {}).get("robust_acc", {})
@@ -45,3 +48,20 @@ def results_table(record: RunRecord) -> str:
     lines.append("  audit: " + (("flags " + raised if raised else "no flags") + f"; {mark}" if record.audit
                                 else "not audited"))
     return "\n".join(lines)
+
+
+def threat_lines(threats: dict) -> list[str]:
+    """Per threat model its accuracy, interval, budget and strongest attack; then the union and the average."""
+    if not threats:
+        return []
+    lines = ["  per threat model (robust to every attack of the norm):"]
+    for key, summary in threats.items():
+        low, high = summary["interval"]
+        if key in (UNION, AVERAGE):
+            what = "any attack of any threat model" if key == UNION else "mean of the threat models"
+            label = f"{key} ({what})"
+        else:
+            unit = " pixels" if key == "l0" else ""
+            label = f"{NORM_NAMES.get(key, key)} ε = {summary['eps']:g}{unit}, strongest {summary['strongest']}"
+        lines.append(f"    {100 * summary['robust_acc']:5.1f}%  [{100 * low:5.1f}, {100 * high:5.1f}]  {label}")
+    return lines

@@ -16,7 +16,8 @@ def answer(rows: list[Row]) -> str:
     ranked = [row for row in rows if WORST_CASE in row.robust_acc]
     if not ranked:
         return "No row has a worst-case column: evaluate with at least one attack.\n"
-    lines = [most_effective(ranked, norm) for norm in THREATS]
+    lines = [most_effective(ranked, norm) for norm in THREATS
+             if norm in (None, "linf", "l2") or any(threat_column(norm) in row.per_image for row in ranked)]
     strongest = []
     for row in rows:
         attacks = {name: value for name, value in row.robust_acc.items() if name != WORST_CASE}

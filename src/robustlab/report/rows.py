@@ -23,10 +23,12 @@ from robustlab.evaluation.record import (
     decode_per_image,
 )
 from robustlab.evaluation.statistics import SeedSummary, over_seeds
+from robustlab.evaluation.threats import threat_column as norm_column
 from robustlab.report.reading import distinct_attacks, distinct_names
 
 TRUST_ORDER = ("", TRUSTED, ESCALATED, STILL_FLAGGED)  # a result is as trusted as its least trusted part
-THREATS = {None: "all attacks", "linf": "L∞ attacks alone", "l2": "L2 attacks alone"}
+THREATS = {None: "the union of the threat models (any attack)", "linf": "L∞ attacks alone",
+           "l2": "L2 attacks alone", "l1": "L1 attacks alone", "l0": "L0 attacks alone"}
 
 
 @dataclass
@@ -135,10 +137,12 @@ class Training(Measured):
                 [min(a, b) for a, b in zip(kept, values)]
 
     def add_threat_columns(self) -> None:
-        """Per image, the worst case over clean and each norm's attacks alone."""
+        """Per image, the worst case over clean and each norm's attacks alone: the evaluation's own column
+        (`evaluation/threats.py`, attacks within the dataset's budget), else, for records that predate it, over
+        every attack of that norm."""
         for norm in (norm for norm in THREATS if norm is not None):
             names = [name for name in self.per_image if self.norms.get(name) == norm]
-            if names and CLEAN in self.per_image:
+            if names and CLEAN in self.per_image and threat_column(norm) not in self.per_image:
                 self.per_image[threat_column(norm)] = [min(values) for values in
                                                        zip(*(self.per_image[name] for name in [CLEAN, *names]))]
 
@@ -234,4 +238,4 @@ def certified_value(row: Row) -> float | None:
 
 def threat_column(norm: str | None) -> str:
     """The per-image column of the worst case over clean and the attacks of `norm` (None: every attack)."""
-    return WORST_CASE if norm is None else f"{WORST_CASE}/{norm}"
+    return WORST_CASE if norm is None else norm_column(norm)

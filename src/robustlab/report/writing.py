@@ -25,6 +25,7 @@ from robustlab.report.reading import NoResults, read_records, select_versions
 from robustlab.report.reference import reference_section
 from robustlab.report.rows import Row, attack_columns, certified_column, certified_value, collect_rows
 from robustlab.report.tables import percent, table
+from robustlab.report.threats import threat_models_section
 
 INTRODUCTION = (
     "Accuracy (%) on the first n test images (clean: the whole test split), ± half its 95% interval (Wilson "
@@ -66,7 +67,8 @@ def markdown(rows: list[Row], left_out: list[str] | None = None, skipped: list[s
         parts.append("Left out, evaluated by other versions of the code: " + ", ".join(left_out) + "\n\n")
     if skipped:
         parts.append("Skipped:\n\n" + "".join(f"- {line}\n" for line in skipped) + "\n")
-    parts += [matrix_table(rows), reference_section(rows), cost_sections(rows), without_eot_section(rows)]
+    parts += [matrix_table(rows), threat_models_section(rows), reference_section(rows), cost_sections(rows),
+              without_eot_section(rows)]
     if any(len(row.seeds) > 1 for row in rows):
         parts.append(seeds_section(rows))
     if certified_column(rows):
