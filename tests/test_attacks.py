@@ -50,7 +50,7 @@ SMALLER = {"arc": ["attack.steps=3"], "arc_l2": ["attack.steps=3"],
            "a3": ["attack.steps=10", "attack.target_steps=10"], "a3_l2": ["attack.steps=10", "attack.target_steps=10"],
            "apgd_l1": ["attack.steps=20"], "apgd_t_l1": ["attack.steps=10", "attack.targets=3"],
            "fab_t_l1": ["attack.steps=10", "attack.targets=3"],
-           "autoattack_l1": ["attack.steps=10"], "sparse_rs": ["attack.queries=200"]}
+           "autoattack_l1": ["attack.steps=10", "attack.square_queries=200"], "sparse_rs": ["attack.queries=200"]}
 
 
 def independent_size(norm: str, delta: torch.Tensor) -> torch.Tensor:
@@ -126,7 +126,8 @@ def random_noise(norm: str, eps: float, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("option", ["fgsm", "pgd_linf", "pgd_l2", "apgd_ce", "apgd_dlr", "square", "square_l2",
-                                    "worst_case", "a3", "a3_l2", "pgd_l1", "apgd_l1", "pgd_l0", "sparse_rs"])
+                                    "worst_case", "a3", "a3_l2", "pgd_l1", "apgd_l1", "pgd_l0", "sparse_rs",
+                                    "square_l1"])
 def test_attack_beats_random_noise_of_same_budget(option, trained_model, batch, tmp_path):
     attack = attack_from_config(option, tmp_path, *SMALLER.get(option, []))
     x, y = batch

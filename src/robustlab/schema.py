@@ -28,8 +28,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 NORMS = ("linf", "l2", "l1", "l0")
-DENSE_NORMS = ("linf", "l2")  # the norms of the attacks built for dense balls (Square, A3, ARC, torchattacks)
-NORMS_TO_L1 = ("linf", "l2", "l1")  # APGD, FAB, AutoAttack
+DENSE_NORMS = ("linf", "l2")  # the norms of the attacks built for dense balls (A3, ARC, torchattacks, TRADES)
+NORMS_TO_L1 = ("linf", "l2", "l1")  # APGD, FAB, Square, AutoAttack
 LOSSES = ("ce", "dlr")
 RANKINGS = ("logits", "boundary")
 AUTOATTACK_VERSIONS = ("auto", "standard", "rand")
@@ -388,7 +388,7 @@ class APGDTConfig(APGDConfig):
 
 @dataclass
 class SquareConfig(AttackConfig):
-    norm: str = setting(choice(*DENSE_NORMS))
+    norm: str = setting(choice(*NORMS_TO_L1))
     queries: int = setting(integer(1))
     p_init: float = setting(number(above=0, at_most=1))
 

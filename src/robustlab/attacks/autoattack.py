@@ -8,8 +8,8 @@
 `version: auto` picks `rand` when the predictor is randomized (`expectation.is_randomized`), else `standard`.
 
 Under L1 ("Mind the box", Croce & Hein 2021), `standard` is composed as the reference's `set_version` does: APGD-CE
-with 5 restarts and APGD-T with 5 targets, both with `large_reps` (budgets 3ε, 2ε, ε), then FAB-T (9 targets).
-The reference's fourth stage, Square under L1, is not implemented here: the cascade stops after FAB-T.
+with 5 restarts and APGD-T with 5 targets, both with `large_reps` (budgets 3ε, 2ε, ε), then FAB-T (9 targets) and
+Square under L1 (5000 queries).
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ class AutoAttack(Attack):
                                 eot_samples=draws),
                 "apgd_t": APGD(self.eps, self.norm, loss="dlr", steps=self.steps, targets=5, large_reps=True,
                                eot_samples=draws),
-                "fab_t": FAB(self.eps, self.norm, steps=self.steps, targets=9, eot_samples=draws)})
+                "fab_t": FAB(self.eps, self.norm, steps=self.steps, targets=9, eot_samples=draws),
+                "square": Square(self.eps, self.norm, queries=self.square_queries, eot_samples=draws)})
         return WorstCase({
             "apgd_ce": APGD(self.eps, self.norm, loss="ce", steps=self.steps, eot_samples=draws),
             "apgd_t": APGD(self.eps, self.norm, loss="dlr", steps=self.steps, targets=9, eot_samples=draws),

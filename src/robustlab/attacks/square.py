@@ -14,7 +14,8 @@ from torch import nn
 from robustlab.attacks.base import Attack, WorstSoFar
 from robustlab.attacks.expectation import check_eot_samples, per_example_loss
 from robustlab.attacks.losses import margin
-from robustlab.attacks.norms import DENSE, L2Ball, LinfBall, ball, project_image
+from robustlab.attacks.norms import L1Ball, L2Ball, LinfBall, ball, project_image
+from robustlab.attacks.square_l1 import l1_move, l1_start, random_windows
 from robustlab.errors import is_integer, is_number, require
 
 # Fraction of the image a square covers, halved at these shares of a 10,000-query budget (the paper's schedule).
@@ -57,7 +58,7 @@ def _l2_move(delta: torch.Tensor, window: torch.Tensor, side: int, eps: float) -
 
 
 # Per threat model: the starting perturbation and the move inside a square window.
-_MOVES = {LinfBall: (_linf_start, _linf_move), L2Ball: (_l2_start, _l2_move)}
+_MOVES = {LinfBall: (_linf_start, _linf_move), L2Ball: (_l2_start, _l2_move), L1Ball: (l1_start, l1_move)}
 
 
 class Square(Attack):
@@ -66,13 +67,14 @@ class Square(Attack):
     L∞: starts from vertical stripes of ±ε and proposes, inside one random square window per step, a new
     ±ε value per channel. L2: starts from ±ε/√(#rows) stripes and proposes a random Gaussian square
     perturbation, the whole perturbation rescaled onto the ε-sphere (a simplification of the paper's L2
-    update, which moves mass between two windows). A proposal is kept if it lowers the margin
+    update, which moves mass between two windows). L1 ("Mind the box"): the reference's moves between two windows
+    (`square_l1`), with windows of odd side ≥ 3. A proposal is kept if it lowers the margin
     (`losses.margin`, in expectation over a randomized predictor); examples stop once misclassified.
     """
 
     def __init__(self, eps: float, norm: str = "linf", queries: int = 1000, p_init: float = 0.8,
                  chunk_size: int | None = 256, eot_samples: int | None = None) -> None:
-        self.threat = ball(norm, eps, DENSE)
+        self.threat = ball(norm, eps, ("linf", "l2", "l1"))
         require(is_integer(queries) and queries >= 1, "queries", queries, "an integer ≥ 1")
         require(is_number(p_init) and 0 < p_init <= 1, "p_init", p_init, "a number in (0, 1]")
         check_eot_samples(eot_samples)
@@ -82,12 +84,7 @@ class Square(Attack):
 
     def _propose(self, x: torch.Tensor, x_adv: torch.Tensor, side: int) -> torch.Tensor:
         n, _, h, w = x.shape
-        top = torch.randint(0, h - side + 1, (n,), device=x.device)
-        left = torch.randint(0, w - side + 1, (n,), device=x.device)
-        rows = torch.arange(h, device=x.device).view(1, h, 1)
-        cols = torch.arange(w, device=x.device).view(1, 1, w)
-        window = ((rows >= top.view(-1, 1, 1)) & (rows < (top + side).view(-1, 1, 1))
-                  & (cols >= left.view(-1, 1, 1)) & (cols < (left + side).view(-1, 1, 1))).unsqueeze(1)
+        window = random_windows(n, h, w, side, x.device)
         return project_image(x, x + self.move(x_adv - x, window, side, self.eps), self.threat, self.eps)
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:
@@ -102,6 +99,8 @@ class Square(Attack):
                     break
                 fraction = square_fraction(self.p_init, iteration, self.queries)
                 side = max(1, min(h, w, round(math.sqrt(fraction * h * w))))
+                if self.threat is L1Ball:  # the reference's L1 windows: odd, at least 3
+                    side = min(h, w, max(side, 3) + (1 - max(side, 3) % 2))
                 index = active.nonzero().squeeze(1)
                 candidate = self._propose(x[index], worst.x[index], side)
                 worst.offer(candidate, score(candidate, y[index]), index)
