@@ -51,7 +51,7 @@ def test_the_zoo_sweeps_every_defense_config():
 @pytest.mark.parametrize("defense", DEFENSES)
 def test_every_stage_of_every_defense_decreases_its_training_loss(defense, batch, tmp_path):
     # Budgets a tiny model can learn against within a few dozen steps (at ε∞ = 0.1 it first sits at log 10).
-    classifier = build(defense, tmp_path, "dataset.eps.linf=0.03", "dataset.eps.l2=0.3")
+    classifier = build(defense, tmp_path, "dataset.eps.linf=0.03", "dataset.eps.l2=0.3", "dataset.eps.l1=1.0")
     x, y = batch
     for index in range(len(classifier.defense.stages())):
         classifier.defense.begin_stage(index)

@@ -113,7 +113,8 @@ def test_matrix_sweep_writes_the_report_and_a_rerun_only_reads(tmp_path):
                  "logger=none",
                  "eval.n_samples=32", "eval.audit.n_samples=16", "eval.audit.square_queries=50",
                  "eval.attacks.apgd_ce.steps=10", "eval.attacks.square.queries=50", "eval.attacks.a3.steps=10",
-                 "eval.attacks.a3.target_steps=10", "eval.attacks.a3.rounds=2"]
+                 "eval.attacks.a3.target_steps=10", "eval.attacks.a3.rounds=2", "eval.attacks.apgd_l1.steps=10",
+                 "eval.attacks.pgd_l0.steps=5", "eval.attacks.sparse_rs.queries=50"]
     started = time.perf_counter()
     first = run_script("train.py", *overrides, output_root=tmp_path)
     first_seconds = time.perf_counter() - started
@@ -124,8 +125,12 @@ def test_matrix_sweep_writes_the_report_and_a_rerun_only_reads(tmp_path):
     assert (report / "heatmap.png").is_file() and (report / "results.csv").is_file()
     assert "## Over seeds" in text and "| fast_adv_train | 0, 1 |" in text and "| none | 0, 1 |" in text
     records = [json.loads(path.read_text()) for path in (tmp_path / "sweeps" / "matrix").rglob("metrics.json")]
-    assert len(records) == 4 and {"fgsm", "pgd_linf", "pgd_l2", "apgd_ce", "square", "a3"} <= set(
-        records[0]["threat_model"])  # every attack of eval=matrix checked, and none left its ball
+    assert len(records) == 4 and {"fgsm", "pgd_linf", "pgd_l2", "apgd_ce", "square", "a3", "apgd_l1", "pgd_l0",
+                                  "sparse_rs"} <= set(records[0]["threat_model"])  # every attack checked
+    assert all(set(record["threats"]) == {"linf", "l2", "l1", "l0", "union", "average"} for record in records)
+    threat_table = text.split("## Threat models")[1].split("\n## ")[0]
+    assert "| defense | clean | L∞ | L2 | L1 | L0 | union | average |" in threat_table
+    assert "### L1 attacks alone" in text and "### L0 attacks alone" in text
     assert all(check["violations"] == 0 for record in records for check in record["threat_model"].values())
     # eval=matrix draws curves for the cheap attacks and A3 only (eval.audit.curve_attacks)
     assert all(set(record["curves"]) == {"fgsm", "pgd_linf", "pgd_l2", "a3"} for record in records)
@@ -232,7 +237,7 @@ def test_each_threat_model_gets_its_own_answer(tmp_path):
     write_seed(tmp_path, "l2_expert", 0, [(35, 1), (65, 0)], linf=[(40, 1), (60, 0)], l2=[(85, 1), (15, 0)])
     text = write_report(tmp_path)["markdown"].read_text()
     union, linf, l2 = (text.split(f"### {title}")[1].split("###")[0]
-                       for title in ("All attacks", "L∞ attacks alone", "L2 attacks alone"))
+                       for title in ("The union of the threat models", "L∞ attacks alone", "L2 attacks alone"))
     assert "**Most effective defense: linf_expert** — worst-case robust accuracy 80.0%" in linf
     assert "**Most effective defense: l2_expert** — worst-case robust accuracy 85.0%" in l2
     assert "l2_expert" in union.split("\n\n")[1]  # 35% vs 30% over all attacks

@@ -5,11 +5,13 @@ and average, down to the command a newcomer types."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_script, train_standard
+from conftest import ROOT, TINY, run_script, script_environment, train_standard
 from scipy.optimize import linprog
 
 from robustlab.attacks import APGD, MSD, PGD, SparseRS
@@ -239,7 +241,7 @@ def test_per_threat_model_union_and_average_on_known_columns():
 
 def test_a_newcomers_command_reports_every_threat_model(tmp_path):
     """`python train.py defense=adv_train attack=apgd_l1`, from the README, small: the record and the console
-    say per threat model, the union and the average."""
+    say per threat model, the union and the average; `scripts/peers.py` puts adv-lib's figures beside them."""
     result = run_script("train.py", "defense=adv_train", "attack=apgd_l1", *TINY, "trainer.max_epochs=1",
                         "attack.steps=10", "+attack@eval.attacks.pgd_l0=pgd_l0", "eval.audit.enabled=false",
                         output_root=tmp_path)
@@ -251,3 +253,8 @@ def test_a_newcomers_command_reports_every_threat_model(tmp_path):
     assert record["eps"] == {"linf": 0.1, "l2": 1.5, "l1": 7.5, "l0": 18.0}
     assert threats[UNION]["robust_acc"] == record["robust_acc"][WORST_CASE]
     assert "per threat model" in result.stdout + result.stderr and "union" in result.stdout + result.stderr
+    peers = subprocess.run([sys.executable, str(ROOT / "scripts" / "peers.py"), str(tmp_path), "--n", "16"],
+                           capture_output=True, text=True, timeout=600, env=script_environment())
+    assert peers.returncode == 0, peers.stderr[-3000:]
+    row = [line for line in peers.stdout.splitlines() if line.startswith("| adv_train")]
+    assert len(row) == 1 and row[0].count("|") == 13, peers.stdout
