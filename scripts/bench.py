@@ -13,7 +13,8 @@ In one process, on the same model weights, batch and machine:
      AutoAttack's standard cascade on a PGD-trained BasicNet (2 epochs), the first 200 test images: each
      stage alone, robustlab's vs torchattacks' at the same settings, then the whole cascade, vs torchattacks'
      at AutoAttack's settings and vs torchattacks' `AutoAttack` as shipped (10 iterations per gradient
-     stage); time per image and robust accuracy, each run once.
+     stage); time per image and robust accuracy, each run once. APGD-CE under L1 on the same model, robustlab's
+     vs adv-lib's `apgd(norm=1)` (the test suite's L1 peer), time per image and robust accuracy.
   2. One PGD-7 adversarial-training epoch: robustlab (Lightning, the real config path; `trainer=gpu` on a
      GPU) vs a plain fp32 PyTorch loop doing the same work (BasicNet; on a GPU WRN-16-4 too).
   3. Evaluation peak memory for 1,000 and 10,000 test images, each in a fresh process (RSS on the CPU, the
@@ -248,7 +249,7 @@ def denoiser_gradient(sizes: Sizes, repeats: int, output_dir: str, device: torch
 
 
 # -- 1c. AutoAttack: each stage of the standard cascade, robustlab's against torchattacks' -------------------
-SECTIONS = {"pgd", "eot", "denoiser", "autoattack", "epoch", "step", "memory"}  # --only's choices
+SECTIONS = {"pgd", "eot", "denoiser", "autoattack", "l1", "epoch", "step", "memory"}  # --only's choices
 AA_STAGES = ("apgd_ce", "apgd_t", "fab_t", "square")
 AA_REPEATS = 1  # a full-size stage takes up to minutes: each is run once
 
@@ -327,6 +328,38 @@ def autoattack_stages(sizes: Sizes, repeats: int, output_dir: str, device: torch
                               [1000 * s / max(len(labels), 1) for s in seconds]))
         figures.append(Figure(f"aa-acc/{stage}/{library}", f"{name}: robust accuracy on the images attacked", "%",
                               [100 * r.float().mean().item() for r in right]))
+    return figures
+
+
+def l1_attack(sizes: Sizes, repeats: int, output_dir: str, device: torch.device) -> list[Figure]:
+    """APGD-CE under L1 at the dataset's ε₁ (AutoAttack's iterations) on the adversarially trained BasicNet of the
+    AutoAttack section, on the images it classifies right: robustlab's (`attack=apgd_l1`) against adv-lib's
+    `apgd(norm=1)` at the same settings, one right after the other. Time per image and robust accuracy."""
+    from adv_lib.attacks.auto_pgd import apgd
+
+    from robustlab.attacks import APGD
+
+    predictor, reference, x, y, cfg = adversarially_trained(sizes, output_dir, device)
+    eps, steps = float(cfg.dataset.eps.l1), sizes.aa_budget[0]
+    ours = APGD(eps, "l1", steps=steps)
+    runs = {"robustlab": lambda images, labels: ours(predictor, images, labels),
+            "adv-lib": lambda images, labels: apgd(reference, images, labels, eps=eps, norm=1, n_iter=steps)}
+    figures = []
+    for library, attack in runs.items():
+        found: list[torch.Tensor] = []
+
+        def run(attack=attack, count=len(y)) -> None:
+            torch.manual_seed(0)
+            found.append(attack(x[:count], y[:count]))
+
+        run(count=min(8, len(y)))  # warm-up on a few images
+        found.clear()
+        seconds = timed(run, repeats, device, warmup=0)
+        with torch.no_grad():
+            standing = [(predictor(images).argmax(1) == y).float().mean().item() for images in found]
+        name = f"APGD-CE L1 (ε = {eps:g}, {steps} iterations) on {len(y)} images, {library}"
+        figures.append(Figure(f"l1/{library}", f"{name}: time", "ms/image", [1000 * s / len(y) for s in seconds]))
+        figures.append(Figure(f"l1-acc/{library}", f"{name}: robust accuracy", "%", [100 * a for a in standing]))
     return figures
 
 
@@ -551,6 +584,9 @@ def ratios(figures: dict[str, Figure], sizes: Sizes, device: torch.device) -> li
         lines.append(Ratio(f"{what}: robust accuracy robustlab − {peer} (points)",
                            find(f"aa-acc/{stage}/robustlab") - find(f"aa-acc/{stage}/{peer}"),
                            None if shipped else ("≤", 0.0)))
+    lines.append(Ratio("APGD-CE L1: time robustlab / adv-lib", find("l1/robustlab") / find("l1/adv-lib"), ("≤", 1.0)))
+    lines.append(Ratio("APGD-CE L1: robust accuracy robustlab − adv-lib (points)",
+                       find("l1-acc/robustlab") - find("l1-acc/adv-lib"), ("≤", 0.0)))
     lines.append(Ratio("PGD throughput compile=true / compile=false, BasicNet",
                        find("pgd/BasicNet/robustlab compile=true") / find("pgd/BasicNet/robustlab"), None))
     for model in [name for name, _ in model_overrides(sizes) if f"epoch/{name}/robustlab" in figures]:
@@ -645,6 +681,7 @@ def main() -> None:
             "eot": lambda: eot_gradient(sizes, args.repeats, output_dir, device),
             "denoiser": lambda: denoiser_gradient(sizes, max(args.repeats, 5), output_dir, device),
             "autoattack": lambda: autoattack_stages(sizes, AA_REPEATS, output_dir, device),
+            "l1": lambda: l1_attack(sizes, args.repeats, output_dir, device),
             "epoch": lambda: training_epoch(sizes, args.repeats, output_dir, device),
             "step": lambda: step_overhead(sizes, args.repeats, output_dir, device),
             "memory": lambda: evaluation_memory(sizes, args.repeats, device),

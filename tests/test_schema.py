@@ -181,6 +181,14 @@ def test_a_bounded_run_may_leave_max_epochs_unset(tmp_path):
         check_config(compose_config(["dataset=synthetic", "trainer.max_epochs=null"], tmp_path))
 
 
+def test_a_callback_can_be_dropped_as_before_the_schemas(tmp_path):
+    """`~callbacks.model_checkpoint ~callbacks.progress_bar` (scripts/bench.py's quiet runs) composes and passes."""
+    cfg = compose_config(["dataset=synthetic", "~callbacks.model_checkpoint", "~callbacks.progress_bar",
+                          "+trainer.enable_checkpointing=false"], tmp_path)
+    check_config(cfg)
+    assert dict(cfg.callbacks) == {}
+
+
 def test_cfg_job_shows_each_keys_type_and_allowed_values(tmp_path):
     from conftest import script_environment
 

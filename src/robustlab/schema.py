@@ -862,12 +862,13 @@ def register_schemas() -> None:
     The schema of a node built from its `_target_` is stored open (not struct): `model._target_=mynet.Net
     ~model.image_size` swaps the class and drops a key it does not take, and a key the class does not take is
     refused by the check of its signature (`validation.check_values`) instead of by Hydra. Its fields keep their
-    types. Any other schema is closed: Hydra refuses a key it does not name."""
+    types. So are the callbacks, a collection a user drops from (`~callbacks.model_checkpoint`) and adds to. Any
+    other schema is closed: Hydra refuses a key it does not name."""
     from omegaconf import OmegaConf
 
     store = ConfigStore.instance()
     for name, schema in SCHEMAS.items():
         group, _, option = name.rpartition("/")
-        built = "_target_" in {each.name for each in dataclasses.fields(schema)}
+        built = "_target_" in {each.name for each in dataclasses.fields(schema)} or group == "callbacks"
         node = OmegaConf.structured(schema, flags={"struct": False}) if built else schema
         store.store(group=f"schema/{group}" if group else "schema", name=option, node=node)
