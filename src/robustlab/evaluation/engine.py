@@ -313,7 +313,7 @@ class Evaluation:
             worst = torch.stack([per_example[CLEAN][:n], *(column[:n] for column in columns)]).min(dim=0).values
             per_example[WORST_CASE] = worst
             accuracy[WORST_CASE], counts[WORST_CASE] = float(worst.double().mean()) if n else 0.0, n
-        columns, threats = per_threat_model(per_example, {name: self.budget(name) for name in covered},
+        norm_columns, threats = per_threat_model(per_example, {name: self.budget(name) for name in covered},
                                             self.threat_model or [], counts.get(WORST_CASE, 0))
         reported = [CLEAN, *self.attacks, *([WORST_CASE] if self.attacks else [])]
         self.results = EvaluationResults(
@@ -329,7 +329,7 @@ class Evaluation:
             accuracy_draws="exact" if self.exact else "vote" if self.votes else self.draws(),
             defense_metrics={name: {key: sum(values) / len(values) for key, values in metrics.items()}
                              for name, metrics in share.defense_metrics.items()},
-            per_example={**per_example, **columns},
+            per_example={**per_example, **norm_columns},
             threats=threats,
             intervals={name: list(wilson_interval(accuracy[name], counts[name])) for name in reported},
             threat_model={name: {"violations": share.outside.get(name, 0),
