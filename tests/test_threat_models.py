@@ -258,3 +258,56 @@ def test_a_newcomers_command_reports_every_threat_model(tmp_path):
     assert peers.returncode == 0, peers.stderr[-3000:]
     row = [line for line in peers.stdout.splitlines() if line.startswith("| adv_train")]
     assert len(row) == 1 and row[0].count("|") == 13, peers.stdout
+
+
+# -- EOT and BPDA, as for the dense norms ---------------------------------------------------------------------
+class CountingNoisyNet(torch.nn.Module):
+    """A linear classifier behind input noise (randomized), sure of class 0 whatever the budget (no image is broken,
+    so every step runs); counts the images it is given with gradients on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(16, 3)
+        with torch.no_grad():
+            self.linear.weight.mul_(0.01)
+            self.linear.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+        self.with_gradient = 0
+
+    def forward(self, x):
+        if torch.is_grad_enabled() and x.requires_grad:
+            self.with_gradient += len(x)
+        return self.linear((x + 0.1 * torch.randn_like(x)).flatten(1))
+
+
+@pytest.mark.parametrize("attack", [PGD(2.0, "l1", steps=3), APGD(2.0, "l1", steps=3), PGD(3, "l0", steps=3),
+                                    MSD({"linf": 0.1, "l1": 2.0}, steps=3, eot_samples=None)])
+def test_the_sparse_attacks_average_their_gradients_over_eot_draws(attack):
+    """No `eot_samples`: on a randomized predictor each gradient averages the default 10 draws (the images go
+    through the predictor 10 times per step)."""
+    from robustlab.attacks.expectation import DEFAULT_EOT_DRAWS
+
+    model = CountingNoisyNet()
+    x, y = torch.rand(4, 1, 4, 4), torch.zeros(4, dtype=torch.long)
+    attack(model, x, y)
+    gradients = {"PGD": 3, "APGD": 3 + 1, "MSD": 3}[type(attack).__name__]  # APGD: its start's gradient too
+    assert model.with_gradient == 4 * gradients * DEFAULT_EOT_DRAWS
+
+
+@pytest.mark.parametrize("attack", [APGD(3.0, "l1", steps=20), PGD(6, "l0", steps=20)])
+def test_the_sparse_attacks_break_bit_depth_reduction_through_bpda(attack, standard_net, noisy_synthetic):
+    """Through the rounding's stand-in (BPDA) they do about as well as on the undefended model; without it, the
+    gradient is zero and they do markedly worse."""
+    from robustlab.models import BitDepthReduction, Preprocessed
+    from robustlab.models.preprocessing import backward_through_stand_ins
+
+    squeezed = Preprocessed(standard_net, BitDepthReduction(bits=4)).eval()
+    x, y = noisy_synthetic.test_set.tensors[0][:128], noisy_synthetic.test_set.tensors[1][:128]
+    torch.manual_seed(0)
+    plain = robust_accuracy(squeezed, attack(squeezed, x, y), y)
+    with backward_through_stand_ins(squeezed):
+        torch.manual_seed(0)
+        bpda = robust_accuracy(squeezed, attack(squeezed, x, y), y)
+    torch.manual_seed(0)
+    undefended = robust_accuracy(standard_net, attack(standard_net, x, y), y)
+    assert bpda <= undefended + 0.05
+    assert plain > bpda + 0.2
