@@ -166,6 +166,8 @@ TRAIN_COMMANDS = [
     "python train.py -m defense=none,adv_train attack=fgsm,pgd_linf,pgd_l2",
     "python train.py attack.steps=100 attack.restarts=5 eval.n_samples=-1",
     "python train.py defense=random_mixture",
+    "python train.py defense=adv_train attack=apgd_l1",
+    "python train.py defense=msd",
 ]
 
 

@@ -51,7 +51,7 @@ def test_metrics_json_has_the_promised_keys(trained_run):
     assert metrics["n_eval"] == 64 and metrics["n_clean"] == 256
     assert all(0.0 <= value <= 1.0 for value in [metrics["clean_acc"], *metrics["robust_acc"].values()])
     assert metrics["robust_acc"]["pgd_linf"] <= metrics["robust_acc"]["fgsm"] + 0.1
-    assert metrics["eps"] == {"linf": 0.1, "l2": 1.5}
+    assert metrics["eps"] == {"linf": 0.1, "l2": 1.5, "l1": 7.5, "l0": 18.0}
     assert metrics["epochs"] == 2
     assert metrics["train_seconds"] > 0 and all(ms > 0 for ms in metrics["attack_ms_per_image"].values())
     assert Path(metrics["checkpoint"]).is_file()
@@ -90,6 +90,9 @@ def test_tensorboard_has_one_tag_per_quantity_and_the_final_numbers_once_at_the_
                for direction in ("forward", "backward")),
              *(f"verdict/accuracy_interval/{name}/{end}"
                for name in ("clean", "robust", *(f"under/{a}" for a in attacks))
+               for end in ("low", "high")),
+             *(f"verdict/threat_model/{name}" for name in ("linf", "l2", "average")),  # the union is `robust`
+             *(f"verdict/threat_model_interval/{name}/{end}" for name in ("linf", "l2", "average")
                for end in ("low", "high"))}
     # A cell the audit flagged also shows its escalated numbers (the tiny model is flagged on some random streams).
     escalated = {f"verdict/accuracy_escalated/{'robust' if name == 'worst_case' else f'under/{name}'}"
@@ -102,6 +105,7 @@ def test_tensorboard_has_one_tag_per_quantity_and_the_final_numbers_once_at_the_
         assert event.step == last_step, tag
     assert events.Scalars("verdict/accuracy/clean")[0].value == pytest.approx(record["clean_acc"])
     assert events.Scalars("verdict/accuracy/robust")[0].value == pytest.approx(record["robust_acc"]["worst_case"])
+    assert events.Scalars("verdict/threat_model/l2")[0].value == pytest.approx(record["threats"]["l2"]["robust_acc"])
     assert sorted(final)[:5] == sorted(["verdict/accuracy/clean", "verdict/accuracy/robust",
                                         *(f"verdict/accuracy/under/{name}" for name in attacks)])  # HParams shows these
     groups = sorted({tag.split("/")[0] for kind in ("scalars", "images") for tag in tags[kind]})
@@ -113,11 +117,12 @@ def test_tensorboard_has_one_tag_per_quantity_and_the_final_numbers_once_at_the_
     assert {event.step for tag in tags["images"] for event in events.Images(tag)} == {last_step}
     start = plugin_data_pb2.HParamsPluginData.FromString(
         events.summary_metadata["_hparams_/session_start_info"].plugin_data.content).session_start_info
-    assert {"dataset", "model", "defense", "attack", "seed", "n_eval", "eps_linf", "eps_l2", "training.epochs",
+    assert {"dataset", "model", "defense", "attack", "seed", "n_eval", "eps_linf", "eps_l2", "eps_l1", "eps_l0",
+            "training.epochs",
             "training.optimizer", "training.lr", "training.batch_size", "training.max_epochs",
             "evaluation.attack.steps", "evaluation.attack.restarts", "training.defense.attack.steps",
             "training.defense.attack.eps"} <= set(start.hparams)
-    assert sorted(start.hparams)[:5] == ["attack", "dataset", "defense", "eps_l2", "eps_linf"]  # ticked by default
+    assert sorted(start.hparams)[:5] == ["attack", "dataset", "defense", "eps_l0", "eps_l1"]  # ticked by default
     assert start.hparams["training.optimizer"].string_value == "adam"
     assert start.hparams["training.defense.attack.steps"].number_value == 7
     experiment = plugin_data_pb2.HParamsPluginData.FromString(

@@ -411,9 +411,14 @@ class MSDConfig:
     @staticmethod
     def relations(node: Any) -> Relations:
         budgets = node.get("budgets") or {}
-        for norm in map(str, budgets.keys()):  # the keys only: a budget is an interpolation resolved later
+        for norm in map(str, budgets.keys()):  # an interpolated budget (`${dataset.eps.l1}`) is typed at its source
             if norm not in NORMS_TO_L1:
                 yield "budgets", norm, f"budgets keyed by {', '.join(NORMS_TO_L1)}"
+            elif not OmegaConf.is_interpolation(budgets, norm):
+                eps, most = budgets[norm], 1 if norm == "linf" else math.inf
+                if not (_is_number(eps) and 0 <= eps <= most):
+                    yield f"budgets.{norm}", eps, "a number ≥ 0" + (" and ≤ 1" if norm == "linf" else "") + \
+                        " (pixel units)"
         if not budgets:
             yield "budgets", {}, "at least one ball, e.g. {linf: ${dataset.eps.linf}}"
 

@@ -17,7 +17,7 @@ from robustlab.attacks.base import Attack, per_example
 from robustlab.attacks.expectation import check_eot_samples, per_example_loss
 from robustlab.attacks.gradient import loss_and_gradient
 from robustlab.attacks.norms import L1Ball, ball, project_image
-from robustlab.errors import is_integer, is_number, require
+from robustlab.errors import InvalidValue, is_integer, is_number, require
 
 
 class MSD(Attack):
@@ -31,6 +31,11 @@ class MSD(Attack):
                  l1_share: float = 0.01, chunk_size: int | None = 256, eot_samples: int | None = None) -> None:
         require(isinstance(budgets, Mapping) and len(budgets) >= 1 and all(is_number(v) for v in budgets.values()),
                 "budgets", budgets, "a mapping norm → ε, e.g. {linf: 0.1, l1: 7.5}")
+        for norm, eps in budgets.items():  # each budget named by its own key
+            try:
+                ball(str(norm), float(eps), ("linf", "l2", "l1"))
+            except InvalidValue as error:
+                raise InvalidValue(f"budgets.{norm}", eps, error.allowed) from None
         self.threats = {str(norm): ball(str(norm), float(eps), ("linf", "l2", "l1")) for norm, eps in budgets.items()}
         require(is_integer(steps) and steps >= 1, "steps", steps, "an integer ≥ 1")
         require(is_number(l1_share) and 0 < l1_share <= 1, "l1_share", l1_share, "a number in (0, 1]")

@@ -9,7 +9,10 @@ last training step, so it sits at the end of the learning curves: `verdict/accur
 low` and `/high`), `verdict/attack_ms_per_image/<attack>`, the passes per image
 (`verdict/attack_passes_per_image/<attack>/<forward|backward>`), a flagged run's escalated numbers
 (`verdict/accuracy_escalated/...`, `verdict/escalation_seconds`), `verdict/certify_ms_per_image`,
-`verdict/best_<selection metric>`, `verdict/train_seconds`, `verdict/audit_flags`. The HParams summary
+`verdict/best_<selection metric>`, `verdict/train_seconds`, `verdict/audit_flags`, and per threat model
+(`evaluation/threats.py`) `verdict/threat_model/<norm>` and the average over them `verdict/threat_model/average`,
+each with its interval (`verdict/threat_model_interval/<norm|average>/low`, `/high`; the union is
+`verdict/accuracy/robust`, the worst case). The HParams summary
 lists the settings a researcher sweeps (`settings` of the record) with those same tags as its metrics; the
 attack × defense report writes its HParams table the same way.
 """
@@ -22,6 +25,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from robustlab.evaluation.audit import flags
 from robustlab.evaluation.record import CLEAN, WORST_CASE, RunRecord
+from robustlab.evaluation.threats import UNION
 
 FINAL = "verdict"  # the group of a run's final numbers
 VISUAL = "visual"  # the group of its figures
@@ -46,6 +50,12 @@ def final_metrics(record: RunRecord) -> dict[str, float]:
     for name, (low, high) in record.intervals.items():  # the 95% interval of each accuracy
         tag = "clean" if name == CLEAN else "robust" if name == WORST_CASE else f"under/{name}"
         metrics.update({f"{FINAL}/accuracy_interval/{tag}/low": low, f"{FINAL}/accuracy_interval/{tag}/high": high})
+    for name, summary in (record.threats or {}).items():
+        if name != UNION:  # the union is the worst case: `accuracy/robust`
+            metrics[f"{FINAL}/threat_model/{name}"] = summary["robust_acc"]
+            low, high = summary["interval"]
+            metrics.update({f"{FINAL}/threat_model_interval/{name}/low": low,
+                            f"{FINAL}/threat_model_interval/{name}/high": high})
     metrics.update({f"{FINAL}/attack_ms_per_image/{name}": value for name, value in record.attack_ms_per_image.items()})
     metrics.update({f"{FINAL}/attack_passes_per_image/{name}/{direction}": value
                     for name, passes in record.attack_passes_per_image.items() for direction, value in passes.items()})
@@ -69,7 +79,8 @@ def settings(record: RunRecord) -> dict[str, Any]:
     """What HParams shows as a run's settings: its choices, budgets, and the swept settings (`record.settings`).
 
     HParams ticks the first five settings by name, so the names put the run's identity first (attack, dataset,
-    defense, eps_l2, eps_linf), then `evaluation.attack.*` (the evaluated attack's settings), model, n_eval,
+    defense, then its budgets eps_l0, eps_l1, eps_l2, eps_linf: the first two ticked), then
+    `evaluation.attack.*` (the evaluated attack's settings), model, n_eval,
     seed, and `training.*` (optimizer, lr, batch_size, max_epochs, the epochs trained, `training.defense.*`).
     """
     chosen = {key: getattr(record, key) for key in ("dataset", "model", "defense", "attack", "seed", "n_eval")}
