@@ -31,12 +31,12 @@ class MSD(Attack):
                  l1_share: float = 0.01, chunk_size: int | None = 256, eot_samples: int | None = None) -> None:
         require(isinstance(budgets, Mapping) and len(budgets) >= 1 and all(is_number(v) for v in budgets.values()),
                 "budgets", budgets, "a mapping norm → ε, e.g. {linf: 0.1, l1: 7.5}")
+        self.threats = {}
         for norm, eps in budgets.items():  # each budget named by its own key
             try:
-                ball(str(norm), float(eps), ("linf", "l2", "l1"))
+                self.threats[str(norm)] = ball(str(norm), float(eps), ("linf", "l2", "l1"))
             except InvalidValue as error:
                 raise InvalidValue(f"budgets.{norm}", eps, error.allowed) from None
-        self.threats = {str(norm): ball(str(norm), float(eps), ("linf", "l2", "l1")) for norm, eps in budgets.items()}
         require(is_integer(steps) and steps >= 1, "steps", steps, "an integer ≥ 1")
         require(is_number(l1_share) and 0 < l1_share <= 1, "l1_share", l1_share, "a number in (0, 1]")
         check_eot_samples(eot_samples)
@@ -53,8 +53,7 @@ class MSD(Attack):
 
     def _direction(self, norm: str, x_adv: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         if norm == "l1":
-            blocked = ((x_adv <= 0) & (grad < 0)) | ((x_adv >= 1) & (grad > 0))
-            return L1Ball.ascent_direction(grad.masked_fill(blocked, 0), self.l1_share)
+            return L1Ball.movable_ascent(x_adv, grad, self.l1_share)
         return self.threats[norm].ascent_direction(grad)
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, draws: int) -> torch.Tensor:

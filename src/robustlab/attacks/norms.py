@@ -24,7 +24,44 @@ def _per_example_l2(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
 
 
-class LinfBall:
+class Ball:
+    """What every ball provides: `project` (onto the ball alone), `random` (a perturbation drawn from it),
+    `ascent_direction`, `size` (per image, in its norm), and, written here once for the balls they suit,
+    `project_in_box` and `start`."""
+
+    name = ""
+    max_eps = float("inf")
+
+    @staticmethod
+    def project(delta: torch.Tensor, eps: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def random(like: torch.Tensor, eps: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def ascent_direction(grad: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def size(delta: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def project_in_box(cls, x: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
+        """The image x + δ′, δ′ the projection of `delta` onto the ball, then into [0, 1] (which never leaves
+        the ball)."""
+        return (x + cls.project(delta, eps)).clamp_(0.0, 1.0)
+
+    @classmethod
+    def start(cls, x: torch.Tensor, eps: float) -> torch.Tensor:
+        """A random image of the ball around `x`, in [0, 1]: a uniform point of the ball, clamped (clamping moves
+        each feature towards x, itself in [0, 1], so the point stays in the ball)."""
+        return (x + cls.random(x, eps)).clamp_(0.0, 1.0)
+
+
+class LinfBall(Ball):
     """The L∞ ball: every feature within ε of the image."""
 
     name = "linf"
@@ -53,24 +90,11 @@ class LinfBall:
     def size(delta: torch.Tensor) -> torch.Tensor:
         return delta.flatten(1).abs().amax(dim=1)
 
-    @classmethod
-    def project_in_box(cls, x: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
-        """The image x + δ′, δ′ the projection of `delta` onto the ball, then into [0, 1] (which never leaves
-        the ball)."""
-        return (x + cls.project(delta, eps)).clamp_(0.0, 1.0)
 
-    @classmethod
-    def start(cls, x: torch.Tensor, eps: float) -> torch.Tensor:
-        """A random image of the ball around `x`, in [0, 1]: a uniform point of the ball, clamped (clamping moves
-        each feature towards x, itself in [0, 1], so the point stays in the ball)."""
-        return (x + cls.random(x, eps)).clamp_(0.0, 1.0)
-
-
-class L2Ball:
+class L2Ball(Ball):
     """The L2 ball: the perturbation's Euclidean length at most ε."""
 
     name = "l2"
-    max_eps = float("inf")
 
     @staticmethod
     def project(delta: torch.Tensor, eps: float) -> torch.Tensor:
@@ -94,9 +118,6 @@ class L2Ball:
     @staticmethod
     def size(delta: torch.Tensor) -> torch.Tensor:
         return delta.flatten(1).norm(p=2, dim=1)
-
-    project_in_box = LinfBall.__dict__["project_in_box"]
-    start = LinfBall.__dict__["start"]
 
 
 def _per_example_l1(t: torch.Tensor) -> torch.Tensor:
@@ -126,12 +147,11 @@ def l1_box_threshold(magnitude: torch.Tensor, room: torch.Tensor, eps: torch.Ten
     return torch.where(total0 > eps, lam, torch.zeros_like(lam))
 
 
-class L1Ball:
+class L1Ball(Ball):
     """The L1 ball intersected with [0, 1] ("Mind the box", Croce & Hein 2021). Its steepest-ascent step is
     sparse: the features of largest gradient only (SLIDE, Tramèr & Boneh 2019; the attacks choose how many)."""
 
     name = "l1"
-    max_eps = float("inf")
 
     @staticmethod
     def project(delta: torch.Tensor, eps: float) -> torch.Tensor:
@@ -175,10 +195,15 @@ class L1Ball:
         return signs / _per_example_l1(signs).clamp_min(1.0)
 
     @staticmethod
+    def movable_ascent(x_adv: torch.Tensor, grad: torch.Tensor, share: float) -> torch.Tensor:
+        """`ascent_direction` over the features that can still move the gradient's way inside [0, 1] (SLIDE's
+        step: a feature at 0 whose gradient points down, or at 1 pointing up, is left out)."""
+        blocked = ((x_adv <= 0) & (grad < 0)) | ((x_adv >= 1) & (grad > 0))
+        return L1Ball.ascent_direction(grad.masked_fill(blocked, 0), share)
+
+    @staticmethod
     def size(delta: torch.Tensor) -> torch.Tensor:
         return delta.flatten(1).abs().sum(dim=1)
-
-    start = LinfBall.__dict__["start"]
 
 
 def _pixels(delta: torch.Tensor) -> torch.Tensor:
@@ -187,11 +212,10 @@ def _pixels(delta: torch.Tensor) -> torch.Tensor:
     return changed.any(dim=1).flatten(1) if delta.dim() == 4 else changed.flatten(1)
 
 
-class L0Ball:
+class L0Ball(Ball):
     """At most ε pixels changed, each to any value in [0, 1] (a pixel: all its channels)."""
 
     name = "l0"
-    max_eps = float("inf")
 
     @staticmethod
     def project(delta: torch.Tensor, eps: float) -> torch.Tensor:
@@ -242,12 +266,11 @@ class L0Ball:
         return _pixels(delta).sum(dim=1).to(delta.dtype)
 
 
-Ball = type[LinfBall] | type[L2Ball] | type[L1Ball] | type[L0Ball]
-NORMS: dict[str, Ball] = {ball.name: ball for ball in (LinfBall, L2Ball, L1Ball, L0Ball)}
+NORMS: dict[str, type[Ball]] = {ball.name: ball for ball in (LinfBall, L2Ball, L1Ball, L0Ball)}
 DENSE = ("linf", "l2")  # the norms every attack of the seed work supports
 
 
-def ball(norm: str, eps: float, supported: tuple[str, ...] = tuple(NORMS)) -> Ball:
+def ball(norm: str, eps: float, supported: tuple[str, ...] = tuple(NORMS)) -> type[Ball]:
     """The ball class for `norm` (one of `supported`: the attack's), after checking that `eps` is a budget it
     admits (L0: a whole number of pixels)."""
     if norm not in supported:
@@ -261,12 +284,12 @@ def ball(norm: str, eps: float, supported: tuple[str, ...] = tuple(NORMS)) -> Ba
     return chosen
 
 
-def project_image(x: torch.Tensor, x_adv: torch.Tensor, threat: Ball, eps: float) -> torch.Tensor:
+def project_image(x: torch.Tensor, x_adv: torch.Tensor, threat: type[Ball], eps: float) -> torch.Tensor:
     """Project `x_adv` onto the ε-ball around `x` intersected with [0, 1] (`project_in_box` of the ball)."""
     return threat.project_in_box(x, x_adv - x, eps)
 
 
-def image_projector(x: torch.Tensor, threat: Ball, eps: float) -> Callable[[torch.Tensor], torch.Tensor]:
+def image_projector(x: torch.Tensor, threat: type[Ball], eps: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """`project_image(x, ·, threat, eps)` for an attack's many steps around the same `x`. Under L∞ the ball
     and [0, 1] are both boxes, so their intersection's bounds are computed once and each step is one clamp."""
     if threat is LinfBall:

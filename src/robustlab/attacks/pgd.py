@@ -99,8 +99,7 @@ class PGD(Attack):
     def direction(self, x_adv: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """The step's direction: the ball's steepest ascent; under L1 over the features that can still move."""
         if self.threat is L1Ball:
-            blocked = ((x_adv <= 0) & (grad < 0)) | ((x_adv >= 1) & (grad > 0))
-            return L1Ball.ascent_direction(grad.masked_fill(blocked, 0), self.l1_share)
+            return L1Ball.movable_ascent(x_adv, grad, self.l1_share)
         return self.threat.ascent_direction(grad)
 
     def ascend(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, start: torch.Tensor,
