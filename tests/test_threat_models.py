@@ -251,7 +251,6 @@ def test_a_newcomers_command_reports_every_threat_model(tmp_path):
     assert set(threats) == {"linf", "l2", "l1", "l0", UNION, AVERAGE}
     assert threats["l1"]["attacks"] == ["apgd_l1"] and threats["l0"]["attacks"] == ["pgd_l0"]
     assert record["eps"] == {"linf": 0.1, "l2": 1.5, "l1": 7.5, "l0": 18.0}
-    assert threats[UNION]["robust_acc"] == record["robust_acc"][WORST_CASE]
     assert "per threat model" in result.stdout + result.stderr and "union" in result.stdout + result.stderr
     peers = subprocess.run([sys.executable, str(ROOT / "scripts" / "peers.py"), str(tmp_path), "--n", "16"],
                            capture_output=True, text=True, timeout=600, env=script_environment())

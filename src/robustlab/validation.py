@@ -21,7 +21,7 @@ from typing import Any
 import hydra.utils
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 from torch import nn
@@ -58,7 +58,8 @@ def composition_error(error: BaseException, overrides: Sequence[str] = ()) -> Co
     """Hydra's composition error as one line naming the key (None: not a composition error).
 
     A value of the wrong type for its schema (`seed=hello`), a key no schema has (`attack.stpes=5`), an option
-    that does not exist (`defense=foo`), an override Hydra cannot parse (`seed=[1`, found in `overrides`)."""
+    that does not exist (`defense=foo`), an override Hydra cannot parse (`seed=[1`, found in `overrides`), or one
+    Hydra cannot apply (`+attack.eps=1` where the key exists), in Hydra's words."""
     if isinstance(error, MissingConfigException):
         group, _, option = str(error.missing_cfg_file or "").rpartition("/")
         if error.options and group:
@@ -89,6 +90,8 @@ def composition_error(error: BaseException, overrides: Sequence[str] = ()) -> Co
                                    "quote a value with spaces or brackets, e.g. 'key=[1,2]'")
         if isinstance(error, OverrideParseException):
             return ConfigError(f"an override Hydra cannot read: {str(error).splitlines()[0]}")
+        if isinstance(error, ConfigCompositionException):  # Hydra's own words (`+key=` on a key that exists)
+            return ConfigError(" ".join(str(error).split()))
         return None
     key, schema = str(cause.full_key), cause.object_type
     where = str(error).split(":")[0][len("In "):] if str(error).startswith("In '") else ""
